@@ -1,0 +1,1 @@
+"""Everything that differs between Keras backends, behind one small interface."""
