@@ -1,1 +1,40 @@
-"""Everything that differs between Keras backends, behind one small interface."""
+"""Everything that differs between Keras backends, behind one small interface.
+
+The backend module is chosen once, at import, from ``keras.backend.backend()`` (that is, from
+``KERAS_BACKEND``); its public names are re-exported here. Nothing else in the project may branch
+on the backend's name: import what you need from ``lif_sbi.backends``.
+
+Interface (every backend module provides it):
+
+- ``name``: the Keras backend's name ("torch", "tensorflow" or "jax").
+- ``gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences, initial_state=None)``: a GRU
+  forward pass with the weight layout of ``keras.layers.GRU(reset_after=True)`` (kernel (in, 3u),
+  recurrent_kernel (u, 3u), bias (2, 3u), gates in Keras order z, r, h) on the backend's fastest
+  kernel; differentiable w.r.t. inputs and weights. Returns (batch, time, u) or (batch, u).
+- ``set_seed(seed)``: seeds Python, NumPy, the backend framework and Keras.
+- ``device_name()``: human-readable name of the device the backend computes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+
+__all__ = ["name", "gru", "set_seed", "device_name", "module"]
+
+_MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
+
+_backend = keras.backend.backend()
+if _backend not in _MODULES:
+    raise ImportError(
+        f"lif_sbi supports the Keras backends {sorted(_MODULES)}; KERAS_BACKEND selects {_backend!r}"
+    )
+
+#: the backend module in use (lif_sbi.backends.torch, .tensorflow or .jax)
+module = importlib.import_module(_MODULES[_backend], __name__)
+
+name: str = module.name
+gru = module.gru
+set_seed = module.set_seed
+device_name = module.device_name

@@ -1,0 +1,63 @@
+"""JAX backend: Keras' JAX GRU op (cuDNN on a GPU) where it applies, else a ``jax.lax.scan``.
+
+Untested on this project's machine (JAX is not installed there); the tests skip without JAX.
+"""
+
+from __future__ import annotations
+
+import random
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+name = "jax"
+
+
+def _as_array(x, dtype=None):
+    if isinstance(x, keras.Variable):
+        x = x.value
+    return jnp.asarray(x, dtype=dtype)
+
+
+def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initial_state=None):
+    """GRU forward (Keras reset_after=True layout); see lif_sbi.backends for the contract."""
+    kernel = _as_array(kernel)
+    recurrent_kernel = _as_array(recurrent_kernel)
+    bias = _as_array(bias)
+    x = _as_array(inputs, dtype=kernel.dtype)
+    units = recurrent_kernel.shape[0]
+    h0 = (
+        jnp.zeros((x.shape[0], units), dtype=x.dtype)
+        if initial_state is None
+        else _as_array(initial_state, dtype=x.dtype)
+    )
+    x_proj = jnp.einsum("btf,fg->tbg", x, kernel) + bias[0]  # (time, batch, 3u)
+
+    def step(h, xp):
+        hp = h @ recurrent_kernel + bias[1]
+        x_z, x_r, x_h = jnp.split(xp, 3, axis=-1)
+        h_z, h_r, h_h = jnp.split(hp, 3, axis=-1)
+        z = jax.nn.sigmoid(x_z + h_z)
+        r = jax.nn.sigmoid(x_r + h_r)
+        hh = jnp.tanh(x_h + r * h_h)
+        h = z * h + (1.0 - z) * hh
+        return h, h
+
+    last, states = jax.lax.scan(step, h0, x_proj)
+    return jnp.transpose(states, (1, 0, 2)) if return_sequences else last
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and Keras (JAX itself is functional: Keras' seed generators carry keys)."""
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def device_name() -> str:
+    """The first device JAX computes on ("CPU" or the accelerator's kind)."""
+    dev = jax.devices()[0]
+    return "CPU" if dev.platform == "cpu" else getattr(dev, "device_kind", str(dev))

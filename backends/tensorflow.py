@@ -1,0 +1,95 @@
+"""TensorFlow backend: cuDNN GRU through Keras on a GPU, a ``tf.scan`` loop on the CPU.
+
+On the CPU the input projection of all time steps is computed in one matmul before the loop
+(Keras' generic RNN loop does it step by step), so each step of the loop is one (batch, u) x
+(u, 3u) matmul plus the gate arithmetic.
+"""
+
+from __future__ import annotations
+
+import random
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+name = "tensorflow"
+
+
+def _as_tensor(x, dtype=None):
+    if isinstance(x, keras.Variable):
+        x = x.value
+    return tf.convert_to_tensor(x, dtype=dtype)
+
+
+def _has_gpu() -> bool:
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initial_state=None):
+    """GRU forward (Keras reset_after=True layout); see lif_sbi.backends for the contract."""
+    kernel = _as_tensor(kernel)
+    recurrent_kernel = _as_tensor(recurrent_kernel)
+    bias = _as_tensor(bias)
+    x = _as_tensor(inputs, dtype=kernel.dtype)
+    units = recurrent_kernel.shape[0]
+    if initial_state is None:
+        h0 = tf.zeros(tf.stack([tf.shape(x)[0], units]), dtype=x.dtype)
+    else:
+        h0 = _as_tensor(initial_state, dtype=x.dtype)
+
+    if _has_gpu():
+        from keras.src.backend.tensorflow import rnn as tf_rnn
+
+        try:
+            last, outputs, _ = tf_rnn.gru(
+                x,
+                h0,
+                None,
+                kernel,
+                recurrent_kernel,
+                bias,
+                keras.activations.tanh,
+                keras.activations.sigmoid,
+                return_sequences=return_sequences,
+                reset_after=True,
+            )
+            return outputs if return_sequences else last
+        except NotImplementedError:
+            pass
+
+    # (time, batch, 3u): input projection of all steps at once
+    x_proj = tf.einsum("btf,fg->tbg", x, kernel) + bias[0]
+    b_rec = bias[1]
+
+    def step(h, xp):
+        hp = tf.matmul(h, recurrent_kernel) + b_rec
+        x_z, x_r, x_h = tf.split(xp, 3, axis=-1)
+        h_z, h_r, h_h = tf.split(hp, 3, axis=-1)
+        z = tf.sigmoid(x_z + h_z)
+        r = tf.sigmoid(x_r + h_r)
+        hh = tf.tanh(x_h + r * h_h)
+        return z * h + (1.0 - z) * hh
+
+    if return_sequences:
+        states = tf.scan(step, x_proj, initializer=h0)  # (time, batch, u)
+        return tf.transpose(states, (1, 0, 2))
+    return tf.foldl(step, x_proj, initializer=h0)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras."""
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def device_name() -> str:
+    """The GPU TensorFlow places ops on (its name if known), or "CPU"."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return details.get("device_name", gpus[0].name)

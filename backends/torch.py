@@ -1,0 +1,87 @@
+"""PyTorch backend: the GRU runs on PyTorch's native kernel (``torch._VF.gru``).
+
+Keras' own torch GRU uses the native kernel only on CUDA; on the CPU it falls back to a Python
+loop over time steps whose backward pass is quadratic in the sequence length (about 15 s per
+training step for the reference network). Here the Keras weights are permuted from Keras' gate
+order (z, r, h) to PyTorch's (r, z, n) and transposed with differentiable ops, so gradients flow
+back to the Keras variables. PyTorch's n-gate, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
+is Keras' ``reset_after=True`` formula.
+"""
+
+from __future__ import annotations
+
+import random
+
+import keras
+import numpy as np
+import torch
+
+name = "torch"
+
+
+def _as_tensor(x):
+    # keras.ops.convert_to_tensor unwraps a Keras Variable to its torch Parameter (keeps the
+    # autograd connection) and moves NumPy input to the default device.
+    return keras.ops.convert_to_tensor(x)
+
+
+def _torch_params(kernel, recurrent_kernel, bias):
+    """Keras (in, 3u), (u, 3u), (2, 3u) in gate order z, r, h -> PyTorch w_ih, w_hh, b_ih, b_hh."""
+    z_k, r_k, h_k = torch.chunk(kernel, 3, dim=1)
+    z_r, r_r, h_r = torch.chunk(recurrent_kernel, 3, dim=1)
+    w_ih = torch.cat([r_k, z_k, h_k], dim=1).t().contiguous()
+    w_hh = torch.cat([r_r, z_r, h_r], dim=1).t().contiguous()
+    z_bi, r_bi, h_bi = torch.chunk(bias[0], 3)
+    z_bh, r_bh, h_bh = torch.chunk(bias[1], 3)
+    b_ih = torch.cat([r_bi, z_bi, h_bi])
+    b_hh = torch.cat([r_bh, z_bh, h_bh])
+    return [w_ih, w_hh, b_ih, b_hh]
+
+
+def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initial_state=None):
+    """GRU forward (Keras reset_after=True layout) on PyTorch's native kernel.
+
+    inputs: (batch, time, in); kernel: (in, 3u); recurrent_kernel: (u, 3u); bias: (2, 3u).
+    Returns (batch, time, u) if return_sequences else the last state (batch, u).
+    """
+    kernel = _as_tensor(kernel)
+    recurrent_kernel = _as_tensor(recurrent_kernel)
+    bias = _as_tensor(bias)
+    x = _as_tensor(inputs).to(dtype=kernel.dtype)
+    units = recurrent_kernel.shape[0]
+    if initial_state is None:
+        h0 = torch.zeros(1, x.shape[0], units, dtype=x.dtype, device=x.device)
+    else:
+        h0 = _as_tensor(initial_state).to(dtype=x.dtype).unsqueeze(0)
+    params = _torch_params(kernel, recurrent_kernel, bias)
+    outputs, h_n = torch._VF.gru(
+        x.contiguous(),
+        h0.contiguous(),
+        params,
+        True,  # has_biases
+        1,  # num_layers
+        0.0,  # dropout (Keras-style input dropout is applied by the caller)
+        torch.is_grad_enabled(),  # train
+        False,  # bidirectional
+        True,  # batch_first
+    )
+    return outputs if return_sequences else h_n[0]
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy, PyTorch (all devices) and Keras."""
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def device_name() -> str:
+    """The device Keras computes on: the CUDA card's name, or "CPU"."""
+    device = keras.ops.zeros(()).device  # a torch tensor on Keras' default device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return "CPU"
