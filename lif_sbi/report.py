@@ -1,0 +1,192 @@
+"""One-page Markdown report of a run: summary table, training, environment, config, figures.
+
+Pure text formatting by hand (no library writes this page); the numbers come from
+`lif_sbi.diagnostics.compute_metrics` / `run_all`, names and units from `lif_sbi.priors`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .diagnostics import atomic_write_text
+from .priors import PARAMETERS
+
+REPORT_NAME = "report.md"
+
+# Titles of the figures `diagnostics.run_all` writes, by file stem; others get their stem.
+PLOT_TITLES = {
+    "loss": "Training and validation loss",
+    "recovery": "Recovery: posterior mean (90 % interval) vs truth",
+    "sbc_ecdf": "Simulation-based calibration: rank ECDF difference with 95 % bands",
+    "z_score_contraction": "Posterior z-score vs posterior contraction",
+    "coverage": "Coverage of the central 50 % and 90 % intervals",
+    "coverage_curve": "Coverage difference over all central interval widths",
+    "prior_histograms": "Prior draws",
+    "example_traces": "Example traces: min / median / max of each parameter",
+    "posterior_predictive": "Posterior-predictive check on test traces",
+}
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "–"
+        if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
+            return f"{x:.{digits}g}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _log_gamma(x) -> str:
+    # compute_metrics floors log-gamma at log(5e-324) ~ -744 where gamma underflows to 0.
+    if x is not None and x < -700:
+        return "< −700"
+    return _fmt(x, 2)
+
+
+def _summary_table(metrics: Mapping) -> list[str]:
+    per = metrics.get("parameters", {})
+    agg = metrics.get("aggregate", {})
+    lines = [
+        "| parameter | r | RMSE | cov. 50 % | cov. 90 % | SBC log γ | SBC | contraction | calib. err. | z mean / sd |",
+        "|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|",
+    ]
+    for p in PARAMETERS:
+        m = per.get(p.name)
+        if m is None:
+            continue
+        sbc = "pass" if m.get("sbc_pass") else "**fail**"
+        lines.append(
+            f"| {p.name} ({p.meaning}) | {_fmt(m.get('r'))} | {_fmt(m.get('rmse'))} {p.display_unit} "
+            f"| {_fmt(m.get('coverage_50'), 2)} | {_fmt(m.get('coverage_90'), 2)} | {_log_gamma(m.get('log_gamma'))} "
+            f"| {sbc} | {_fmt(m.get('contraction'), 2)} | {_fmt(m.get('calibration_error'))} "
+            f"| {_fmt(m.get('z_mean'), 2)} / {_fmt(m.get('z_sd'), 2)} |"
+        )
+    lines.append("")
+    if agg:
+        n, s = agg.get("n_datasets"), agg.get("n_draws")
+        tol50 = agg.get("coverage_50_tolerance") or [None, None]
+        tol90 = agg.get("coverage_90_tolerance") or [None, None]
+        lines += [
+            f"On {n} test traces with {s} posterior draws each. "
+            f"A calibrated posterior shows coverage in [{_fmt(tol50[0], 2)}, {_fmt(tol50[1], 2)}] (50 %) and "
+            f"[{_fmt(tol90[0], 2)}, {_fmt(tol90[1], 2)}] (90 %) 95 % of the time. "
+            f"SBC passes where log γ > 0, i.e. the rank ECDF is no more extreme than the "
+            f"{_fmt(agg.get('sbc_quantile'), 2)} quantile of its null distribution under uniform ranks "
+            f"(Modrák et al. 2025, BayesFlow's `calibration_log_gamma`): "
+            f"{agg.get('sbc_n_pass')} of {len(per)} parameters pass. "
+            "r: Pearson correlation of posterior mean and truth; RMSE of the posterior mean in display units; "
+            "contraction: 1 − posterior variance / prior variance (median); "
+            "z: (posterior mean − truth) / posterior sd (mean and sd over test traces; ideal 0 / 1).",
+            "",
+        ]
+    return lines
+
+
+def _ppc_section(ppc: Mapping) -> list[str]:
+    lines = [
+        "## Posterior-predictive check",
+        "",
+        f"{ppc.get('n_cases')} test traces: on average {_fmt(100 * ppc['coverage_mean'], 1)} % of the observed samples "
+        f"lie inside the central {_fmt(100 * ppc['level'], 0)} % predictive band (lowest {_fmt(100 * ppc['coverage_min'], 1)} %); "
+        f"mean band width {_fmt(ppc.get('band_width_mean'), 2)} {ppc.get('unit', '')}.",
+        "",
+    ]
+    cases = ppc.get("cases") or []
+    if cases:
+        lines += ["| trace | inside band | band width | RMSE of median | draws (dropped) |", "|---|---:|---:|---:|---:|"]
+        for k, c in enumerate(cases):
+            lines.append(
+                f"| {c.get('label') or k} | {_fmt(100 * c['coverage'], 1)} % | {_fmt(c.get('band_width_mean'), 2)} {ppc.get('unit', '')} "
+                f"| {_fmt(c.get('rmse_median'), 2)} {ppc.get('unit', '')} | {c.get('n_draws')} ({c.get('n_dropped')}) |"
+            )
+        lines.append("")
+    return lines
+
+
+def _training_section(history: Mapping | None) -> list[str]:
+    lines = ["## Training", ""]
+    history = dict(history or {})
+    loss = [float(v) for v in history.get("loss") or []]
+    if not loss:
+        return lines + ["No training history recorded.", ""]
+    lines.append(f"- epochs run: {len(loss)}")
+    lines.append(f"- final training loss: {_fmt(loss[-1])} (best {_fmt(min(loss))})")
+    val = [float(v) for v in history.get("val_loss") or []]
+    if val:
+        best = min(range(len(val)), key=lambda i: val[i] if math.isfinite(val[i]) else math.inf)
+        lines.append(f"- final validation loss: {_fmt(val[-1])}; best {_fmt(val[best])} at epoch {best + 1}")
+    for key in ("learning_rate", "lr"):
+        lr = history.get(key)
+        if lr:
+            lines.append(f"- learning rate: {_fmt(float(lr[0]))} at start, {_fmt(float(lr[-1]))} at end")
+            break
+    lines.append("")
+    return lines
+
+
+def _key_values(title: str, items: Mapping | None) -> list[str]:
+    lines = [f"## {title}", ""]
+    if not items:
+        return lines + ["(none recorded)", ""]
+    lines += ["| key | value |", "|---|---|"]
+    for k, v in items.items():
+        text = _fmt(v) if isinstance(v, (int, float, bool)) or v is None else str(v)
+        text = text.replace("|", "\\|").replace("\n", " ")  # keep the table intact
+        lines.append(f"| {k} | {text} |")
+    lines.append("")
+    return lines
+
+
+def write_report(
+    run_dir,
+    *,
+    config_text: str,
+    environment: Mapping,
+    metrics: Mapping,
+    plots: Sequence,
+    history: Mapping | None = None,
+    extra: Mapping | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write `run_dir/report.md` atomically and return its path.
+
+    config_text: the run's configuration as text (shown verbatim); environment: {name: value}
+    (versions, backend, device...); metrics: `compute_metrics`/`run_all` output; plots: PNG paths
+    (embedded with links relative to run_dir); history: Keras History.history dict; extra:
+    further {name: value} lines for the run summary (run id, wall times, notes...).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title or 'LIF posterior estimation: run ' + run_dir.name}", ""]
+    if extra:
+        lines += _key_values("Run", extra)
+    lines += ["## Recovery and calibration", ""]
+    lines += _summary_table(metrics)
+    if metrics.get("posterior_predictive"):
+        lines += _ppc_section(metrics["posterior_predictive"])
+    lines += _training_section(history)
+    lines += ["## Figures", ""]
+    for p in plots:
+        p = Path(p)
+        rel = Path(os.path.relpath(p.resolve(), run_dir.resolve())).as_posix()
+        caption = PLOT_TITLES.get(p.stem, p.stem.replace("_", " "))
+        lines += [f"### {caption}", "", f"![{caption}]({rel})", ""]
+    lines += _key_values("Environment", environment)
+    fence = "```"
+    while fence in (config_text or ""):
+        fence += "`"
+    lines += ["## Configuration", "", fence, (config_text or "").rstrip("\n"), fence, ""]
+    return atomic_write_text(run_dir / REPORT_NAME, "\n".join(lines))
+
+
+__all__ = ["REPORT_NAME", "write_report"]
