@@ -1,0 +1,227 @@
+"""Run configurations: frozen dataclasses validated on construction, loaded from configs/*.toml."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to people as one line."""
+
+
+def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected {allowed}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    n_traces: int = 10_000  # simulated (theta, trace) pairs for training + validation
+    validation_fraction: float = 0.2  # share of n_traces held out for validation
+    seed: int = 42  # seed of the simulations and of the train/validation split
+    cache: bool = True  # keep the simulated dataset under cache/, keyed by what determines it
+
+    def __post_init__(self):
+        _require(isinstance(self.n_traces, int) and self.n_traces >= 10, "data.n_traces", "an integer >= 10", self.n_traces)
+        _require(
+            isinstance(self.validation_fraction, float) and 0.0 < self.validation_fraction < 1.0,
+            "data.validation_fraction",
+            "a number strictly between 0 and 1 (a share of data.n_traces, not a percentage)",
+            self.validation_fraction,
+        )
+        n_val = round(self.n_traces * self.validation_fraction)
+        _require(
+            1 <= n_val < self.n_traces,
+            "data.validation_fraction",
+            "a share that leaves at least one trace in both the training and validation sets",
+            self.validation_fraction,
+        )
+        _require(isinstance(self.seed, int) and self.seed >= 0, "data.seed", "a non-negative integer", self.seed)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    summary_network: str = "reference"  # a name from lif_sbi.networks.SUMMARY_KINDS
+    summary_dim: int = 16  # size of the learned summary vector
+    flow_depth: int = 6  # coupling layers of the CouplingFlow (BayesFlow's default: 6)
+    flow_transform: str = "affine"  # "affine" or "spline" coupling transforms
+
+    def __post_init__(self):
+        from .networks import SUMMARY_KINDS
+
+        _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
+        _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
+        _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)
+        _require(self.flow_transform in ("affine", "spline"), "model.flow_transform", "'affine' or 'spline'", self.flow_transform)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3  # Adam's initial learning rate
+    early_stopping_patience: int = 12  # epochs without a better validation loss before stopping
+    lr_plateau_patience: int = 6  # epochs without improvement before the learning rate is cut
+    lr_plateau_factor: float = 0.5  # the cut: new rate = factor * rate
+    min_learning_rate: float = 1e-6  # floor of the plateau schedule
+    seed: int = 42  # seeds NumPy, torch and the Keras backend (weights, shuffling)
+
+    def __post_init__(self):
+        _require(isinstance(self.epochs, int) and self.epochs >= 1, "training.epochs", "an integer >= 1", self.epochs)
+        _require(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "training.batch_size", "an integer in 1..65536", self.batch_size)
+        _require(isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1, "training.learning_rate", "a number in (0, 1)", self.learning_rate)
+        for name in ("early_stopping_patience", "lr_plateau_patience"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, f"training.{name}", "an integer >= 1", value)
+        _require(isinstance(self.lr_plateau_factor, float) and 0 < self.lr_plateau_factor < 1, "training.lr_plateau_factor", "a number in (0, 1)", self.lr_plateau_factor)
+        _require(
+            isinstance(self.min_learning_rate, float) and 0 <= self.min_learning_rate <= self.learning_rate,
+            "training.min_learning_rate",
+            "a number in [0, training.learning_rate]",
+            self.min_learning_rate,
+        )
+        _require(isinstance(self.seed, int) and self.seed >= 0, "training.seed", "a non-negative integer", self.seed)
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    n_test: int = 400  # fresh test traces, simulated independently of the training data
+    n_draws: int = 1000  # posterior draws per test trace
+    n_ppc: int = 6  # test traces shown in the posterior-predictive check
+    seed: int = 2024  # seed of the test traces
+
+    def __post_init__(self):
+        _require(isinstance(self.n_test, int) and self.n_test >= 10, "diagnostics.n_test", "an integer >= 10", self.n_test)
+        _require(isinstance(self.n_draws, int) and self.n_draws >= 10, "diagnostics.n_draws", "an integer >= 10", self.n_draws)
+        _require(isinstance(self.n_ppc, int) and 1 <= self.n_ppc <= self.n_test, "diagnostics.n_ppc", "an integer in 1..diagnostics.n_test", self.n_ppc)
+        _require(isinstance(self.seed, int) and self.seed >= 0, "diagnostics.seed", "a non-negative integer", self.seed)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+    def __post_init__(self):
+        _require(
+            isinstance(self.name, str) and self.name.replace("_", "").replace("-", "").isalnum(),
+            "name",
+            "letters, digits, '-' and '_'",
+            self.name,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The resolved configuration as TOML, loadable with `load_config`."""
+        d = self.to_dict()
+        lines = [f"name = {_toml_value(d.pop('name'))}", f"description = {_toml_value(d.pop('description'))}"]
+        for section, values in d.items():
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "diagnostics": DiagnosticsConfig}
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check a TOML value against a field's type; ints are accepted where floats are meant."""
+    expected = {"int": int, "float": float, "str": str, "bool": bool}.get(getattr(annotation, "__name__", str(annotation)), None)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} = {value!r} has the wrong type: expected {expected.__name__}")
+    return value
+
+
+def from_dict(d: dict, *, source: str = "configuration") -> Config:
+    """Build a validated Config; unknown sections or keys are errors."""
+    d = dict(d)
+    top = {}
+    for key in ("name", "description"):
+        if key in d:
+            top[key] = _coerce(key, d.pop(key), str)
+    sections = {}
+    for section, values in d.items():
+        if section not in SECTIONS:
+            allowed = ", ".join(["name", "description", *SECTIONS])
+            raise ConfigError(f"unknown key '{section}' in {source}: allowed top-level keys are {allowed}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"'{section}' in {source} must be a table of keys, got {values!r}")
+        cls = SECTIONS[section]
+        hints = get_type_hints(cls)
+        names = [f.name for f in fields(cls)]
+        kwargs = {}
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(f"unknown key '{section}.{key}' in {source}: allowed keys in [{section}] are {', '.join(names)}")
+            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+        sections[section] = cls(**kwargs)
+    return Config(**top, **sections)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """'section.key=value' → {'section': {'key': value}}; value parsed as TOML, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} is malformed: expected section.key=value, e.g. training.epochs=20")
+    path, raw = text.split("=", 1)
+    parts = path.strip().split(".")
+    if not all(parts) or len(parts) > 2:
+        raise ConfigError(f"--set {text!r} is malformed: expected section.key=value, e.g. training.epochs=20")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    out: dict = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_config(name_or_path: str = "default", overrides: list[str] = ()) -> Config:
+    """Load configs/<name>.toml (or a path to a .toml file) and apply `section.key=value` overrides."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" or path.exists()):
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            raise ConfigError(f"unknown configuration {name_or_path!r}: expected one of {', '.join(available_configs())} or a path to a .toml file")
+    if not path.is_file():
+        raise ConfigError(f"configuration file {str(path)!r} does not exist")
+    try:
+        d = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
+    d.setdefault("name", path.stem)
+    for text in overrides:
+        d = _deep_merge(d, parse_override(text))
+    return from_dict(d, source=str(path))
