@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -102,6 +103,18 @@ def _seeded_global_numpy(seed: int | None):
         yield
     finally:
         np.random.set_state(state)
+
+
+@contextlib.contextmanager
+def _quiet_bayesflow():
+    """Raise the 'bayesflow' logger to ERROR for the block (informational warnings only)."""
+    logger = logging.getLogger("bayesflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _float(x) -> float | None:
@@ -200,9 +213,11 @@ def compute_metrics(theta_true, draws, *, seed: int | None = 0, num_null_draws: 
         z = bf.diagnostics.metrics.posterior_z_score(est, truth, variable_names=names, aggregation=None)["values"]
     # BayesFlow's RMSE: median over data sets of the per-data-set RMSE of the draws, divided by the
     # range of the truths ("range" normalisation is deterministic; "prior" bootstraps with np.random).
-    bf_nrmse = bf.diagnostics.metrics.root_mean_squared_error(est, truth, variable_names=names, normalize="range")[
-        "values"
-    ]
+    # (BayesFlow logs a note about its new default normalisation whenever one is chosen; muted.)
+    with _quiet_bayesflow():
+        bf_nrmse = bf.diagnostics.metrics.root_mean_squared_error(
+            est, truth, variable_names=names, normalize="range"
+        )["values"]
     coverage = {level: interval_coverage(truth, est, level) for level in COVERAGE_LEVELS}
 
     per_param = {}
