@@ -329,7 +329,13 @@ def plot_sbc_ecdf(theta_true, draws, path, *, seed: int | None = 0, log_gamma: M
     truth, est = _to_display(theta_true, draws)
     names = list(PARAM_NAMES)
     if log_gamma:
-        names = [f"{n} (log γ = {log_gamma[n]:.2f})" if log_gamma.get(n) is not None else n for n in names]
+        def title(name):
+            lg = log_gamma.get(name)
+            if lg is None:
+                return name
+            return f"{name} (log γ < −700)" if lg < -700 else f"{name} (log γ = {lg:.2f})"  # see the floor above
+
+        names = [title(n) for n in names]
     with _seeded_global_numpy(seed):
         fig = bf.diagnostics.plots.calibration_ecdf(
             est,
