@@ -13,6 +13,10 @@ Interface (every backend module provides it):
   kernel; differentiable w.r.t. inputs and weights. Returns (batch, time, u) or (batch, u).
 - ``set_seed(seed)``: seeds Python, NumPy, the backend framework and Keras.
 - ``device_name()``: human-readable name of the device the backend computes on.
+- ``train_step_function(model)``: a callable ``step(batch) -> metrics`` that runs one optimizer
+  step of a compiled Keras model (a BayesFlow approximator) on one adapted batch (a dict of
+  arrays), compiled the way ``model.fit`` compiles it (``tf.function`` under TensorFlow, ``jit``
+  under JAX, eager under torch). For benchmarks and hand-written loops.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import importlib
 
 import keras
 
-__all__ = ["name", "gru", "set_seed", "device_name", "module"]
+__all__ = ["name", "gru", "set_seed", "device_name", "train_step_function", "module"]
 
 _MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
 
@@ -38,3 +42,4 @@ name: str = module.name
 gru = module.gru
 set_seed = module.set_seed
 device_name = module.device_name
+train_step_function = module.train_step_function

@@ -93,3 +93,8 @@ def device_name() -> str:
         return "CPU"
     details = tf.config.experimental.get_device_details(gpus[0])
     return details.get("device_name", gpus[0].name)
+
+
+def train_step_function(model):
+    """One optimizer step in a ``tf.function``, as ``model.fit`` compiles it (no XLA)."""
+    return tf.function(model.train_step, reduce_retracing=True, jit_compile=False)

@@ -1,0 +1,237 @@
+"""Benchmarks: one training step and posterior sampling, per summary network, under one backend.
+
+Run once per Keras backend (Keras reads KERAS_BACKEND once per process), e.g.::
+
+    KERAS_BACKEND=tensorflow .venv/bin/python -m pytest bench/bench_training.py \
+        --benchmark-json=results/bench_training_tensorflow.json
+    KERAS_BACKEND=torch .venv/bin/python -m pytest bench/bench_training.py \
+        --benchmark-json=results/bench_training_torch.json
+
+Set LIF_SBI_BENCH_STOCK=1 to add the stock ``bayesflow.networks.TimeSeriesNetwork`` (under torch
+one step of it takes ~15 s on a 2-core CPU: it is measured with one round only).
+CUDA variants (marked gpu) run only where the backend sees a GPU and skip otherwise.
+
+The file is also a script for the recovery-vs-step-time comparison of summary networks::
+
+    KERAS_BACKEND=torch .venv/bin/python bench/bench_training.py recovery \
+        --kinds reference conv_gru conv_pool --n-train 10000 --epochs 4
+
+which trains each candidate on the same simulated traces and prints Pearson r of the posterior
+mean vs the truth per parameter on fresh test traces.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import bayesflow as bf
+
+from lif_sbi import backends
+from lif_sbi.networks import DEFAULT_SUMMARY_KIND, build_summary_network
+from lif_sbi.priors import DISPLAY_SCALE, PARAM_NAMES
+
+BATCH_SIZE = 64
+SAMPLE_TRACES = 100
+SAMPLE_DRAWS = 500
+TRACE_SCALE = 1e3  # V -> mV for the network input (standardised afterwards by BayesFlow)
+DATA_CACHE = os.environ.get("LIF_SBI_BENCH_CACHE", "/tmp/lif_sbi_bench_cache")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers (shared by the benchmarks and the recovery script)
+
+
+def simulate(n: int, seed: int) -> dict[str, np.ndarray]:
+    """`n` simulated traces as BayesFlow input: parameters in display units, traces in mV.
+
+    Cached under DATA_CACHE (the simulator is deterministic per seed).
+    """
+    path = os.path.join(DATA_CACHE, f"sim_{n}_{seed}.npz")
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return dict(f)
+    from lif_sbi.simulator import simulate_batch
+
+    d = simulate_batch(n, seed=seed)
+    out = {
+        "theta": (d["parameters"] * DISPLAY_SCALE).astype("float32"),
+        "x": (d["observables"] * TRACE_SCALE).astype("float32"),
+    }
+    os.makedirs(DATA_CACHE, exist_ok=True)
+    np.savez(path, **out)
+    return out
+
+
+def make_adapter() -> bf.Adapter:
+    return (
+        bf.Adapter()
+        .convert_dtype("float64", "float32")
+        .rename("theta", "inference_variables")
+        .rename("x", "summary_variables")
+    )
+
+
+def make_summary(kind: str):
+    if kind == "stock":
+        return bf.networks.TimeSeriesNetwork()
+    return build_summary_network(kind)
+
+
+def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: float = 1e-3):
+    """CouplingFlow (BayesFlow defaults) + summary network `kind`, compiled and built on `data`."""
+    backends.set_seed(seed)
+    approximator = bf.ContinuousApproximator(
+        adapter=make_adapter(),
+        inference_network=bf.networks.CouplingFlow(),
+        summary_network=make_summary(kind),
+        standardize=("inference_variables", "summary_variables"),
+    )
+    approximator.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
+    approximator.build_from_data(batch)
+    return approximator
+
+
+def adapted_batch(approximator, data: dict, index) -> dict:
+    raw = {k: v[index] for k, v in data.items()}
+    return {k: keras.ops.convert_to_tensor(v) for k, v in approximator.adapter(raw).items()}
+
+
+# --------------------------------------------------------------------------------------------
+# benchmarks
+
+SUMMARY_BENCH_KINDS = ["reference", DEFAULT_SUMMARY_KIND] + (["stock"] if os.environ.get("LIF_SBI_BENCH_STOCK") else [])
+
+
+@pytest.fixture(scope="module")
+def bench_data():
+    return simulate(512, seed=1234)
+
+
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture
+def on_device(request):
+    """Run the test body under ``keras.device(...)``; the GPU variant skips without a GPU."""
+    device = request.param
+    has_gpu = backends.device_name() != "CPU"
+    if device == "gpu" and not has_gpu:
+        pytest.skip("no CUDA device")
+    if device == "cpu" and has_gpu:
+        with keras.device("cpu:0"):
+            yield device
+    else:  # the backend's default device is the one asked for
+        yield device
+
+
+@pytest.mark.parametrize("kind", SUMMARY_BENCH_KINDS)
+@pytest.mark.parametrize("on_device", DEVICES, indirect=True)
+def test_training_step(benchmark, bench_data, kind, on_device):
+    """One optimizer step, batch 64, CouplingFlow + summary network (forward, backward, update)."""
+    approximator = make_approximator(kind, bench_data)
+    step = backends.train_step_function(approximator)
+    batches = [adapted_batch(approximator, bench_data, slice(i, i + BATCH_SIZE)) for i in range(0, 512, BATCH_SIZE)]
+    counter = iter(range(10**9))
+
+    def run():
+        metrics = step(batches[next(counter) % len(batches)])
+        return float(keras.ops.convert_to_numpy(metrics["loss"]))
+
+    for _ in range(2 if kind != "stock" or backends.name != "torch" else 0):  # warm-up / tracing
+        run()
+    rounds = 1 if kind == "stock" and backends.name == "torch" else 5
+    loss = benchmark.pedantic(run, rounds=rounds, iterations=1)
+    benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, batch=BATCH_SIZE)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("kind", ["reference", DEFAULT_SUMMARY_KIND])
+@pytest.mark.parametrize("on_device", DEVICES, indirect=True)
+def test_posterior_sampling(benchmark, bench_data, kind, on_device):
+    """Posterior sampling, 100 traces x 500 draws (summary network + flow inverse)."""
+    approximator = make_approximator(kind, bench_data)
+    conditions = {"x": bench_data["x"][:SAMPLE_TRACES]}
+
+    def run():
+        return approximator.sample(num_samples=SAMPLE_DRAWS, conditions=conditions)
+
+    run()  # warm-up / tracing
+    samples = benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info.update(
+        backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, traces=SAMPLE_TRACES, draws=SAMPLE_DRAWS
+    )
+    assert samples["theta"].shape == (SAMPLE_TRACES, SAMPLE_DRAWS, len(PARAM_NAMES))
+
+
+# --------------------------------------------------------------------------------------------
+# recovery script
+
+
+def recovery(kind: str, *, n_train: int, epochs: int, n_test: int = 400, draws: int = 500, seed: int = 0) -> dict:
+    """Train `kind` for a fixed budget; return step time and Pearson r per parameter."""
+    train = simulate(n_train, seed=seed)
+    test = simulate(n_test, seed=seed + 10_000)
+    approximator = make_approximator(kind, train, seed=seed)
+    step = backends.train_step_function(approximator)
+    rng = np.random.default_rng(seed)
+    n_batches = n_train // BATCH_SIZE
+    step_times = []
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        order = rng.permutation(n_train)
+        losses = []
+        for b in range(n_batches):
+            batch = adapted_batch(approximator, train, order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE])
+            ts = time.perf_counter()
+            metrics = step(batch)
+            losses.append(float(keras.ops.convert_to_numpy(metrics["loss"])))
+            step_times.append(time.perf_counter() - ts)
+        print(f"  {kind} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}", flush=True)
+    train_s = time.perf_counter() - t0
+    ts = time.perf_counter()
+    post = approximator.sample(num_samples=draws, conditions={"x": test["x"]})["theta"]
+    sample_s = time.perf_counter() - ts
+    mean = post.mean(axis=1)
+    r = {name: float(np.corrcoef(mean[:, i], test["theta"][:, i])[0, 1]) for i, name in enumerate(PARAM_NAMES)}
+    return {
+        "kind": kind,
+        "step_s": float(np.median(step_times[5:] if len(step_times) > 10 else step_times)),
+        "train_s": train_s,
+        "sample_s": sample_s,
+        "params": int(sum(np.prod(v.shape) for v in approximator.summary_network.trainable_variables)),
+        "r": r,
+        "final_loss": float(np.mean(losses)),
+    }
+
+
+def main(argv=None):
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    rec = sub.add_parser("recovery", help="recovery vs training-step time per summary network")
+    rec.add_argument("--kinds", nargs="+", default=["reference", "conv_gru", "conv_pool"])
+    rec.add_argument("--n-train", type=int, default=10_000)
+    rec.add_argument("--epochs", type=int, default=4)
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--json", default=None, help="append results as JSON lines to this file")
+    args = parser.parse_args(argv)
+    print(f"backend {backends.name} on {backends.device_name()}")
+    for kind in args.kinds:
+        res = recovery(kind, n_train=args.n_train, epochs=args.epochs, seed=args.seed)
+        res |= {"backend": backends.name, "n_train": args.n_train, "epochs": args.epochs}
+        print(json.dumps(res), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
