@@ -60,6 +60,11 @@ PLOT_FILES = {
 # ----------------------------------------------------------------------------- helpers
 
 
+# log(5e-324), the log of the smallest subnormal double: the floor where gamma underflows to 0.
+# A literal, since math.log(5e-324) fails once flush-to-zero is on (the torch backend sets it).
+LOG_GAMMA_FLOOR = -744.4400719213812
+
+
 def _label(i: int) -> str:
     """'C_m [pF]': the parameter's name with its display unit, for titles and table heads."""
     p = PARAMETERS[i]
@@ -205,7 +210,7 @@ def compute_metrics(theta_true, draws, *, seed: int | None = 0, num_null_draws: 
         )["values"]
     # gamma underflows to exactly 0 for grossly miscalibrated posteriors (log = -inf); floor at
     # the log of the smallest positive double so the value stays finite and sortable.
-    log_gamma = np.maximum(np.asarray(log_gamma, dtype=np.float64), math.log(5e-324))
+    log_gamma = np.maximum(np.asarray(log_gamma, dtype=np.float64), LOG_GAMMA_FLOOR)
 
     contraction = bf.diagnostics.metrics.posterior_contraction(est, truth, variable_names=names)["values"]
     cal_err = bf.diagnostics.metrics.calibration_error(est, truth, variable_names=names)["values"]

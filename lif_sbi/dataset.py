@@ -1,0 +1,73 @@
+"""Offline datasets: simulate N traces, split train/validation, cache on disk by what determines them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import priors, simulator, stimulus
+
+CHUNK = 10_000  # traces simulated per seed chunk; part of the dataset's definition
+DEFAULT_CACHE_DIR = Path(os.environ.get("LIF_SBI_CACHE", Path(__file__).resolve().parent.parent / "cache"))
+KEYS = ("parameters", "observables", "current", "amplitude")
+
+
+def dataset_key(n: int, seed: int, device: str = "cpu") -> str:
+    """A hash of everything that determines the dataset: size, seed, device and the model's code."""
+    h = hashlib.sha256(f"n={n};seed={seed};device={device};chunk={CHUNK};torch={torch.__version__}".encode())
+    for module in (priors, stimulus, simulator):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def simulate_dataset(n: int, seed: int, *, device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
+    """Simulate `n` traces in chunks of `CHUNK`, each seeded from `seed` (same seed → same arrays).
+
+    Returns the arrays of `simulator.simulate_batch`: parameters (n, 6) SI, observables
+    (n, 501, 1) V, current (n, 501) A, amplitude (n,) A; all float32.
+    """
+    seeds = np.random.SeedSequence(seed).generate_state((n + CHUNK - 1) // CHUNK, dtype=np.uint64)
+    parts = []
+    bar = tqdm(total=n, desc="simulating", unit="trace", disable=not progress or n <= 5 * CHUNK, leave=False)
+    for i, chunk_seed in enumerate(seeds):
+        m = min(CHUNK, n - i * CHUNK)
+        parts.append(simulator.simulate_batch(m, int(chunk_seed >> np.uint64(1)), device=device))
+        bar.update(m)
+    bar.close()
+    return {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
+
+
+def load_or_simulate(
+    n: int, seed: int, *, device: str = "cpu", cache_dir: Path | str | None = DEFAULT_CACHE_DIR, progress: bool = True
+) -> tuple[dict[str, np.ndarray], Path | None]:
+    """The dataset for (n, seed), from the cache when present; returns (arrays, cache path or None)."""
+    if cache_dir is None:
+        return simulate_dataset(n, seed, device=device, progress=progress), None
+    path = Path(cache_dir) / f"lif_{n}_{seed}_{dataset_key(n, seed, device)}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in KEYS}, path
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is simply regenerated
+    data = simulate_dataset(n, seed, device=device, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as tmp:
+        np.savez(tmp, **data)
+    os.replace(tmp.name, path)
+    return data, path
+
+
+def split(data: dict[str, np.ndarray], validation_fraction: float, seed: int) -> tuple[dict, dict]:
+    """Random train/validation split: returns (train, validation) dicts of the same keys."""
+    n = len(data["parameters"])
+    n_val = round(n * validation_fraction)
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = order[:n_val], order[n_val:]
+    return {k: v[train] for k, v in data.items()}, {k: v[val] for k, v in data.items()}

@@ -1,0 +1,361 @@
+"""One training run, end to end: data, fit with resumable checkpoints, diagnostics, report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from . import __version__, backends, dataset, diagnostics, estimator, report
+from .config import Config
+from .diagnostics import atomic_write_text
+from .priors import PARAMETERS
+
+HISTORY_FIELDS = ("epoch", "loss", "val_loss", "learning_rate", "wall_s")
+CHECKPOINTS = "checkpoints"
+
+
+class ResumeError(Exception):
+    """A run folder that cannot be continued: one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _atomic_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _atomic_keras_save(obj, path: Path, *, weights_only: bool) -> None:
+    """Keras needs the real suffix, so write to `<stem>.tmp<suffixes>` and rename over `path`."""
+    suffix = ".weights.h5" if weights_only else ".keras"
+    tmp = path.with_name(path.name[: -len(suffix)] + ".tmp" + suffix)
+    if weights_only:
+        obj.save_weights(str(tmp))
+    else:
+        obj.save(str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_history(run_dir: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "history.csv", buf.getvalue())
+
+
+def new_run_dir(results_dir: Path, config: Config) -> Path:
+    """results/<config>_<backend>_<UTC time>; never reuses an existing folder."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{config.name}_{backends.name}_{stamp}"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        run_dir = results_dir / (base if k == 1 else f"{base}_{k}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {results_dir}")
+
+
+def environment() -> dict:
+    import bayesflow
+    import torch
+
+    env = {
+        "lif_sbi": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "keras_backend": backends.name,
+        "backend_version": backends.module.version() if hasattr(backends.module, "version") else "",
+        "device": backends.device_name(),
+        "bayesflow": bayesflow.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "torch (simulator)": torch.__version__,
+    }
+    if not env["backend_version"]:
+        env["backend_version"] = sys.modules[{"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[backends.name]].__version__
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable callbacks. Keras' EarlyStopping and ReduceLROnPlateau reset their counters in
+# on_train_begin; these subclasses put back the counters saved with the last checkpoint.
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    STATE = ("wait", "best", "best_epoch", "stopped_epoch")
+
+    def __init__(self, *args, resume_state: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resume_state = resume_state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for k, v in self.resume_state.items():
+            setattr(self, k, v)
+
+    def state(self) -> dict:
+        return {k: _plain(getattr(self, k)) for k in self.STATE}
+
+
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    STATE = ("wait", "best", "cooldown_counter")
+
+    def __init__(self, *args, resume_state: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resume_state = resume_state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for k, v in self.resume_state.items():
+            setattr(self, k, v)
+
+    def state(self) -> dict:
+        return {k: _plain(getattr(self, k)) for k in self.STATE}
+
+
+def _plain(x):
+    x = float(x) if isinstance(x, (np.floating, float)) else int(x) if isinstance(x, (np.integer, int)) else x
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def _unplain(state: dict) -> dict:
+    return {k: float(v) if v in ("inf", "-inf") else v for k, v in state.items()}
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """After every epoch: history row, resumable checkpoint, best weights, one progress line.
+
+    Written by hand: Keras' ModelCheckpoint does not save the optimizer state with the weights
+    in a resumable form, nor callback counters, and its progress bar shows neither the learning
+    rate nor the time left.
+    """
+
+    def __init__(self, run_dir: Path, epochs: int, rows: list[dict], best: float, others, quiet: bool):
+        super().__init__()
+        self.run_dir, self.epochs, self.rows, self.best, self.others, self.quiet = run_dir, epochs, rows, best, others, quiet
+        self.ckpt_dir = run_dir / CHECKPOINTS
+        self.ckpt_dir.mkdir(exist_ok=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+        self.lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        wall = time.perf_counter() - self.t0
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(logs.get("loss", float("nan"))),
+            "val_loss": float(logs.get("val_loss", float("nan"))),
+            "learning_rate": self.lr,
+            "wall_s": round(wall, 3),
+        }
+        self.rows.append(row)
+        if math.isfinite(row["val_loss"]) and row["val_loss"] < self.best:
+            self.best = row["val_loss"]
+            _atomic_keras_save(self.model, self.ckpt_dir / "best.weights.h5", weights_only=True)
+        save_checkpoint(self.ckpt_dir, self.model, epoch + 1, self.rows, self.best, {type(c).__name__: c.state() for c in self.others})
+        _write_history(self.run_dir, self.rows)
+        if not self.quiet:
+            mean = sum(r["wall_s"] for r in self.rows[-5:]) / len(self.rows[-5:])
+            left = mean * (self.epochs - epoch - 1)
+            print(
+                f"epoch {epoch + 1:>3}/{self.epochs}  loss {row['loss']:8.4f}  val_loss {row['val_loss']:8.4f}  "
+                f"lr {self.lr:.1e}  {wall:5.1f} s  ~{_duration(left)} left at most",
+                flush=True,
+            )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def save_checkpoint(ckpt_dir: Path, model, epoch: int, rows, best: float, callbacks: dict, finished: bool = False) -> None:
+    """checkpoints/epoch_NNNN/ (weights, optimizer variables, state), then the `latest` pointer.
+
+    Each step is a rename, so a killed process leaves the previous checkpoint intact.
+    """
+    target = ckpt_dir / f"epoch_{epoch:04d}"
+    tmp = ckpt_dir / f"epoch_{epoch:04d}.tmp"
+    if tmp.exists():
+        _rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_weights(str(tmp / "model.weights.h5"))
+    np.savez(tmp / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
+    state = {"epoch": epoch, "history": rows, "best_val_loss": _plain(best), "callbacks": callbacks, "finished_training": finished}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    if target.exists():
+        _rmtree(target)
+    os.replace(tmp, target)
+    atomic_write_text(ckpt_dir / "latest", target.name + "\n")
+    for old in ckpt_dir.glob("epoch_*"):
+        if old.name != target.name and not old.name.endswith(".tmp"):
+            _rmtree(old)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(ckpt_dir: Path) -> tuple[Path, dict]:
+    try:
+        name = (ckpt_dir / "latest").read_text().strip()
+        state = json.loads((ckpt_dir / name / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"{ckpt_dir} holds no complete checkpoint to resume from ({exc.__class__.__name__})") from None
+    return ckpt_dir / name, state
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool = False) -> int:
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    t_start = time.perf_counter()
+    resuming = run_dir is not None
+    backends.set_seed(config.training.seed)
+    if resuming:
+        ckpt_path, state = load_checkpoint(run_dir / CHECKPOINTS)
+        say(f"resuming {run_dir} after epoch {state['epoch']}")
+    else:
+        run_dir = new_run_dir(results_dir, config)
+        state = None
+        atomic_write_text(run_dir / "config.toml", config.to_toml())
+        _atomic_json(run_dir / "environment.json", environment())
+        say(f"run folder: {run_dir}")
+    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").exists() else {}
+
+    # Data
+    t0 = time.perf_counter()
+    data, cache_path = dataset.load_or_simulate(config.data.n_traces, config.data.seed, progress=not quiet)
+    train, val = dataset.split(data, config.data.validation_fraction, config.data.seed)
+    timings.setdefault("simulation_s", round(time.perf_counter() - t0, 3))
+    say(f"data: {len(train['parameters'])} training / {len(val['parameters'])} validation traces ({'cached' if cache_path else 'simulated'})")
+
+    # Model
+    import bayesflow as bf
+
+    approximator = estimator.build_approximator(config.model)
+    keys = ("parameters", "observables")
+    train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=config.training.batch_size, adapter=approximator.adapter)
+    val_ds = bf.datasets.OfflineDataset({k: val[k] for k in keys}, batch_size=config.training.batch_size, adapter=approximator.adapter, shuffle=False)
+    approximator.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate))
+    approximator.build_from_data(train_ds[0])
+
+    rows: list[dict] = []
+    best = float("inf")
+    start_epoch = 0
+    cb_state: dict = {}
+    finished = False
+    if state is not None:
+        approximator.load_weights(str(ckpt_path / "model.weights.h5"))
+        opt = approximator.optimizer
+        opt.build(approximator.trainable_variables)
+        with np.load(ckpt_path / "optimizer.npz") as f:
+            values = [f[f"arr_{i}"] for i in range(len(f.files))]
+        if len(values) != len(opt.variables):
+            raise ResumeError(f"{ckpt_path}: optimizer state does not match this model ({len(values)} vs {len(opt.variables)} variables)")
+        for var, value in zip(opt.variables, values):
+            var.assign(value)
+        rows, start_epoch, finished = state["history"], state["epoch"], state.get("finished_training", False)
+        best = float(_unplain({"b": state["best_val_loss"]})["b"])
+        cb_state = {k: _unplain(v) for k, v in state["callbacks"].items()}
+
+    early = ResumableEarlyStopping(
+        monitor="val_loss", patience=config.training.early_stopping_patience, mode="min",
+        restore_best_weights=False,  # the best epoch's weights are loaded from best.weights.h5 after fit
+        resume_state=cb_state.get("ResumableEarlyStopping"),
+    )
+    plateau = ResumableReduceLROnPlateau(
+        monitor="val_loss", factor=config.training.lr_plateau_factor, patience=config.training.lr_plateau_patience,
+        min_lr=config.training.min_learning_rate, mode="min", resume_state=cb_state.get("ResumableReduceLROnPlateau"),
+    )
+    recorder = EpochRecorder(run_dir, config.training.epochs, rows, best, [early, plateau], quiet)
+
+    t0 = time.perf_counter()
+    if not finished and start_epoch < config.training.epochs:
+        say(f"training under Keras backend '{backends.name}' on {backends.device_name()}: up to {config.training.epochs} epochs")
+        approximator.fit(
+            dataset=train_ds, validation_data=val_ds, epochs=config.training.epochs, initial_epoch=start_epoch,
+            callbacks=[plateau, early, recorder], verbose=0,
+        )
+        save_checkpoint(run_dir / CHECKPOINTS, approximator, len(rows), rows, recorder.best,
+                        {type(c).__name__: c.state() for c in (early, plateau)}, finished=True)
+    timings["training_s"] = round(timings.get("training_s", 0.0) + time.perf_counter() - t0, 3)
+    if not rows:
+        raise ResumeError("training recorded no epoch")
+    if (run_dir / CHECKPOINTS / "best.weights.h5").exists():
+        approximator.load_weights(str(run_dir / CHECKPOINTS / "best.weights.h5"))
+    _atomic_keras_save(approximator, run_dir / "model.keras", weights_only=False)
+    _atomic_json(run_dir / "timings.json", timings)
+
+    # Diagnostics on fresh test traces
+    t0 = time.perf_counter()
+    diag = config.diagnostics
+    say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
+    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False)
+    draws = estimator.sample_posterior(approximator, test["observables"], diag.n_draws, seed=diag.seed)
+    ppc_cases = [
+        {"theta_draws": draws[i], "current": test["current"][i], "observed": test["observables"][i, :, 0],
+         "theta_true": test["parameters"][i], "label": f"test trace {i}"}
+        for i in range(diag.n_ppc)
+    ]
+    history = {k: [r[k] for r in rows] for k in ("loss", "val_loss", "learning_rate")}
+    n_prior = min(2000, len(train["parameters"]))
+    metrics, plots = diagnostics.run_all(
+        run_dir / "plots", test["parameters"].astype(np.float64), draws, history=history,
+        prior_theta=train["parameters"][:n_prior].astype(np.float64), prior_traces=train["observables"][:n_prior, :, 0],
+        ppc_cases=ppc_cases, seed=diag.seed, metrics_file=None,
+    )
+    timings["diagnostics_s"] = round(time.perf_counter() - t0, 3)
+    timings["total_s"] = round(timings.get("total_s", 0.0) + time.perf_counter() - t_start, 3)
+    best_row = min(rows, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else float("inf"))
+    metrics["training"] = {
+        "epochs_run": len(rows), "best_epoch": best_row["epoch"], "best_val_loss": best_row["val_loss"],
+        "final_learning_rate": rows[-1]["learning_rate"], "stopped_early": len(rows) < config.training.epochs,
+    }
+    metrics["timings"] = timings
+    _atomic_json(run_dir / "metrics.json", metrics)
+    _atomic_json(run_dir / "timings.json", timings)
+    env = json.loads((run_dir / "environment.json").read_text())
+    report.write_report(
+        run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
+        extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
+               "simulation": f"{timings['simulation_s']:.1f} s", "training": f"{timings['training_s']:.1f} s",
+               "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s"},
+    )
+    print(summary(run_dir, metrics), flush=True)
+    return 0
+
+
+def summary(run_dir: Path, metrics: dict) -> str:
+    lines = [f"\n{'parameter':<10}{'r':>8}{'cov50':>8}{'cov90':>8}  SBC"]
+    for p in PARAMETERS:
+        m = metrics["parameters"][p.name]
+        r = "n/a" if m["r"] is None else f"{m['r']:.3f}"
+        lines.append(f"{p.name:<10}{r:>8}{m['coverage_50']:>8.2f}{m['coverage_90']:>8.2f}  {'pass' if m['sbc_pass'] else 'FAIL'}")
+    t = metrics["timings"]
+    lines.append(f"total {t['total_s']:.0f} s (training {t['training_s']:.0f} s); report: {run_dir / 'report.md'}")
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""`python -m lif_sbi.train`: simulate, train the posterior estimator, diagnose, and report."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .config import Config, ConfigError, available_configs, from_dict, load_config
+
+RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
+HISTORY_FIELDS = ("epoch", "loss", "val_loss", "learning_rate", "wall_s")
+
+
+class UsageError(Exception):
+    """Bad input from the command line: reported as one line, exit code 2."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m lif_sbi.train",
+        description="Train the amortised LIF posterior estimator and write results/<run_id>/. "
+        "The Keras backend is picked by KERAS_BACKEND (torch, tensorflow or jax).",
+    )
+    p.add_argument("--config", default="default", help=f"configuration name ({', '.join(available_configs())}) or path to a .toml file (default: default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one configuration value; repeatable (e.g. --set training.epochs=20)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its own folder, from its last checkpoint")
+    p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where run folders are created (default: results/)")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+
+    def error(message):  # argparse's own errors: one line, exit code 2
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = error
+    return p.parse_args(argv)
+
+
+def resolve(args) -> tuple[Config, Path | None]:
+    """The run's configuration (validated) and, when resuming, its folder."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file() or not (run_dir / "checkpoints").is_dir():
+            raise UsageError(f"--resume {args.resume!r}: not a run folder with config.toml and checkpoints/ (expected results/<run_id>)")
+        if args.overrides:
+            raise UsageError("--resume continues a run with its saved configuration; --set is not allowed with it")
+        import tomllib
+
+        return from_dict(tomllib.loads((run_dir / "config.toml").read_text()), source=str(run_dir / "config.toml")), run_dir
+    return load_config(args.config, args.overrides), None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config, run_dir = resolve(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from . import runner  # heavy imports (Keras, BayesFlow) only after the input is known good
+
+    try:
+        return runner.run(config, run_dir=run_dir, results_dir=Path(args.results_dir), quiet=args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last finished epoch is checkpointed; continue with --resume", file=sys.stderr)
+        return 130
+    except runner.ResumeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
