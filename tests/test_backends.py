@@ -1,0 +1,166 @@
+"""lif_sbi.backends: FastGRU equals keras.layers.GRU(reset_after=True) under every backend.
+
+Keras reads KERAS_BACKEND once per process, so each backend runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(backend: str, code: str, timeout: int = 300) -> dict:
+    """Run `code` under KERAS_BACKEND=`backend`; it must print one JSON line last."""
+    env = os.environ | {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"{backend} subprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _backend_params():
+    return [
+        pytest.param("torch", marks=pytest.mark.torch),
+        pytest.param(
+            "tensorflow",
+            marks=[
+                pytest.mark.tensorflow,
+                pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed"),
+            ],
+        ),
+        pytest.param(
+            "jax",
+            marks=[pytest.mark.jax, pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")],
+        ),
+    ]
+
+
+BACKENDS = _backend_params()
+
+# Gradient of a scalar loss w.r.t. inputs and weights, per backend, in one function `grads`.
+GRAD_HELPERS = """
+import keras, numpy as np
+from lif_sbi import backends
+
+def grads(layer, x, w):
+    # d/d(x, weights) of sum(layer(x) * w)
+    name = backends.name
+    if name == "torch":
+        import torch
+        xt = torch.tensor(x, requires_grad=True)
+        with torch.enable_grad():
+            y = layer(xt)
+            loss = (y * torch.tensor(w)).sum()
+            gs = torch.autograd.grad(loss, [xt] + [v.value for v in layer.trainable_weights])
+        return [g.detach().numpy() for g in gs]
+    if name == "tensorflow":
+        import tensorflow as tf
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt)
+            loss = tf.reduce_sum(y * w)
+        gs = tape.gradient(loss, [xt] + [v.value for v in layer.trainable_weights])
+        return [g.numpy() for g in gs]
+    import jax
+    def f(x, weights):
+        y, _ = layer.stateless_call(weights, [], x)
+        return (y * w).sum()
+    gx, gw = jax.grad(f, argnums=(0, 1))(x, [v.value for v in layer.trainable_weights])
+    return [np.asarray(gx)] + [np.asarray(g) for g in gw]
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_gru_matches_keras_gru(backend):
+    """Same weights and inputs: outputs within 1e-5, gradients (inputs, weights) within 1e-4."""
+    code = (
+        GRAD_HELPERS
+        + """
+import json
+from lif_sbi.networks import FastGRU
+backends.set_seed(0)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(5, 37, 3)).astype("float32")
+out = {"backend": backends.name, "device": backends.device_name(), "cases": []}
+for return_sequences in (True, False):
+    ref = keras.layers.GRU(8, return_sequences=return_sequences, reset_after=True)
+    ref.build((None, 37, 3))
+    ref.cell.bias.assign(rng.normal(scale=0.5, size=(2, 24)).astype("float32"))
+    fast = FastGRU(8, return_sequences=return_sequences)
+    fast.build((None, 37, 3))
+    fast.set_weights(ref.get_weights())
+    assert [v.name for v in fast.weights] == ["kernel", "recurrent_kernel", "bias"]
+    assert [tuple(v.shape) for v in fast.weights] == [tuple(v.shape) for v in ref.weights]
+    y_ref = keras.ops.convert_to_numpy(ref(x))
+    y_fast = keras.ops.convert_to_numpy(fast(x))
+    w = rng.normal(size=y_ref.shape).astype("float32")
+    g_ref, g_fast = grads(ref, x, w), grads(fast, x, w)
+    out["cases"].append({
+        "return_sequences": return_sequences,
+        "shape": list(y_fast.shape),
+        "out_err": float(np.abs(y_ref - y_fast).max()),
+        "grad_err": [float(np.abs(a - b).max()) for a, b in zip(g_ref, g_fast)],
+        "grad_scale": [float(np.abs(a).max()) for a in g_ref],
+    })
+print(json.dumps(out))
+"""
+    )
+    res = run_script(backend, code)
+    assert res["backend"] == backend
+    assert [c["return_sequences"] for c in res["cases"]] == [True, False]
+    assert res["cases"][0]["shape"] == [5, 37, 8]
+    assert res["cases"][1]["shape"] == [5, 8]
+    for case in res["cases"]:
+        assert case["out_err"] < 1e-5, case
+        assert len(case["grad_err"]) == 4  # inputs, kernel, recurrent_kernel, bias
+        assert max(case["grad_err"]) < 1e-4, case
+        assert min(case["grad_scale"]) > 1e-3, case  # gradients are not trivially zero
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_interface(backend):
+    """The chosen module matches KERAS_BACKEND; set_seed makes Keras draws repeatable."""
+    code = """
+import json, keras
+from lif_sbi import backends
+backends.set_seed(3)
+a = keras.ops.convert_to_numpy(keras.random.normal((4,))).tolist()
+backends.set_seed(3)
+b = keras.ops.convert_to_numpy(keras.random.normal((4,))).tolist()
+print(json.dumps({"name": backends.name, "module": backends.module.__name__,
+                  "device": backends.device_name(), "a": a, "b": b}))
+"""
+    res = run_script(backend, code)
+    assert res["name"] == backend
+    assert res["module"] == f"lif_sbi.backends.{backend}"
+    assert isinstance(res["device"], str) and res["device"]
+    assert res["a"] == res["b"]
+
+
+def test_only_backends_branch_on_backend_name():
+    """Nothing outside backends/ looks at the Keras backend's name (DESIGN.md §3)."""
+    offenders = []
+    for folder in ("lif_sbi",):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for f in files:
+                if f.endswith(".py"):
+                    text = open(os.path.join(dirpath, f), encoding="utf-8").read()
+                    if "backend.backend()" in text:
+                        offenders.append(os.path.join(dirpath, f))
+    assert not offenders, offenders
