@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch  # noqa: F401  (the simulator's; import torch before TensorFlow when both load)
 import keras
 import numpy as np
 

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
-import platform
-import shutil
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import Config, ConfigError, available_configs, from_dict, load_config
 
 RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
-HISTORY_FIELDS = ("epoch", "loss", "val_loss", "learning_rate", "wall_s")
 
 
 class UsageError(Exception):
@@ -58,8 +50,21 @@ def resolve(args) -> tuple[Config, Path | None]:
     return load_config(args.config, args.overrides), None
 
 
+def _quiet_libraries() -> None:
+    """Keep the console to our own lines: BayesFlow's import notes and TensorFlow's C++ logs."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # BayesFlow raises its logger to INFO at import and configures the root logger only if it
+    # has no handler; give root one that drops BayesFlow's notes below ERROR.
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda record: not (record.name.startswith("bayesflow") and record.levelno < logging.ERROR))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _quiet_libraries()
     try:
         config, run_dir = resolve(args)
     except (ConfigError, UsageError) as exc:

@@ -1,0 +1,90 @@
+"""Configurations: loading, overrides, and one-line errors for every kind of bad value."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lif_sbi.config import ConfigError, available_configs, load_config, parse_override
+
+
+def test_named_configs_load_and_round_trip(tmp_path):
+    assert {"reference", "default", "ci"} <= set(available_configs())
+    for name in available_configs():
+        cfg = load_config(name)
+        path = tmp_path / f"{name}.toml"
+        path.write_text(cfg.to_toml())
+        assert load_config(str(path)) == cfg
+
+
+def test_reference_matches_the_study():
+    cfg = load_config("reference")
+    assert (cfg.data.n_traces, cfg.data.validation_fraction, cfg.data.seed) == (10_000, 0.2, 42)
+    t = cfg.training
+    assert (t.epochs, t.batch_size, t.learning_rate) == (100, 64, 1e-3)
+    assert (t.early_stopping_patience, t.lr_plateau_patience, t.lr_plateau_factor, t.min_learning_rate) == (12, 6, 0.5, 1e-6)
+    assert cfg.model.summary_network == "reference" and cfg.model.flow_depth == 6
+    assert (cfg.diagnostics.n_test, cfg.diagnostics.n_draws) == (400, 1000)
+
+
+def test_overrides_apply_and_are_typed():
+    cfg = load_config("ci", ["training.epochs=7", "training.learning_rate=5e-4", "model.summary_network=conv_pool"])
+    assert cfg.training.epochs == 7 and cfg.training.learning_rate == 5e-4
+    assert cfg.model.summary_network == "conv_pool"
+    assert parse_override("data.cache=false") == {"data": {"cache": False}}
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["training.epochs=0"], "training.epochs"),
+        (["training.epoch=3"], "unknown key 'training.epoch'"),
+        (["trainig.epochs=3"], "unknown key 'trainig'"),
+        (["training.epochs='ten'"], "training.epochs .* wrong type"),
+        (["data.validation_fraction=1.5"], "data.validation_fraction"),
+        (["data.validation_fraction=80"], "data.validation_fraction"),
+        (["training.min_learning_rate=0.1"], "training.min_learning_rate"),
+        (["model.summary_network=lstm"], "model.summary_network"),
+        (["epochs"], "malformed"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("ci", overrides)
+
+
+def test_unknown_config_name():
+    with pytest.raises(ConfigError, match="unknown configuration 'nope'.*reference"):
+        load_config("nope")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lif_sbi.train", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--set", "training.epochs=-1"], "training.epochs"),
+        (["--set", "training.batchsize=3"], "unknown key 'training.batchsize'"),
+        (["--set", "training.epochs=1.5"], "wrong type"),
+        (["--set", "data.validation_fraction=1.2"], "validation_fraction"),
+        (["--config", "nope"], "unknown configuration"),
+        (["--resume", "/nonexistent/run"], "--resume"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(args, match, tmp_path):
+    proc = _cli(*args, "--results-dir", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert __import__("re").search(match, lines[0]), lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bad_toml_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training\nepochs = 3\n")
+    proc = _cli("--config", str(bad), "--results-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

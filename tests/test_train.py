@@ -1,0 +1,113 @@
+"""`python -m lif_sbi.train` end to end under each Keras backend, and kill/resume."""
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SMALL = ["--set", "data.n_traces=320", "--set", "diagnostics.n_test=24", "--set", "diagnostics.n_draws=60"]
+RECORD = ["config.toml", "environment.json", "model.keras", "history.csv", "metrics.json", "report.md", "timings.json"]
+PLOTS = ["loss.png", "recovery.png", "sbc_ecdf.png", "z_score_contraction.png", "coverage.png", "prior_histograms.png",
+         "example_traces.png", "posterior_predictive.png"]
+
+
+def _env(backend, tmp_path):
+    return {**os.environ, "KERAS_BACKEND": backend, "LIF_SBI_CACHE": str(tmp_path / "cache")}
+
+
+def _train(backend, tmp_path, *args, timeout=900):
+    cmd = [sys.executable, "-m", "lif_sbi.train", "--config", "ci", "--results-dir", str(tmp_path / "results"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(backend, tmp_path), timeout=timeout)
+
+
+def _history(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("torch", marks=pytest.mark.torch),
+        pytest.param("tensorflow", marks=[pytest.mark.tensorflow, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")]),
+    ],
+)
+def test_ci_config_trains_end_to_end(backend, tmp_path):
+    proc = _train(backend, tmp_path, *SMALL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "results").iterdir()
+    assert run_dir.name.startswith(f"ci_{backend}_")
+    for name in RECORD:
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    for name in PLOTS:
+        assert (run_dir / "plots" / name).stat().st_size > 1000, name
+    assert not list(run_dir.rglob("*.tmp*")), "temporary files left behind"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for name, m in metrics["parameters"].items():
+        for key in ("rmse", "coverage_50", "coverage_90", "contraction", "log_gamma"):
+            assert m[key] is not None and abs(m[key]) < 1e6, (name, key, m[key])
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["keras_backend"] == backend and env["bayesflow"] and env["device"]
+    rows = _history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["learning_rate"]) > 0 and float(r["wall_s"]) > 0 for r in rows)
+    report = (run_dir / "report.md").read_text()
+    for name in PLOTS:
+        assert f"plots/{name}" in report
+
+    # The saved model loads back in a fresh process and samples.
+    script = (
+        "import numpy as np, lif_sbi.estimator as e, lif_sbi.simulator as s\n"
+        f"a = e.load_approximator({str(run_dir / 'model.keras')!r})\n"
+        "d = s.simulate_batch(3, seed=1)\n"
+        "x = e.sample_posterior(a, d['observables'], 20, seed=0)\n"
+        "assert x.shape == (3, 20, 6) and np.isfinite(x).all(), x.shape\n"
+        "print('ok')\n"
+    )
+    load = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(backend, tmp_path), timeout=300)
+    assert load.returncode == 0 and "ok" in load.stdout, load.stderr[-3000:]
+
+    # A second run never overwrites the first.
+    proc2 = _train(backend, tmp_path, *SMALL, "--set", "training.epochs=1", "--quiet")
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert len(list((tmp_path / "results").iterdir())) == 2
+
+
+@pytest.mark.torch
+def test_killed_run_resumes_without_losing_an_epoch(tmp_path):
+    cmd = [sys.executable, "-m", "lif_sbi.train", "--config", "ci", "--results-dir", str(tmp_path / "results"),
+           *SMALL, "--set", "training.epochs=5", "--set", "training.early_stopping_patience=50"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env("torch", tmp_path))
+    try:
+        deadline = time.time() + 600
+        latest = None
+        while time.time() < deadline and proc.poll() is None:
+            runs = list((tmp_path / "results").glob("ci_torch_*"))
+            latest = runs[0] / "checkpoints" / "latest" if runs else None
+            if latest is not None and latest.exists() and latest.read_text().strip() == "epoch_0002":
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_dir = latest.parent.parent
+    assert [int(r["epoch"]) for r in _history(run_dir)][:2] == [1, 2]
+    assert not (run_dir / "report.md").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "lif_sbi.train", "--resume", str(run_dir)], capture_output=True, text=True,
+                             env=_env("torch", tmp_path), timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2, 3, 4, 5]
+    assert (run_dir / "report.md").exists() and (run_dir / "model.keras").exists()
+    assert len(list((tmp_path / "results").iterdir())) == 1  # same folder
