@@ -32,6 +32,7 @@ def simulate_dataset(n: int, seed: int, *, device: str = "cpu", progress: bool =
     Returns the arrays of `simulator.simulate_batch`: parameters (n, 6) SI, observables
     (n, 501, 1) V, current (n, 501) A, amplitude (n,) A; all float32.
     """
+    n, seed = _check_n_seed(n, seed)
     seeds = np.random.SeedSequence(seed).generate_state((n + CHUNK - 1) // CHUNK, dtype=np.uint64)
     parts = []
     bar = tqdm(total=n, desc="simulating", unit="trace", disable=not progress or n <= 5 * CHUNK, leave=False)
@@ -43,10 +44,20 @@ def simulate_dataset(n: int, seed: int, *, device: str = "cpu", progress: bool =
     return {k: np.concatenate([p[k] for p in parts]) for k in KEYS}
 
 
+def _check_n_seed(n, seed) -> tuple[int, int]:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer number of traces, got {n!r}")
+    # An integer seed is required: the cache file is named by it, so None would cache random data.
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(n), int(seed)
+
+
 def load_or_simulate(
     n: int, seed: int, *, device: str = "cpu", cache_dir: Path | str | None = DEFAULT_CACHE_DIR, progress: bool = True
 ) -> tuple[dict[str, np.ndarray], Path | None]:
     """The dataset for (n, seed), from the cache when present; returns (arrays, cache path or None)."""
+    n, seed = _check_n_seed(n, seed)
     if cache_dir is None:
         return simulate_dataset(n, seed, device=device, progress=progress), None
     path = Path(cache_dir) / f"lif_{n}_{seed}_{dataset_key(n, seed, device)}.npz"

@@ -1,0 +1,156 @@
+"""The prior: support, the ordering repair of DESIGN.md §2, reproducibility, distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from lif_sbi.priors import (
+    HIGH,
+    INDEX,
+    LOW,
+    N_PARAMS,
+    PARAM_NAMES,
+    PARAMETERS,
+    _repair,
+    check_theta,
+    sample_prior,
+    sample_prior_torch,
+)
+
+C, G, E, TH, R, TR = (INDEX[k] for k in ("C_m", "g_L", "E_L", "V_th", "V_res", "t_ref"))
+MV = 1e-3
+
+
+def literal_repair(row):
+    """DESIGN.md §2, written out on Python floats for one draw (C_m, g_L, E_L, V_th, V_res, t_ref)."""
+    row = [float(x) for x in row]
+    # where V_res >= E_L, set V_res = E_L - 2 mV, then clip V_res into its own range
+    if row[R] >= row[E]:
+        row[R] = row[E] - 2e-3
+    row[R] = min(max(row[R], -80e-3), -70e-3)
+    # then where E_L >= V_th, set E_L = V_th - 5 mV, then clip E_L into its own range
+    if row[E] >= row[TH]:
+        row[E] = row[TH] - 5e-3
+    row[E] = min(max(row[E], -80e-3), -65e-3)
+    return row
+
+
+def test_declared_parameters_match_design():
+    assert PARAM_NAMES == ("C_m", "g_L", "E_L", "V_th", "V_res", "t_ref")
+    np.testing.assert_allclose(LOW, [100e-12, 5e-9, -80e-3, -60e-3, -80e-3, 1e-3], rtol=1e-15)
+    np.testing.assert_allclose(HIGH, [200e-12, 15e-9, -65e-3, -50e-3, -70e-3, 5e-3], rtol=1e-15)
+    assert [p.display_unit for p in PARAMETERS] == ["pF", "nS", "mV", "mV", "mV", "ms"]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_support_and_ordering(backend):
+    n = 200_000
+    if backend == "numpy":
+        theta = sample_prior(n, np.random.default_rng(1))
+    else:
+        theta = sample_prior_torch(n, torch.Generator().manual_seed(1)).numpy()
+    assert theta.shape == (n, N_PARAMS) and theta.dtype == np.float64
+    assert np.all(theta >= LOW) and np.all(theta <= HIGH)
+    assert np.all(theta[:, R] < theta[:, E]) and np.all(theta[:, E] < theta[:, TH])
+    check_theta(theta)  # the simulator's own validation accepts every draw
+
+
+HAND_MADE = [
+    # (E_L, V_th, V_res) in mV -> what the rule does
+    (-75.0, -55.0, -78.0),  # ordered: untouched
+    (-75.0, -55.0, -74.0),  # V_res >= E_L: V_res = E_L - 2 = -77
+    (-72.0, -55.0, -72.0),  # V_res == E_L (>=): V_res = -74
+    (-79.0, -55.0, -78.0),  # V_res = -81, clipped to -80
+    (-80.0, -55.0, -71.0),  # V_res = -82, clipped to -80 (== E_L: the rule's own corner)
+    (-66.0, -55.0, -71.0),  # ordered: untouched
+    # E_L >= V_th never happens inside the box; the rule is still defined there:
+    (-58.0, -60.0, -75.0),  # E_L = V_th - 5 = -65, inside E_L's range
+    (-52.0, -55.0, -75.0),  # E_L = -60, clipped to -65
+    (-50.0, -50.0, -75.0),  # E_L == V_th (>=): E_L = -55, clipped to -65
+    (-56.0, -60.0, -54.0),  # both: V_res = -58 -> clipped -70, then E_L = -65
+    (-90.0, -55.0, -95.0),  # E_L below its range: clipped to -80 (clip applies to every row)
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("e_l,v_th,v_res", HAND_MADE)
+def test_repair_rule_on_hand_made_draws(backend, e_l, v_th, v_res):
+    row = np.array([150e-12, 10e-9, e_l * MV, v_th * MV, v_res * MV, 2.5e-3])
+    expected = literal_repair(row)
+    if backend == "numpy":
+        got = _repair(row[None].copy(), np.where, np.clip)[0]
+    else:
+        clamp = lambda x, lo, hi: torch.clamp(x, float(lo), float(hi))  # noqa: E731 (as sample_prior_torch)
+        got = _repair(torch.tensor(row[None]), torch.where, clamp)[0].numpy()
+    assert got.tolist() == expected  # exact: same float operations
+    assert got[C] == row[C] and got[G] == row[G] and got[TH] == row[TH] and got[TR] == row[TR]
+
+
+def test_sample_prior_is_uniform_draws_then_the_literal_repair():
+    """Public API: sample_prior(seed) equals uniform draws of the same generator + DESIGN.md's rule."""
+    n = 3000
+    raw = np.random.default_rng(7).uniform(LOW, HIGH, size=(n, N_PARAMS))
+    theta = sample_prior(n, np.random.default_rng(7))
+    expected = np.array([literal_repair(r) for r in raw])
+    np.testing.assert_array_equal(theta, expected)
+    repaired = theta[:, R] != raw[:, R]
+    # P(V_res >= E_L) for E_L ~ U(-80, -65), V_res ~ U(-80, -70) mV is 1/3
+    assert stats.binomtest(int(repaired.sum()), n, 1 / 3).pvalue > 1e-3
+    assert np.all(theta[:, E] == raw[:, E])  # E_L >= V_th is impossible inside the box
+
+
+def test_reproducible_draws():
+    a = sample_prior(1000, 123)
+    np.testing.assert_array_equal(a, sample_prior(1000, 123))
+    np.testing.assert_array_equal(a, sample_prior(1000, np.random.default_rng(123)))
+    assert not np.array_equal(a, sample_prior(1000, 124))
+    t = sample_prior_torch(1000, torch.Generator().manual_seed(123))
+    assert torch.equal(t, sample_prior_torch(1000, torch.Generator().manual_seed(123)))
+    assert not torch.equal(t, sample_prior_torch(1000, torch.Generator().manual_seed(124)))
+    t32 = sample_prior_torch(1000, torch.Generator().manual_seed(123), dtype=torch.float32)
+    assert t32.dtype == torch.float32 and torch.equal(t32, t.to(torch.float32))
+
+
+@pytest.mark.parametrize("name", ["C_m", "g_L", "V_th", "t_ref"])
+def test_untouched_marginals_are_uniform(name):
+    """KS test against U(low, high) for the parameters the repair never changes."""
+    i = INDEX[name]
+    for theta in (sample_prior(20_000, 5), sample_prior_torch(20_000, torch.Generator().manual_seed(5)).numpy()):
+        p = stats.kstest(theta[:, i], stats.uniform(loc=LOW[i], scale=HIGH[i] - LOW[i]).cdf).pvalue
+        assert p > 1e-3, f"{name}: KS p = {p:.2e}"
+
+
+@pytest.mark.parametrize("name", PARAM_NAMES)
+def test_numpy_and_torch_priors_agree(name):
+    i = INDEX[name]
+    a = sample_prior(20_000, 9)[:, i]
+    b = sample_prior_torch(20_000, torch.Generator().manual_seed(9)).numpy()[:, i]
+    assert stats.ks_2samp(a, b).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True, "10", None])
+def test_bad_n(n):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        sample_prior(n, 0)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        sample_prior_torch(n)
+
+
+def test_check_theta_messages():
+    good = sample_prior(4, 0)
+    check_theta(good)
+    with pytest.raises(ValueError, match=r"shape \(N, 6\)"):
+        check_theta(good[:, :5])
+    with pytest.raises(ValueError, match="at least one"):
+        check_theta(good[:0])
+    bad = good.copy()
+    bad[2, TR] = np.nan
+    with pytest.raises(ValueError, match=r"theta\[2\] t_ref is nan; expected a finite value"):
+        check_theta(bad)
+    bad = good.copy()
+    bad[1, G] = 20e-9
+    with pytest.raises(ValueError, match=r"theta\[1\] g_L = 20 nS is outside the prior's support \[5, 15\] nS"):
+        check_theta(bad)
