@@ -168,14 +168,16 @@ def _integrate(theta64: torch.Tensor, current_tm: torch.Tensor, out: torch.Tenso
     decay = (1.0 - alpha).to(dtype)
     rest = (alpha * theta64[:, INDEX["E_L"]]).to(dtype)
     gain = (dt / c_m).to(dtype)
-    v_th = theta64[:, INDEX["V_th"]].to(dtype)
-    v_res = theta64[:, INDEX["V_res"]].to(dtype)
+    # .contiguous(): in float64 .to(dtype) would return strided views of theta64, which cost
+    # torch.compile a recompilation (guards on the view's base) and strided loads.
+    v_th = theta64[:, INDEX["V_th"]].to(dtype).contiguous()
+    v_res = theta64[:, INDEX["V_res"]].to(dtype).contiguous()
     n_ref = torch.as_tensor(refractory_steps(theta64[:, INDEX["t_ref"]].cpu().numpy(), dt), device=out.device)
     n_ref = n_ref.to(torch.int32)
     step_fn = _get_compiled_steps() if compile else _steps
     block = STEPS_PER_BLOCK if compile else 1
 
-    v = theta64[:, INDEX["E_L"]].to(dtype)
+    v = theta64[:, INDEX["E_L"]].to(dtype).contiguous()
     out[0] = v
     countdown = torch.zeros_like(n_ref)  # samples of refractory clamp still due
     n_steps = out.shape[0]
