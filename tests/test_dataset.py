@@ -1,0 +1,122 @@
+"""Offline datasets: reproducibility, the on-disk cache and its key, the train/validation split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lif_sbi import dataset
+from lif_sbi.dataset import KEYS, dataset_key, load_or_simulate, simulate_dataset, split
+from lif_sbi.simulator import simulate_batch
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 100 traces, so a few hundred traces exercise the multi-chunk seeding."""
+    monkeypatch.setattr(dataset, "CHUNK", 100)
+
+
+def assert_same(a, b):
+    assert set(a) == set(b) == set(KEYS)
+    for k in KEYS:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_same_seed_same_arrays_different_seed_different(small_chunks):
+    a = simulate_dataset(250, 42, progress=False)
+    assert_same(a, simulate_dataset(250, 42, progress=False))
+    b = simulate_dataset(250, 43, progress=False)
+    for k in KEYS:
+        assert not np.array_equal(a[k], b[k]), k
+    assert a["parameters"].shape == (250, 6) and a["observables"].shape == (250, 501, 1)
+    # chunks are independent streams: no chunk repeats another
+    p = a["parameters"]
+    assert not np.array_equal(p[:50], p[100:150]) and not np.array_equal(p[100:150], p[200:250])
+    # whole chunks do not depend on n (chunk seeds depend on the chunk index only); the last,
+    # partial chunk does (its stimulus draws follow its n prior draws in the same stream)
+    bigger = simulate_dataset(300, 42, progress=False)
+    assert_same({k: v[:200] for k, v in bigger.items()}, {k: v[:200] for k, v in a.items()})
+    assert not np.array_equal(bigger["observables"][200:250], a["observables"][200:250])
+
+
+def test_chunk_is_simulate_batch():
+    a = simulate_dataset(120, 5, progress=False)
+    seed = int(np.random.SeedSequence(5).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    assert_same(a, simulate_batch(120, seed))
+
+
+def test_cache_second_call_loads(tmp_path, monkeypatch, small_chunks):
+    data, path = load_or_simulate(150, 7, cache_dir=tmp_path, progress=False)
+    assert path is not None and path.exists() and path.parent == tmp_path
+    assert path.name.startswith("lif_150_7_") and dataset_key(150, 7) in path.name
+
+    def must_not_simulate(*a, **k):
+        raise AssertionError("simulated although the cache holds the dataset")
+
+    monkeypatch.setattr(dataset, "simulate_dataset", must_not_simulate)
+    again, path2 = load_or_simulate(150, 7, cache_dir=tmp_path, progress=False)
+    assert path2 == path
+    assert_same(data, again)
+
+
+def test_damaged_cache_is_regenerated(tmp_path, small_chunks):
+    data, path = load_or_simulate(120, 3, cache_dir=tmp_path, progress=False)
+    path.write_bytes(b"not an npz file")
+    again, path2 = load_or_simulate(120, 3, cache_dir=tmp_path, progress=False)
+    assert path2 == path
+    assert_same(data, again)
+    with np.load(path) as f:  # rewritten whole
+        assert set(f.files) == set(KEYS)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_no_cache_dir():
+    data, path = load_or_simulate(30, 3, cache_dir=None, progress=False)
+    assert path is None
+    assert_same(data, simulate_dataset(30, 3, progress=False))
+
+
+def test_key_changes_with_what_determines_the_data():
+    k = dataset_key(1000, 42)
+    assert k == dataset_key(1000, 42) and len(k) == 16
+    others = {dataset_key(1001, 42), dataset_key(1000, 43), dataset_key(1000, 42, device="cuda"), k}
+    assert len(others) == 4
+
+
+@pytest.mark.parametrize("n,fraction,n_val", [(100, 0.2, 20), (10_000, 0.2, 2000), (7, 0.5, 4), (5, 0.0, 0)])
+def test_split_sizes_disjoint_reproducible(n, fraction, n_val):
+    data = {
+        "parameters": np.arange(n * 6, dtype=np.float32).reshape(n, 6),
+        "observables": np.arange(n, dtype=np.float32)[:, None, None] * np.ones((1, 3, 1), np.float32),
+        "amplitude": np.arange(n, dtype=np.float32),
+    }
+    train, val = split(data, fraction, seed=42)
+    assert len(val["amplitude"]) == n_val and len(train["amplitude"]) == n - n_val
+    ids_t, ids_v = train["amplitude"].astype(int), val["amplitude"].astype(int)
+    assert not set(ids_t) & set(ids_v)
+    assert sorted(np.concatenate([ids_t, ids_v]).tolist()) == list(range(n))
+    for part, ids in ((train, ids_t), (val, ids_v)):  # rows stay aligned across keys
+        np.testing.assert_array_equal(part["parameters"], data["parameters"][ids])
+        np.testing.assert_array_equal(part["observables"][:, 0, 0], ids)
+    train2, val2 = split(data, fraction, seed=42)
+    np.testing.assert_array_equal(val2["amplitude"], val["amplitude"])
+    if 0 < n_val < n:
+        assert not np.array_equal(split(data, fraction, seed=43)[1]["amplitude"], val["amplitude"])
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5, True, None])
+def test_bad_n(n, tmp_path):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        simulate_dataset(n, 1, progress=False)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        load_or_simulate(n, 1, cache_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, None, "42"])
+def test_bad_seed(seed, tmp_path):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        simulate_dataset(10, seed, progress=False)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        load_or_simulate(10, seed, cache_dir=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())  # nothing cached under a non-reproducible key
