@@ -1,0 +1,78 @@
+"""`python -m lif_sbi.infer`: a trained model on user traces, and one-line errors for bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lif_sbi.simulator import simulate_batch
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "lif_sbi.infer", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "KERAS_BACKEND": "torch", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("infer")
+    cmd = [sys.executable, "-m", "lif_sbi.train", "--config", "ci", "--results-dir", str(tmp / "results"), "--quiet",
+           "--set", "data.n_traces=200", "--set", "training.epochs=1", "--set", "diagnostics.n_test=12",
+           "--set", "diagnostics.n_draws=20"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "KERAS_BACKEND": "torch", "LIF_SBI_CACHE": str(tmp / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp / "results").iterdir()
+    return run_dir
+
+
+@pytest.mark.torch
+def test_infers_user_traces_in_mv_and_writes_draws(trained_run, tmp_path):
+    traces = simulate_batch(3, seed=5)["observables"][:, :, 0] * 1e3  # a user's file in mV
+    np.savetxt(tmp_path / "traces.csv", traces, delimiter=",")
+    out = tmp_path / "draws.npz"
+    proc = _run(trained_run, tmp_path / "traces.csv", "--units", "mV", "--draws", "50", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 trace(s) x 50 draws" in proc.stdout and "V_th" in proc.stdout and "mV" in proc.stdout
+    with np.load(out) as f:
+        assert f["draws"].shape == (3, 50, 6) and np.isfinite(f["draws"]).all()
+        assert list(f["names"]) == ["C_m", "g_L", "E_L", "V_th", "V_res", "t_ref"]
+
+
+def _bad(tmp_path, name, content):
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, content)
+    else:
+        path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, extra, match",
+    [
+        (lambda t: _bad(t, "short.npy", np.zeros((2, 400))), [], r"shape \(2, 400\): expected \(N, 501\)"),
+        (lambda t: _bad(t, "nan.npy", np.full((1, 501), np.nan)), [], "NaN or inf"),
+        (lambda t: _bad(t, "mv.npy", np.full((1, 501), -70.0)), [], "expected volts"),
+        (lambda t: _bad(t, "words.csv", "a,b,c\n"), [], "could not be read"),
+        (lambda t: _bad(t, "x.json", "{}"), [], "expected a .npy, .csv or .txt"),
+        (lambda t: t / "missing.npy", [], "does not exist"),
+        (lambda t: _bad(t, "ok.npy", np.full((1, 501), -0.07)), ["--draws", "0"], "--draws"),
+        (lambda t: _bad(t, "ok.npy", np.full((1, 501), -0.07)), ["--units", "uV"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(make, extra, match, tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"placeholder")  # never opened: input is checked first
+    proc = _run(model, make(tmp_path), *extra)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert __import__("re").search(match, lines[0]), lines[0]
+
+
+def test_missing_model_is_one_line_exit_2(tmp_path):
+    np.save(tmp_path / "ok.npy", np.full((1, 501), -0.07))
+    proc = _run(tmp_path / "nope", tmp_path / "ok.npy")
+    assert proc.returncode == 2 and "expected a run folder holding model.keras" in proc.stderr
