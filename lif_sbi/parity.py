@@ -1,0 +1,703 @@
+"""Backend parity: one model definition, any Keras backend, the same answer.
+
+`python -m lif_sbi.parity [--config NAME] [--results-dir DIR]` checks, for every installed Keras
+backend (torch, tensorflow, jax), and writes `results/<run_id>/parity.md`:
+
+- Level 1, same weights → same numbers. The configuration is trained once under each backend and
+  saved; every saved model is loaded under every backend (one subprocess per backend: Keras reads
+  KERAS_BACKEND once per process) and evaluated on one fixed batch of traces, parameters and
+  base-distribution draws z shared through an .npz file: summary-network outputs,
+  posterior log-density, and posterior draws made from the same z. The backend that saved the
+  model is the reference; every other backend must reproduce it. A backend loading its own save
+  is checked too (sanity): two loads agree, and the hand-made z → θ path equals BayesFlow's own
+  sampling path when the base distribution is made to return z.
+- Level 2, independent training → equivalent posteriors. The runs above trained the same
+  configuration on the same data under each backend; on the same fresh test traces the two
+  posteriors are compared: Pearson r per parameter, SBC log-gamma, and a classifier two-sample
+  test between the two backends' draws.
+- Level 3, simulator CPU vs CUDA (where CUDA exists).
+
+Every threshold lives in `THRESHOLDS` below. Exit code 0 when every check passes, 1 when any
+fails (each failure is listed with its numbers), 2 for bad arguments (one line).
+
+Internals: the parent process never imports Keras; all Keras work happens in worker subprocesses
+(`python -m lif_sbi.parity _worker TASK JSON`), each printing one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, ConfigError, available_configs, load_config
+from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, PARAM_NAMES
+
+RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
+KNOWN_BACKENDS = ("torch", "tensorflow", "jax")
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds: the one place they live.
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # --- level 1 (same weights): independent of training size. All arithmetic is float32, whose
+    # unit roundoff is 6e-8; different backends sum convolutions, matrix products and the GRU's
+    # 63-step recurrence in different orders, so a few hundred roundoffs of drift is expected and a
+    # wrong weight, layer or layout gives errors of order 1e-2 and up (see the perturbation test).
+    summary_rel: float = 1e-5  # max |Δ summary| / max |summary| over the batch
+    # The log-density adds the summary's drift, pushed through 2 coupling layers and the
+    # standardisation's log-Jacobian; relative to max(1, max |log p|) so values near 0 do not blow up.
+    log_prob_rel: float = 1e-4
+    # Draws from the same z: max |Δθ| per parameter / that parameter's prior width. The flow's
+    # inverse multiplies by exp(scale) per layer, so errors grow a little more than for log p;
+    # 1e-3 of the prior width is far below any posterior width the model can resolve.
+    draws_rel: float = 1e-3
+    # --- level 2 (independent training): depends on how much the model learned.
+    # |r_A − r_B| per parameter. With N test traces, r's sampling error alone is (1−r²)/√N.
+    r_abs_diff: float = 0.02
+    # SBC rule. Per-parameter log-gamma tests at 5 % on 6 parameters and 2 backends make a
+    # spurious discordance (one backend passes, the other fails) likely even for identical,
+    # calibrated posteriors: P ≈ 1 − (1 − 2·0.05·0.95)^6 ≈ 0.45. So the rule implemented is: for
+    # every parameter where either backend passes at 5 %, both must pass at the Bonferroni level
+    # α = sbc_family_alpha / (2·6) (family-wise ≤ 5 % over all 12 tests). A genuinely worse
+    # calibration under one backend still fails it; chance alone does so ≤ 5 % of the time.
+    sbc_family_alpha: float = 0.05
+    # Mean C2ST accuracy between the two backends' draws over ≥ c2st_min_traces test traces.
+    # 0.5 = indistinguishable; with 2×n_draws samples per trace the chance spread of one accuracy
+    # is about 0.5/√(2·n_draws) ≈ 0.02 at 1,000 draws, so 0.60 allows finite-sample noise and the
+    # seed-to-seed variation of two trainings but not a systematically different posterior.
+    c2st_accuracy: float = 0.60
+    c2st_min_traces: int = 20
+    # --- level 3 (simulator CPU vs CUDA): float64 spike trains must be identical; float32 may
+    # differ where V lands within a roundoff of V_th (a spike one sample earlier or later changes
+    # the rest of the trace), which is rare: ≥ 99.5 % of traces keep their spike count, and
+    # voltages agree to 1e-5 V (10 µV, ~100 float32 roundoffs at −70 mV) where spike trains agree.
+    sim_f32_same_count: float = 0.995
+    sim_f32_max_dv: float = 1e-5
+
+
+THRESHOLDS: dict[str, Thresholds] = {
+    # full-size runs (default, reference): the thresholds the project promises
+    "full": Thresholds(),
+    # smoke-size runs (the ci config: 3 epochs on 384 traces, 40 test traces × 100 draws). Level 1
+    # is unchanged (it does not depend on training). Level 2 cannot test equivalence at this size:
+    # two 3-epoch networks from different initial weights (Keras' random streams differ per
+    # backend) have measurably different, barely trained posteriors, and r from 40 traces has a
+    # sampling error of ~0.15 on its own. The smoke thresholds catch gross breakage only — one
+    # backend not learning (r of V_res ≈ 0.85 vs 0), NaNs, a posterior in the wrong place
+    # (C2ST ≈ 1) — and the machinery is exercised end to end; equivalence is asserted at full size.
+    "smoke": dataclasses.replace(Thresholds(), r_abs_diff=0.5, c2st_accuracy=0.90),
+}
+
+
+def size_of(config: Config) -> str:
+    """'full' or 'smoke': smoke for anything trained on < 5,000 traces or for < 20 epochs."""
+    return "smoke" if config.data.n_traces < 5000 or config.training.epochs < 20 else "full"
+
+
+# Fixed inputs of level 1 and sizes of level 2 (not thresholds: they fix what is compared)
+L1_N_TRACES = 32
+L1_N_Z = 64  # base draws per trace
+L1_SEED = 20251125
+C2ST_SEED = 7
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Check:
+    level: int
+    comparison: str  # e.g. "torch → tensorflow" or "torch vs tensorflow"
+    quantity: str
+    figure: float | None
+    threshold: float | None
+    op: str  # "≤", "≥", "==" or "" (information)
+    passed: bool
+    note: str = ""
+
+    def row(self) -> str:
+        fig = "n/a" if self.figure is None else _fmt(self.figure)
+        thr = "" if self.threshold is None else f"{self.op} {_fmt(self.threshold)}"
+        status = "pass" if self.passed else "**FAIL**"
+        return f"| {self.level} | {self.comparison} | {self.quantity} | {fig} | {thr} | {status} | {self.note} |"
+
+
+def _fmt(x: float) -> str:
+    if isinstance(x, bool):
+        return str(x)
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
+
+
+def _le(level, comparison, quantity, figure, threshold, note="") -> Check:
+    ok = figure is not None and math.isfinite(figure) and figure <= threshold
+    return Check(level, comparison, quantity, figure, threshold, "≤", ok, note)
+
+
+class ParityError(Exception):
+    """A step of the parity run that could not be carried out (not a parity failure)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends and workers
+
+
+def installed_backends() -> list[str]:
+    return [b for b in KNOWN_BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def worker_env(backend: str, extra: dict | None = None) -> dict:
+    env = os.environ | {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+    return env | (extra or {})
+
+
+def run_worker(backend: str, task: str, args: dict, *, timeout: float = 1800) -> dict:
+    """Run `task` under `backend` in a fresh process; returns its JSON answer."""
+    cmd = [sys.executable, "-m", "lif_sbi.parity", "_worker", task, json.dumps(args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(backend), timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise ParityError(f"{task} under {backend} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def train(backend: str, config_name: str, overrides: list[str], out_dir: Path, *, timeout: float = 4 * 3600) -> Path:
+    """Train `config_name` under `backend` with the train CLI; returns the run folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "lif_sbi.train", "--config", config_name, "--results-dir", str(out_dir), "--quiet"]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(backend), timeout=timeout)
+    runs = sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "model.keras").exists())
+    if proc.returncode != 0 or not runs:
+        raise ParityError(f"training under {backend} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return runs[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side (runs under one backend; imports Keras)
+
+
+def _worker_main(task: str, args: dict) -> dict:
+    from .train import _quiet_libraries
+
+    _quiet_libraries()
+    import torch  # noqa: F401  (import torch before TensorFlow when both load)
+    import keras
+
+    from . import backends
+
+    backends.set_seed(args.get("seed", 0))
+    if task == "evaluate":
+        return _task_evaluate(args)
+    if task == "perturb":
+        return _task_perturb(args)
+    if task == "compare_posteriors":
+        return _task_compare_posteriors(args)
+    if task == "backend":
+        return {"backend": keras.backend.backend(), "device": backends.device_name()}
+    raise ValueError(f"unknown worker task {task!r}")
+
+
+def level1_numbers(approximator, x, theta, z) -> dict[str, np.ndarray]:
+    """Summary outputs, log p(θ|x) and the draws θ = T⁻¹(z; x) for a fixed batch.
+
+    x (n, 501, 1) V, theta (n, 6) SI, z (n, S, 6) standard-normal base draws.
+    """
+    import keras
+
+    summaries = approximator.summarize({"observables": x})
+    log_prob = keras.ops.convert_to_numpy(approximator.log_prob({"parameters": theta, "observables": x}))
+    draws = draws_from_base(approximator, x, z)
+    return {"summaries": np.asarray(summaries, np.float64), "log_prob": np.asarray(log_prob, np.float64), "draws": draws}
+
+
+def draws_from_base(approximator, x, z) -> np.ndarray:
+    """Posterior draws made from given base draws z (n, S, 6), as ContinuousApproximator.sample does.
+
+    keras.random streams differ per backend, so `approximator.sample` cannot give the same draws
+    under two backends; this reproduces its pipeline with z injected. `_prepare_conditions` is
+    private BayesFlow API (2.0.12): it adapts, standardises the summary variables and runs the
+    summary network exactly as `sample` does, and no public method returns the resolved
+    conditions. If a BayesFlow update changes it, the sanity check "z-path == BayesFlow sample"
+    below fails rather than this silently drifting.
+    """
+    import keras
+
+    n, s, d = z.shape
+    conditions, _, _ = approximator._prepare_conditions({"observables": x})
+    # row i*s + j pairs trace i with draw j, the order of BayesFlow's Sampler.repeat_and_flatten_conditions
+    conditions = keras.ops.repeat(conditions, s, axis=0)
+    zt = keras.ops.convert_to_tensor(z.reshape(n * s, d).astype(np.float32))
+    u = approximator.inference_network(zt, conditions=conditions, inverse=True)  # InferenceNetwork.call
+    u = approximator.standardizer.maybe_standardize(u, key="inference_variables", stage="inference", forward=False)
+    out = approximator.adapter({"inference_variables": keras.ops.convert_to_numpy(u)}, inverse=True, strict=False)
+    return np.asarray(out["parameters"], np.float64).reshape(n, s, d)
+
+
+def _bayesflow_sample_with_base(approximator, x, z) -> np.ndarray:
+    """`approximator.sample` with its base distribution made to return z: the reference the z-path must equal."""
+    import keras
+
+    n, s, d = z.shape
+    base = approximator.inference_network.base_distribution
+    zt = keras.ops.convert_to_tensor(z.reshape(n * s, d).astype(np.float32))
+    original = base.sample
+    base.sample = lambda batch_shape, seed=None, **kw: zt
+    try:
+        out = approximator.sample(num_samples=s, conditions={"observables": x})
+    finally:
+        base.sample = original
+    return np.asarray(out["parameters"], np.float64)
+
+
+def _task_evaluate(args: dict) -> dict:
+    from . import backends, estimator
+
+    with np.load(args["batch"]) as f:
+        x, theta, z = f["observables"], f["parameters"], f["z"]
+    t0 = time.perf_counter()
+    approximator = estimator.load_approximator(args["model"])
+    numbers = level1_numbers(approximator, x, theta, z)
+    answer = {"backend": backends.name, "device": backends.device_name(), "load_eval_s": round(time.perf_counter() - t0, 2)}
+    if args.get("sanity"):
+        again = level1_numbers(estimator.load_approximator(args["model"]), x, theta, z)
+        answer["reload_max_abs"] = {k: float(np.max(np.abs(numbers[k] - again[k]))) for k in numbers}
+        bf_draws = _bayesflow_sample_with_base(approximator, x, z)
+        answer["zpath_vs_bayesflow_rel"] = float(np.max(np.abs(bf_draws - numbers["draws"]) / (HIGH - LOW)))
+    if args.get("test"):
+        with np.load(args["test"]) as f:
+            obs = f["observables"]
+        t0 = time.perf_counter()
+        draws = estimator.sample_posterior(approximator, obs, int(args["n_draws"]), seed=int(args.get("seed", 0)))
+        answer["sample_s"] = round(time.perf_counter() - t0, 2)
+        numbers["posterior_draws"] = draws
+    np.savez(args["out"], **numbers)
+    return answer
+
+
+def _task_perturb(args: dict) -> dict:
+    """Save a copy of a model with one weight of its summary network changed by `delta`."""
+    import keras
+
+    from . import estimator
+
+    approximator = estimator.load_approximator(args["model"])
+    var = next(v for v in approximator.summary_network.weights if "kernel" in v.path)
+    value = keras.ops.convert_to_numpy(var).copy()
+    value.flat[0] += float(args["delta"])
+    var.assign(value)
+    approximator.save(args["out"])
+    return {"variable": var.path, "delta": float(args["delta"])}
+
+
+def _task_compare_posteriors(args: dict) -> dict:
+    """Level 2 figures for every backend's draws on the same test traces (metrics, SBC, C2ST)."""
+    import bayesflow as bf
+
+    from . import diagnostics
+
+    th = Thresholds(**args["thresholds"])
+    with np.load(args["test"]) as f:
+        theta = f["parameters"].astype(np.float64)
+    draws = {}
+    for b, path in args["draws"].items():
+        with np.load(path) as f:
+            draws[b] = f["posterior_draws"]
+    alpha = th.sbc_family_alpha / (2 * N_PARAMS)
+    out: dict = {"per_backend": {}, "pairs": {}, "sbc_alpha_corrected": alpha}
+    for b, d in draws.items():
+        m = diagnostics.compute_metrics(theta, d, seed=0)
+        np.random.seed(1)
+        lg = bf.diagnostics.metrics.calibration_log_gamma(
+            d * DISPLAY_SCALE, theta * DISPLAY_SCALE, variable_names=list(PARAM_NAMES), num_null_draws=4000, quantile=alpha
+        )["values"]
+        out["per_backend"][b] = {
+            p: {"r": m["parameters"][p]["r"], "log_gamma": m["parameters"][p]["log_gamma"],
+                "sbc_pass": bool(m["parameters"][p]["sbc_pass"]),
+                "log_gamma_corrected": float(max(lg[i], diagnostics.LOG_GAMMA_FLOOR)),
+                "sbc_pass_corrected": bool(lg[i] > 0)}
+            for i, p in enumerate(PARAM_NAMES)
+        }
+    names = list(draws)
+    n_c2st = min(len(theta), max(th.c2st_min_traces, int(args.get("n_c2st", th.c2st_min_traces))))
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            accs = []
+            t0 = time.perf_counter()
+            for k in range(n_c2st):
+                np.random.seed(C2ST_SEED + k)
+                import keras
+
+                keras.utils.set_random_seed(C2ST_SEED + k)
+                acc = bf.diagnostics.metrics.classifier_two_sample_test(
+                    draws[a][k] * DISPLAY_SCALE, draws[b][k] * DISPLAY_SCALE,
+                    cross_validation_splits=int(args.get("c2st_splits", 5)), patience=5, max_epochs=200,
+                )
+                accs.append(float(acc))
+            out["pairs"][f"{a}|{b}"] = {"c2st": accs, "c2st_s": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Level 1 comparison (parent side: NumPy only)
+
+
+def compare_level1(ref: dict, cand: dict, comparison: str, th: Thresholds) -> list[Check]:
+    """Checks that `cand` (a model evaluated under another backend) reproduces `ref`."""
+    s_ref, s_c = np.asarray(ref["summaries"]), np.asarray(cand["summaries"])
+    lp_ref, lp_c = np.asarray(ref["log_prob"]), np.asarray(cand["log_prob"])
+    d_ref, d_c = np.asarray(ref["draws"]), np.asarray(cand["draws"])
+    checks = []
+    if s_ref.shape != s_c.shape or lp_ref.shape != lp_c.shape or d_ref.shape != d_c.shape:
+        return [Check(1, comparison, "output shapes", None, None, "", False, f"{s_ref.shape} vs {s_c.shape} ...")]
+    summary_rel = float(np.max(np.abs(s_c - s_ref)) / max(np.max(np.abs(s_ref)), 1e-30))
+    checks.append(_le(1, comparison, "summary outputs, max rel. diff", summary_rel, th.summary_rel,
+                      f"{s_ref.shape[0]} traces × {s_ref.shape[1]} summaries"))
+    lp_rel = float(np.max(np.abs(lp_c - lp_ref)) / max(1.0, np.max(np.abs(lp_ref))))
+    checks.append(_le(1, comparison, "log p(θ|x), max diff / max(1, max|log p|)", lp_rel, th.log_prob_rel,
+                      f"max |log p| = {np.max(np.abs(lp_ref)):.3g}"))
+    per_param = np.max(np.abs(d_c - d_ref), axis=(0, 1)) / (HIGH - LOW)
+    worst = int(np.argmax(per_param))
+    checks.append(_le(1, comparison, "draws from same z, max |Δθ| / prior width", float(per_param[worst]), th.draws_rel,
+                      f"{d_ref.shape[0]}×{d_ref.shape[1]} draws; worst {PARAM_NAMES[worst]}"))
+    return checks
+
+
+def load_npz(path) -> dict:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+# ---------------------------------------------------------------------------------------------
+# Level 3 (simulator; torch only, no Keras)
+
+
+def level3(th: Thresholds) -> list[Check]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return [Check(3, "simulator CPU vs CUDA", "skipped: no CUDA device", None, None, "", True)]
+    from .priors import sample_prior
+    from .simulator import simulate
+    from .stimulus import sample_current
+
+    n = 4000
+    theta = sample_prior(n, np.random.default_rng(L1_SEED))
+    current, _, _ = sample_current(n, torch.Generator().manual_seed(L1_SEED))
+    checks = []
+    dev = torch.cuda.get_device_name(0)
+    for dtype in (torch.float64, torch.float32):
+        cpu = simulate(theta, current, dtype=dtype).double().numpy()
+        gpu = simulate(theta, current.cuda(), dtype=dtype).double().cpu().numpy()
+        spikes_cpu = _spike_trains(cpu, theta, dtype)
+        spikes_gpu = _spike_trains(gpu, theta, dtype)
+        same_train = np.array([np.array_equal(a, b) for a, b in zip(spikes_cpu, spikes_gpu)])
+        same_count = np.array([len(a) == len(b) for a, b in zip(spikes_cpu, spikes_gpu)])
+        name = str(dtype).replace("torch.", "")
+        if dtype == torch.float64:
+            frac = float(same_train.mean())
+            checks.append(Check(3, f"simulator CPU vs CUDA ({dev})", f"{name}: share of identical spike trains",
+                                frac, 1.0, "==", frac == 1.0, f"{n} traces"))
+        else:
+            frac = float(same_count.mean())
+            checks.append(Check(3, f"simulator CPU vs CUDA ({dev})", f"{name}: share of equal spike counts",
+                                frac, th.sim_f32_same_count, "≥", frac >= th.sim_f32_same_count, f"{n} traces"))
+            dv = float(np.max(np.abs(cpu - gpu)[same_train])) if same_train.any() else float("nan")
+            checks.append(_le(3, f"simulator CPU vs CUDA ({dev})", f"{name}: max |ΔV| [V] where spike trains agree",
+                              dv, th.sim_f32_max_dv))
+    return checks
+
+
+def _spike_trains(v: np.ndarray, theta: np.ndarray, dtype) -> list[np.ndarray]:
+    """Spike sample indices per trace: each run of V == V_res of length L starting at s holds the
+    spikes s, s + (n_ref + 1), ... (a spike right after a refractory clamp merges two runs)."""
+    import torch
+
+    from .priors import INDEX
+    from .simulator import refractory_steps
+
+    v_res = theta[:, INDEX["V_res"]].astype(np.float32 if dtype == torch.float32 else np.float64).astype(np.float64)
+    n_ref = refractory_steps(theta[:, INDEX["t_ref"]])
+    out = []
+    for row, r, k in zip(v, v_res, n_ref):
+        at = np.concatenate(([False], row == r, [False]))
+        edges = np.flatnonzero(np.diff(at.astype(np.int8)))
+        out.append(np.concatenate([np.arange(s, e, k + 1) for s, e in zip(edges[::2], edges[1::2])] or [np.empty(0, np.int64)]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+@dataclass
+class ParityRun:
+    run_dir: Path
+    config: Config
+    size: str
+    backends: list[str]
+    models: dict[str, Path]
+    evals: dict[tuple[str, str], Path]  # (model's backend, evaluating backend) → npz
+    checks: list[Check]
+    info: dict
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+def new_run_dir(results_dir: Path, config: Config) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        d = results_dir / (f"parity_{config.name}_{stamp}" + ("" if k == 1 else f"_{k}"))
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise ParityError(f"could not create a run folder under {results_dir}")
+
+
+def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: Path = RESULTS_DIR, *,
+               backends: list[str] | None = None, say=print, c2st_splits: int | None = None) -> ParityRun:
+    config = load_config(config_name, list(overrides))
+    size = size_of(config)
+    th = THRESHOLDS[size]
+    backends = backends or installed_backends()
+    run_dir = new_run_dir(Path(results_dir), config)
+    checks: list[Check] = []
+    info: dict = {"timings_s": {}}
+    say(f"parity run folder: {run_dir}  (backends: {', '.join(backends)}; thresholds: {size})")
+
+    # Fixed inputs
+    from .dataset import simulate_dataset
+
+    batch = simulate_dataset(L1_N_TRACES, L1_SEED, progress=False)
+    z = np.random.default_rng(L1_SEED).standard_normal((L1_N_TRACES, L1_N_Z, N_PARAMS)).astype(np.float32)
+    np.savez(run_dir / "level1_batch.npz", observables=batch["observables"], parameters=batch["parameters"], z=z)
+    diag = config.diagnostics
+    n_test = max(diag.n_test, th.c2st_min_traces)
+    test = simulate_dataset(n_test, diag.seed + 1, progress=False)  # fresh: not the training data nor train's own test set
+    np.savez(run_dir / "level2_test.npz", parameters=test["parameters"], observables=test["observables"])
+
+    # Train under every backend (this is also level 2's independent training)
+    models = {}
+    for b in backends:
+        t0 = time.perf_counter()
+        say(f"training '{config.name}' under {b} ...")
+        models[b] = train(b, config_name, list(overrides), run_dir / "models" / b) / "model.keras"
+        info["timings_s"][f"train {b}"] = round(time.perf_counter() - t0, 1)
+
+    # Level 1: every model under every backend
+    evals = {}
+    for b in backends:
+        for m in backends:
+            out = run_dir / f"eval_{m}_model_under_{b}.npz"
+            args = {"model": str(models[m]), "batch": str(run_dir / "level1_batch.npz"), "out": str(out), "seed": diag.seed}
+            if m == b:
+                args |= {"sanity": True, "test": str(run_dir / "level2_test.npz"), "n_draws": diag.n_draws}
+            t0 = time.perf_counter()
+            say(f"level 1: {m} model under {b} ...")
+            ans = run_worker(b, "evaluate", args)
+            info["timings_s"][f"eval {m} model under {b}"] = round(time.perf_counter() - t0, 1)
+            info.setdefault("devices", {})[b] = ans["device"]
+            evals[(m, b)] = out
+            if m == b:
+                for k, v in ans["reload_max_abs"].items():
+                    checks.append(Check(1, f"{b} → {b} (own save)", f"two loads, max |Δ {k}|", v, 0.0, "==", v == 0.0))
+                checks.append(_le(1, f"{b} → {b} (own save)", "z-path vs BayesFlow sample(), max |Δθ| / prior width",
+                                  ans["zpath_vs_bayesflow_rel"], th.draws_rel / 100, "checks the injected-z pipeline"))
+    for m in backends:
+        ref = load_npz(evals[(m, m)])
+        for b in backends:
+            if b != m:
+                checks += compare_level1(ref, load_npz(evals[(m, b)]), f"{m} → {b}", th)
+
+    # Level 2: independently trained posteriors on the same fresh test traces
+    if len(backends) >= 2:
+        t0 = time.perf_counter()
+        say("level 2: metrics, SBC and C2ST ...")
+        splits = c2st_splits or (2 if size == "smoke" else 5)
+        ans = run_worker(backends[0], "compare_posteriors", {
+            "thresholds": dataclasses.asdict(th), "test": str(run_dir / "level2_test.npz"), "c2st_splits": splits,
+            "draws": {b: str(evals[(b, b)]) for b in backends}, "n_c2st": th.c2st_min_traces,
+        })
+        info["timings_s"]["level 2 figures"] = round(time.perf_counter() - t0, 1)
+        info["level2"] = ans
+        checks += level2_checks(ans, th, n_test, diag.n_draws)
+    else:
+        checks.append(Check(2, "—", "skipped: only one Keras backend installed", None, None, "", True))
+
+    checks += level3(th)
+    info["thresholds"] = dataclasses.asdict(th)
+    return ParityRun(run_dir, config, size, backends, models, evals, checks, info)
+
+
+def level2_checks(ans: dict, th: Thresholds, n_test: int, n_draws: int) -> list[Check]:
+    checks = []
+    per = ans["per_backend"]
+    for pair, res in ans["pairs"].items():
+        a, b = pair.split("|")
+        comp = f"{a} vs {b}"
+        for p in PARAM_NAMES:
+            ra, rb = per[a][p]["r"], per[b][p]["r"]
+            diff = abs(ra - rb) if ra is not None and rb is not None else None
+            checks.append(_le(2, comp, f"{p}: |Δ Pearson r|", diff, th.r_abs_diff,
+                              f"r = {_fmt(ra) if ra is not None else 'n/a'} vs {_fmt(rb) if rb is not None else 'n/a'} ({n_test} traces)"))
+        for p in PARAM_NAMES:
+            pa, pb = per[a][p], per[b][p]
+            either = pa["sbc_pass"] or pb["sbc_pass"]
+            both_corr = pa["sbc_pass_corrected"] and pb["sbc_pass_corrected"]
+            note = (f"log γ (5 %) = {_fmt(pa['log_gamma'])} vs {_fmt(pb['log_gamma'])}; "
+                    f"at α = {ans['sbc_alpha_corrected']:.2g}: {_fmt(pa['log_gamma_corrected'])} vs {_fmt(pb['log_gamma_corrected'])}")
+            if either:
+                ok = both_corr
+                fig = min(pa["log_gamma_corrected"], pb["log_gamma_corrected"])
+                checks.append(Check(2, comp, f"{p}: SBC, min log γ at corrected α (either passes at 5 %)", fig, 0.0, ">", ok, note))
+            else:
+                checks.append(Check(2, comp, f"{p}: SBC fails at 5 % under both (no constraint)", None, None, "", True, note))
+        accs = np.asarray(res["c2st"])
+        ok_n = len(accs) >= th.c2st_min_traces
+        checks.append(Check(2, comp, f"C2ST accuracy, mean over {len(accs)} test traces", float(accs.mean()), th.c2st_accuracy, "≤",
+                            bool(ok_n and accs.mean() <= th.c2st_accuracy),
+                            f"min {accs.min():.3f}, max {accs.max():.3f}; {n_draws} vs {n_draws} draws per trace"
+                            + ("" if ok_n else f"; needs ≥ {th.c2st_min_traces} traces")))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def write_report(run: ParityRun) -> Path:
+    th = THRESHOLDS[run.size]
+    fails = [c for c in run.checks if not c.passed]
+    env = _environment(run)
+    lines = [
+        f"# Backend parity — `{run.config.name}`",
+        "",
+        f"**{'PASS' if not fails else f'FAIL ({len(fails)} of {len(run.checks)} checks)'}** — "
+        f"backends: {', '.join(run.backends)}; thresholds: `{run.size}` (`lif_sbi.parity.THRESHOLDS`)",
+        "",
+        "| | |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in env.items()],
+        "",
+        "Level 1: each backend trains and saves the model; every backend loads every save and evaluates",
+        f"{L1_N_TRACES} fixed traces (seed {L1_SEED}) with {L1_N_Z} fixed base draws z each; `A → B` compares B's",
+        "numbers for A's save against A's own. Level 2: the independently trained models' posteriors",
+        f"({run.config.diagnostics.n_draws} draws) on the same fresh test traces. Level 3: simulator CPU vs CUDA.",
+        "",
+        "| level | comparison | quantity | figure | threshold | result | note |",
+        "|---|---|---|---|---|---|---|",
+        *[c.row() for c in run.checks],
+        "",
+        "Thresholds in force:",
+        "",
+        "```",
+        *[f"{k} = {v}" for k, v in dataclasses.asdict(th).items()],
+        "```",
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v}" for k, v in run.info["timings_s"].items()),
+        "",
+    ]
+    path = run.run_dir / "parity.md"
+    _atomic_text(run.run_dir / "parity.json", json.dumps(
+        {"passed": run.passed, "size": run.size, "backends": run.backends,
+         "checks": [dataclasses.asdict(c) for c in run.checks], "info": run.info}, indent=2, default=str) + "\n")
+    _atomic_text(path, "\n".join(lines))
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    """Write beside `path` and rename (the parent process keeps clear of diagnostics' Keras import)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _environment(run: ParityRun) -> dict:
+    import platform
+
+    env = {"configuration": f"{run.config.name} ({run.config.data.n_traces} traces, {run.config.training.epochs} epochs)",
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}"}
+    for b in run.backends:
+        envf = run.models[b].parent / "environment.json"
+        if envf.exists():
+            e = json.loads(envf.read_text())
+            env[f"{b}"] = f"{e.get('backend_version', '')} on {e.get('device', '')} (Keras {e.get('keras')}, BayesFlow {e.get('bayesflow')})"
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lif_sbi.parity",
+                                description="Check that every installed Keras backend gives the same answers; writes results/<run_id>/parity.md.")
+    p.add_argument("--config", default="ci", help=f"configuration name ({', '.join(available_configs())}) or .toml path (default: ci)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one configuration value; repeatable")
+    p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where the run folder is created (default: results/)")
+
+    def error(message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = error
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_worker"]:
+        print(json.dumps(_worker_main(argv[1], json.loads(argv[2]))), flush=True)
+        return 0
+    args = parse_args(argv)
+    try:
+        load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = Path(args.results_dir)
+    if results.exists() and not results.is_dir():
+        print(f"error: --results-dir {args.results_dir!r} is not a folder", file=sys.stderr)
+        return 2
+    if not installed_backends():
+        print("error: no Keras backend (torch, tensorflow, jax) is installed", file=sys.stderr)
+        return 2
+    try:
+        run = run_parity(args.config, args.overrides, results)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    path = write_report(run)
+    for c in run.checks:
+        if not c.passed:
+            print(f"FAIL level {c.level} {c.comparison}: {c.quantity} = {c.figure} (threshold {c.op} {c.threshold}) {c.note}")
+    print(f"{'PASS' if run.passed else 'FAIL'}: {sum(c.passed for c in run.checks)}/{len(run.checks)} checks; report: {path}")
+    return 0 if run.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
