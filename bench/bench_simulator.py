@@ -130,6 +130,24 @@ def test_eager(benchmark, n):
 
 
 @pytest.mark.parametrize("n", CPU_NS)
+def test_numba(benchmark, n):
+    theta, current = inputs(n)
+    info(benchmark, "numba", n)
+    simulate(theta[:10], current[:10], kernel="numba")  # JIT (or load the on-disk cache)
+    out = torch.empty((n, 501))
+    benchmark.pedantic(lambda: simulate(theta, current, kernel="numba", out=out), rounds=rounds_for(n), warmup_rounds=1)
+
+
+@pytest.mark.parametrize("n", CPU_NS)
+def test_numba_alloc(benchmark, n):
+    """The same, allocating the (N, 501) output each call (first-touch page faults included)."""
+    theta, current = inputs(n)
+    info(benchmark, "numba_alloc", n)
+    simulate(theta[:10], current[:10], kernel="numba")
+    benchmark.pedantic(lambda: simulate(theta, current, kernel="numba"), rounds=rounds_for(n), warmup_rounds=1)
+
+
+@pytest.mark.parametrize("n", CPU_NS)
 def test_compiled(benchmark, n):
     theta, current = inputs(n)
     info(benchmark, "compiled", n)

@@ -15,12 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-IMPL_ORDER = ["reference", "naive_eager", "eager", "compiled", "cuda", "cuda_compiled"]
+IMPL_ORDER = ["reference", "naive_eager", "eager", "compiled", "numba_alloc", "numba", "cuda", "cuda_compiled"]
 IMPL_LABEL = {
     "reference": "reference NumPy loop (float64)",
     "naive_eager": "naive eager torch loop, (N, 501) layout",
     "eager": "`simulate`, eager (time-major, fused)",
     "compiled": "`simulate`, torch.compile",
+    "numba": "`simulate`, Numba per-trace kernel (default on the CPU), into a reused `out`",
+    "numba_alloc": "`simulate`, Numba per-trace kernel, allocating the output each call",
     "cuda": "`simulate` on CUDA, eager",
     "cuda_compiled": "`simulate` on CUDA, torch.compile",
 }

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import priors, simulator, stimulus
+from . import cpu_kernel, priors, simulator, stimulus
 
 CHUNK = 10_000  # traces simulated per seed chunk; part of the dataset's definition
 DEFAULT_CACHE_DIR = Path(os.environ.get("LIF_SBI_CACHE", Path(__file__).resolve().parent.parent / "cache"))
@@ -21,7 +21,7 @@ KEYS = ("parameters", "observables", "current", "amplitude")
 def dataset_key(n: int, seed: int, device: str = "cpu") -> str:
     """A hash of everything that determines the dataset: size, seed, device and the model's code."""
     h = hashlib.sha256(f"n={n};seed={seed};device={device};chunk={CHUNK};torch={torch.__version__}".encode())
-    for module in (priors, stimulus, simulator):
+    for module in (priors, stimulus, simulator, cpu_kernel):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .priors import INDEX, N_PARAMS, check_theta, sample_prior, sample_prior_torch
+from . import cpu_kernel
 from .stimulus import DT_S, N_SAMPLES, sample_current
 
 
@@ -68,6 +69,9 @@ def _check_inputs(theta, current, dt):
     return theta_np
 
 
+KERNELS = ("auto", "numba", "compiled", "eager")
+
+
 def simulate(
     theta,
     current,
@@ -77,40 +81,86 @@ def simulate(
     dtype: torch.dtype = torch.float32,
     chunk_size: int | None = None,
     compile: bool | None = None,
+    kernel: str = "auto",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batched LIF simulation, vectorised over traces, on the CPU or a CUDA device.
 
     theta: (N, 6) in SI units; current: (N, 501) in A; NumPy arrays or tensors.
     Returns V: (N, 501) in V as a tensor of `dtype` on `device` (default: current's device).
+    out: optional (N, 501) tensor of `dtype` on `device` to write into (saves the allocation).
 
     Same arithmetic as `simulate_reference`, reorganised for speed: coefficients are
     computed once in float64, V_i = V_{i-1} * (1 - dt g_L / C_m) + (dt g_L / C_m) E_L
-    + I_{i-1} dt / C_m, one fused multiply-add per step, in time-major layout; the
-    refractory clamp is an integer countdown of `refractory_steps(t_ref)` samples.
+    + I_{i-1} dt / C_m, and the refractory clamp is an integer countdown of
+    `refractory_steps(t_ref)` samples. Kernels (results agree to rounding):
 
-    compile=True fuses blocks of `STEPS_PER_BLOCK` steps into one kernel with torch.compile
-    (C++/OpenMP on the CPU, Triton on CUDA; the first call in a process compiles for 5-20 s
-    and needs a C++ compiler on the CPU; if compilation fails the eager path is used with a
-    warning). compile=None compiles from `COMPILE_MIN_TRACES` traces on, where the one-off
-    cost pays for itself. Results agree with the eager path to rounding.
+    - "numba" (CPU): a compiled per-trace loop over both cores, in the (N, 501) layout;
+    - "compiled": blocks of `STEPS_PER_BLOCK` vectorised steps fused by torch.compile, in
+      time-major layout (Triton on CUDA, C++ on the CPU; the first call in a process compiles
+      for 5-20 s; if compilation fails the eager path is used with a warning);
+    - "eager": the same vectorised steps op by op in eager torch;
+    - "auto": numba on the CPU (eager if Numba is missing), on CUDA "compiled" from
+      `COMPILE_MIN_TRACES` traces on, eager below.
+    compile=True / False is shorthand for kernel="compiled" / "eager".
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    if compile is not None:
+        kernel = "compiled" if compile else "eager"
     theta_np = _check_inputs(theta, current, dt)
     if device is None:
         device = current.device if torch.is_tensor(current) else torch.device("cpu")
     device = torch.device(device)
     n = theta_np.shape[0]
-    if compile is None:
-        compile = n >= COMPILE_MIN_TRACES
+    if kernel == "auto":
+        if device.type == "cpu":
+            kernel = "numba" if cpu_kernel.AVAILABLE else "eager"
+        else:
+            kernel = "compiled" if n >= COMPILE_MIN_TRACES else "eager"
+    if kernel == "numba" and (device.type != "cpu" or not cpu_kernel.AVAILABLE):
+        raise ValueError("kernel='numba' needs device='cpu' and the numba package")
+    if out is not None and (tuple(out.shape) != (n, N_SAMPLES) or out.dtype != dtype or out.device != device or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous ({n}, {N_SAMPLES}) {dtype} tensor on {device}; got {tuple(out.shape)} {out.dtype} on {out.device}")
+    theta64 = torch.as_tensor(theta_np, dtype=torch.float64, device=device)
+    if kernel == "numba":
+        if out is None:
+            out = torch.empty((n, N_SAMPLES), dtype=dtype, device=device)
+        coeffs = _coefficients(theta64, dt, dtype)
+        cur = torch.as_tensor(current).to(device=device, dtype=dtype).contiguous()
+        cpu_kernel.integrate(*[c.numpy() for c in coeffs], cur.numpy(), out.numpy())
+        return out
     if chunk_size is None:
         # On the CPU, chunks keep each step's working set in cache; a GPU wants one big launch.
-        chunk_size = (65536 if compile else 16384) if device.type == "cpu" else n
-    theta64 = torch.as_tensor(theta_np, dtype=torch.float64, device=device)
+        chunk_size = (65536 if kernel == "compiled" else 16384) if device.type == "cpu" else n
     current_tm = torch.as_tensor(current, device=device).to(dtype).T.contiguous()  # (501, N) time-major
-    out = torch.empty((N_SAMPLES, n), dtype=dtype, device=device)
+    out_tm = torch.empty((N_SAMPLES, n), dtype=dtype, device=device)
     for lo in range(0, n, chunk_size):
         hi = min(lo + chunk_size, n)
-        _integrate(theta64[lo:hi], current_tm[:, lo:hi], out[:, lo:hi], dt, compile)
-    return out.T
+        _integrate(theta64[lo:hi], current_tm[:, lo:hi], out_tm[:, lo:hi], dt, kernel == "compiled")
+    if out is None:
+        return out_tm.T  # a transposed view: no copy
+    out.copy_(out_tm.T)
+    return out
+
+
+def _coefficients(theta64: torch.Tensor, dt: float, dtype: torch.dtype):
+    """Per-trace constants from theta (n, 6) float64, each (n,) contiguous:
+    decay = 1 - dt g_L / C_m, rest = (dt g_L / C_m) E_L, gain = dt / C_m, V_0 = E_L, V_th, V_res
+    in `dtype`, and n_ref (int32) refractory samples."""
+    c_m, g_l = theta64[:, INDEX["C_m"]], theta64[:, INDEX["g_L"]]
+    alpha = dt * g_l / c_m  # (n,) leak fraction per step
+    cast = lambda x: x.to(dtype).contiguous()  # noqa: E731
+    n_ref = torch.as_tensor(refractory_steps(theta64[:, INDEX["t_ref"]].cpu().numpy(), dt), device=theta64.device)
+    return (
+        cast(1.0 - alpha),
+        cast(alpha * theta64[:, INDEX["E_L"]]),
+        cast(dt / c_m),
+        cast(theta64[:, INDEX["E_L"]]),
+        cast(theta64[:, INDEX["V_th"]]),
+        cast(theta64[:, INDEX["V_res"]]),
+        n_ref.to(torch.int32).contiguous(),
+    )
 
 
 STEPS_PER_BLOCK = 20  # time steps fused into one compiled kernel call (500 = 25 blocks)
@@ -162,22 +212,11 @@ def _get_compiled_steps():
 
 def _integrate(theta64: torch.Tensor, current_tm: torch.Tensor, out: torch.Tensor, dt: float, compile: bool) -> None:
     """Fill out (501, n) from theta (n, 6) float64 and time-major current (501, n)."""
-    dtype = out.dtype
-    c_m, g_l = theta64[:, INDEX["C_m"]], theta64[:, INDEX["g_L"]]
-    alpha = dt * g_l / c_m  # (n,) leak fraction per step
-    decay = (1.0 - alpha).to(dtype)
-    rest = (alpha * theta64[:, INDEX["E_L"]]).to(dtype)
-    gain = (dt / c_m).to(dtype)
-    # .contiguous(): in float64 .to(dtype) would return strided views of theta64, which cost
-    # torch.compile a recompilation (guards on the view's base) and strided loads.
-    v_th = theta64[:, INDEX["V_th"]].to(dtype).contiguous()
-    v_res = theta64[:, INDEX["V_res"]].to(dtype).contiguous()
-    n_ref = torch.as_tensor(refractory_steps(theta64[:, INDEX["t_ref"]].cpu().numpy(), dt), device=out.device)
-    n_ref = n_ref.to(torch.int32)
+    # Contiguous constants: in float64 .to(dtype) would return strided views of theta64, which
+    # cost torch.compile a recompilation (guards on the view's base) and strided loads.
+    decay, rest, gain, v, v_th, v_res, n_ref = _coefficients(theta64, dt, out.dtype)
     step_fn = _get_compiled_steps() if compile else _steps
     block = STEPS_PER_BLOCK if compile else 1
-
-    v = theta64[:, INDEX["E_L"]].to(dtype).contiguous()
     out[0] = v
     countdown = torch.zeros_like(n_ref)  # samples of refractory clamp still due
     n_steps = out.shape[0]

@@ -61,6 +61,35 @@ def test_eager_chunked_matches_reference(random_cases, dtype):
     check_against_reference(random_cases, dtype, compile=False, chunk_size=333)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_numba_kernel_matches_reference(random_cases, dtype):
+    check_against_reference(random_cases, dtype, kernel="numba")
+
+
+def test_default_cpu_kernel_is_numba_and_writes_into_out(random_cases):
+    theta, current = random_cases["theta"][:50], torch.from_numpy(random_cases["current"][:50]).float()
+    out = torch.full((50, N_SAMPLES), float("nan"))
+    v = simulate(theta, current, out=out)
+    assert v is out and torch.isfinite(out).all()
+    assert torch.equal(v, simulate(theta, current, kernel="numba"))
+    eager = simulate(theta, current, kernel="eager")
+    assert torch.allclose(v, eager, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"kernel": "fast"}, "kernel must be one of auto, numba, compiled, eager"),
+        ({"out": torch.empty(3, 501)}, r"out must be a contiguous \(50, 501\)"),
+        ({"out": torch.empty(50, 501, dtype=torch.float64)}, "out must be"),
+    ],
+)
+def test_bad_kernel_or_out(random_cases, kw, match):
+    theta, current = random_cases["theta"][:50], random_cases["current"][:50]
+    with pytest.raises(ValueError, match=match):
+        simulate(theta, current, **kw)
+
+
 def test_compiled_matches_reference(random_cases):
     """compile=True (torch.compile'd 20-step blocks), both dtypes, whole batch and ragged chunks.
 
