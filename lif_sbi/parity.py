@@ -100,7 +100,10 @@ THRESHOLDS: dict[str, Thresholds] = {
     # sampling error of ~0.15 on its own. The smoke thresholds catch gross breakage only — one
     # backend not learning (r of V_res ≈ 0.85 vs 0), NaNs, a posterior in the wrong place
     # (C2ST ≈ 1) — and the machinery is exercised end to end; equivalence is asserted at full size.
-    "smoke": dataclasses.replace(Thresholds(), r_abs_diff=0.5, c2st_accuracy=0.90),
+    # Measured at ci size (2-core CPU): |Δr| up to 0.30 (C_m), C2ST mean 0.55 (per trace 0.50–0.64;
+    # with only 100 vs 100 draws even identical posteriors average ~0.53–0.55, since each fold's
+    # accuracy is folded to ≥ 0.5). The SBC rule is the full-size one: it is already tolerant of chance.
+    "smoke": dataclasses.replace(Thresholds(), r_abs_diff=0.5, c2st_accuracy=0.75),
 }
 
 
@@ -642,8 +645,8 @@ def _environment(run: ParityRun) -> dict:
     env = {"configuration": f"{run.config.name} ({run.config.data.n_traces} traces, {run.config.training.epochs} epochs)",
            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}"}
     for b in run.backends:
-        envf = run.models[b].parent / "environment.json"
-        if envf.exists():
+        envf = Path(run.models[b]).parent / "environment.json" if b in run.models else None
+        if envf is not None and envf.exists():
             e = json.loads(envf.read_text())
             env[f"{b}"] = f"{e.get('backend_version', '')} on {e.get('device', '')} (Keras {e.get('keras')}, BayesFlow {e.get('bayesflow')})"
     return env
@@ -674,6 +677,15 @@ def main(argv=None) -> int:
         print(json.dumps(_worker_main(argv[1], json.loads(argv[2]))), flush=True)
         return 0
     args = parse_args(argv)
+    from .train import _quiet_libraries
+
+    _quiet_libraries()
+    # Validating a configuration imports lif_sbi.networks (Keras) in this process too; make that the
+    # first installed backend (torch before TensorFlow) rather than Keras' default. Workers set their own.
+    if installed_backends():
+        os.environ.setdefault("KERAS_BACKEND", installed_backends()[0])
+        if "torch" in installed_backends():
+            import torch  # noqa: F401
     try:
         load_config(args.config, args.overrides)
     except ConfigError as exc:

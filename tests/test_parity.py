@@ -1,0 +1,206 @@
+"""Backend parity (lif_sbi.parity): same weights → same numbers; independent training → equivalent posteriors.
+
+The module fixture runs the whole ci-sized parity check once (trains `ci` under torch and under
+tensorflow, evaluates every save under every backend, compares the posteriors); the tests read its
+checks. Every backend runs in its own subprocess (Keras reads KERAS_BACKEND once per process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lif_sbi import parity
+
+BACKENDS = ["torch", "tensorflow"]
+HAVE_BOTH = set(BACKENDS) <= set(parity.installed_backends())
+needs_both = pytest.mark.skipif(not HAVE_BOTH, reason="needs both the torch and the tensorflow Keras backends")
+
+
+def _rows(checks) -> str:
+    return "\n".join(c.row() for c in checks)
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    if not HAVE_BOTH:
+        pytest.skip("needs both the torch and the tensorflow Keras backends")
+    run = parity.run_parity("ci", [], tmp_path_factory.mktemp("parity"), backends=BACKENDS, say=lambda *a: None)
+    parity.write_report(run)
+    return run
+
+
+# ------------------------------------------------------------------------------- level 1
+
+
+@needs_both
+@pytest.mark.torch
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("direction", ["torch → tensorflow", "tensorflow → torch"])
+def test_level1_same_weights_same_numbers(ci_run, direction):
+    checks = [c for c in ci_run.checks if c.level == 1 and c.comparison == direction]
+    quantities = " ".join(c.quantity for c in checks)
+    assert len(checks) == 3 and "summary" in quantities and "log p" in quantities and "same z" in quantities, _rows(checks)
+    assert all(c.passed for c in checks), _rows(checks)
+    th = parity.THRESHOLDS["full"]
+    assert [c.threshold for c in checks] == [th.summary_rel, th.log_prob_rel, th.draws_rel]
+
+
+@needs_both
+@pytest.mark.torch
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_level1_own_save_and_injected_base_draws(ci_run, backend):
+    """Two loads of a backend's own save agree bit for bit, and the z-injected sampling path is
+    BayesFlow's own `sample()` (with the base distribution made to return the same z)."""
+    checks = [c for c in ci_run.checks if c.comparison == f"{backend} → {backend} (own save)"]
+    assert len(checks) == 4, _rows(checks)
+    assert all(c.passed for c in checks), _rows(checks)
+
+
+@needs_both
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_parity_check_fails_for_a_perturbed_weight(ci_run, tmp_path):
+    """Change one weight of the torch save; loading it under tensorflow must fail level 1, with numbers."""
+    perturbed = tmp_path / "perturbed.keras"
+    ans = parity.run_worker("torch", "perturb", {"model": str(ci_run.models["torch"]), "delta": 0.05, "out": str(perturbed)})
+    assert "summary" in ans["variable"] or "kernel" in ans["variable"]
+    out = tmp_path / "eval.npz"
+    parity.run_worker("tensorflow", "evaluate", {"model": str(perturbed), "batch": str(ci_run.run_dir / "level1_batch.npz"), "out": str(out)})
+    ref = parity.load_npz(ci_run.evals[("torch", "torch")])
+    checks = parity.compare_level1(ref, parity.load_npz(out), "torch (perturbed) → tensorflow", parity.THRESHOLDS["full"])
+    summary = checks[0]
+    assert not summary.passed and summary.figure > 10 * summary.threshold, _rows(checks)
+    assert "FAIL" in summary.row() and parity._fmt(summary.figure) in summary.row()
+
+
+def test_compare_level1_on_synthetic_numbers():
+    """The comparison itself: identical numbers pass, a drift beyond each threshold fails that check."""
+    rng = np.random.default_rng(0)
+    ref = {"summaries": rng.normal(size=(4, 8)), "log_prob": rng.normal(size=4) * 10,
+           "draws": parity.LOW + (parity.HIGH - parity.LOW) * rng.uniform(size=(4, 5, 6))}
+    th = parity.THRESHOLDS["full"]
+    assert all(c.passed for c in parity.compare_level1(ref, ref, "a → a", th))
+    for i, key, bump in [(0, "summaries", 1e-3), (1, "log_prob", 1e-2), (2, "draws", 1e-2 * (parity.HIGH - parity.LOW))]:
+        cand = {k: v.copy() for k, v in ref.items()}
+        cand[key][0] += bump
+        checks = parity.compare_level1(ref, cand, "a → b", th)
+        assert [c.passed for c in checks] == [j != i for j in range(3)], _rows(checks)
+    nan = {k: v.copy() for k, v in ref.items()}
+    nan["log_prob"][0] = np.nan
+    assert not parity.compare_level1(ref, nan, "a → b", th)[1].passed
+
+
+# ------------------------------------------------------------------------------- level 2
+
+
+@needs_both
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_level2_ci_sized(ci_run):
+    """Machinery and figures of level 2 at ci size, judged by the smoke thresholds (see THRESHOLDS)."""
+    assert ci_run.size == "smoke"
+    checks = [c for c in ci_run.checks if c.level == 2]
+    assert sum("Pearson r" in c.quantity for c in checks) == 6
+    assert sum("SBC" in c.quantity for c in checks) == 6
+    c2st = [c for c in checks if "C2ST" in c.quantity]
+    assert len(c2st) == 1 and 0.5 <= c2st[0].figure <= 1.0
+    assert len(ci_run.info["level2"]["pairs"]["torch|tensorflow"]["c2st"]) >= parity.THRESHOLDS["smoke"].c2st_min_traces
+    for c in checks:
+        if c.figure is not None:
+            assert math.isfinite(c.figure), c.row()
+    assert all(c.passed for c in checks), _rows(checks)
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.tensorflow
+@needs_both
+def test_level2_full_size(tmp_path):
+    """The promise at full size (configs/default.toml, hours on a 2-core CPU): every check passes."""
+    name = os.environ.get("LIF_SBI_PARITY_CONFIG", "default")
+    run = parity.run_parity(name, [], tmp_path, backends=BACKENDS, say=lambda *a: None)
+    parity.write_report(run)
+    assert run.size == "full" and run.passed, _rows([c for c in run.checks if not c.passed])
+
+
+def test_thresholds_are_the_promised_ones():
+    full = parity.THRESHOLDS["full"]
+    assert (full.summary_rel, full.log_prob_rel, full.draws_rel) == (1e-5, 1e-4, 1e-3)
+    assert (full.r_abs_diff, full.c2st_accuracy, full.c2st_min_traces) == (0.02, 0.60, 20)
+    smoke = parity.THRESHOLDS["smoke"]
+    assert (smoke.summary_rel, smoke.log_prob_rel, smoke.draws_rel) == (full.summary_rel, full.log_prob_rel, full.draws_rel)
+    from lif_sbi.config import load_config
+
+    assert parity.size_of(load_config("ci")) == "smoke"
+    assert parity.size_of(load_config("default")) == "full"
+
+
+# ------------------------------------------------------------------------------- level 3
+
+
+@pytest.mark.gpu
+def test_level3_simulator_cuda_matches_cpu():
+    checks = parity.level3(parity.THRESHOLDS["full"])
+    assert len(checks) == 3 and all(c.passed for c in checks), _rows(checks)
+
+
+def test_level3_says_skipped_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: level 3 runs (test_level3_simulator_cuda_matches_cpu)")
+    (check,) = parity.level3(parity.THRESHOLDS["full"])
+    assert check.passed and "skipped: no CUDA device" in check.quantity
+
+
+# ------------------------------------------------------------------------------- report and CLI
+
+
+@needs_both
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_report_lists_every_check(ci_run):
+    text = (ci_run.run_dir / "parity.md").read_text()
+    assert text.startswith("# Backend parity") and ("**PASS**" in text) == ci_run.passed
+    for c in ci_run.checks:
+        assert c.row() in text
+    assert (ci_run.run_dir / "parity.json").exists()
+
+
+def test_cli_exit_code_1_and_numbers_on_failure(tmp_path, monkeypatch, capsys):
+    """A parity failure is reported with its numbers and exit code 1, never swallowed."""
+    from lif_sbi.config import load_config
+
+    failing = parity.Check(1, "torch → tensorflow", "summary outputs, max rel. diff", 3.2e-3, 1e-5, "≤", False, "8 traces")
+    passing = parity.Check(3, "simulator CPU vs CUDA", "skipped: no CUDA device", None, None, "", True)
+    run_dir = tmp_path / "parity_ci_x"
+    run_dir.mkdir()
+    fake = parity.ParityRun(run_dir, load_config("ci"), "smoke", BACKENDS, {}, {}, [failing, passing], {"timings_s": {}})
+    monkeypatch.setattr(parity, "run_parity", lambda *a, **k: fake)
+    assert parity.main(["--config", "ci", "--results-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL level 1 torch → tensorflow" in out and "0.0032" in out
+    text = (run_dir / "parity.md").read_text()
+    assert "**FAIL (1 of 2 checks)**" in text and "| **FAIL** |" in text and "| 0.0032 |" in text
+
+
+@pytest.mark.parametrize("args", [["--config", "no_such_config"], ["--bogus"], ["--set", "training.epochs=0"], ["--set", "nonsense"]])
+def test_cli_bad_arguments_one_line_exit_2(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", *args, "--results-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:"), proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_results_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", "--results-dir", str(f)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
