@@ -10,8 +10,10 @@ Summary networks (all subclass ``bayesflow.networks.SummaryNetwork``, input (bat
 - ``reference``  :class:`ReferenceSummary`, BayesFlow's ``TimeSeriesNetwork`` with its defaults
   (Conv1D 32 mish -> skip-recurrent bidirectional GRU 128 -> Dense 16), on FastGRU.
 - ``conv_gru``   :class:`ConvGRUSummary`, strided Conv1D blocks shorten the 501-step trace to 63
-  steps, then a small FastGRU plus global pooling (the default: see bench/RESULTS.md).
-- ``conv_pool``  :class:`ConvPoolSummary`, strided Conv1D blocks and global pooling, no recurrence.
+  steps, then a small bidirectional FastGRU plus global pooling.
+- ``conv_pool``  :class:`ConvPoolSummary`, strided Conv1D blocks and global pooling, no recurrence:
+  the default (``DEFAULT_SUMMARY_KIND``), chosen by measured step time and recovery, see
+  bench/RESULTS.md, section "Training step and sampling".
 
 Build one from a configuration string with :func:`build_summary_network`. Loading a saved
 ``.keras`` file needs only ``import lif_sbi.networks`` (the classes register themselves with Keras
@@ -389,7 +391,7 @@ _KINDS = {
 #: the configuration strings build_summary_network accepts
 SUMMARY_KINDS: tuple[str, ...] = tuple(_KINDS)
 #: the kind picked by measurement (bench/RESULTS.md, "Training step and sampling")
-DEFAULT_SUMMARY_KIND = "conv_gru"
+DEFAULT_SUMMARY_KIND = "conv_pool"
 
 
 def build_summary_network(kind: str = DEFAULT_SUMMARY_KIND, **kwargs) -> SummaryNetwork:
