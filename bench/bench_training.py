@@ -225,8 +225,24 @@ def main(argv=None):
     rec.add_argument("--epochs", type=int, default=4)
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--json", default=None, help="append results as JSON lines to this file")
+    st = sub.add_parser("steps", help="time a few training steps per summary network (quick, no pytest)")
+    st.add_argument("--kinds", nargs="+", default=["reference", "conv_gru", "conv_pool"])
+    st.add_argument("--steps", type=int, default=6)
     args = parser.parse_args(argv)
     print(f"backend {backends.name} on {backends.device_name()}")
+    if args.cmd == "steps":
+        data = simulate(512, seed=1234)
+        for kind in args.kinds:
+            approximator = make_approximator(kind, data)
+            step = backends.train_step_function(approximator)
+            batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
+            times = []
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                float(keras.ops.convert_to_numpy(step(batch)["loss"]))
+                times.append(time.perf_counter() - t0)
+            print(json.dumps({"backend": backends.name, "kind": kind, "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
+        return
     for kind in args.kinds:
         res = recovery(kind, n_train=args.n_train, epochs=args.epochs, seed=args.seed)
         res |= {"backend": backends.name, "n_train": args.n_train, "epochs": args.epochs}
