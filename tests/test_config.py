@@ -28,9 +28,9 @@ def test_reference_matches_the_study():
 
 
 def test_overrides_apply_and_are_typed():
-    cfg = load_config("ci", ["training.epochs=7", "training.learning_rate=5e-4", "model.summary_network=conv_pool"])
+    cfg = load_config("ci", ["training.epochs=7", "training.learning_rate=5e-4", "model.summary_network=conv_gru"])
     assert cfg.training.epochs == 7 and cfg.training.learning_rate == 5e-4
-    assert cfg.model.summary_network == "conv_pool"
+    assert cfg.model.summary_network == "conv_gru"
     assert parse_override("data.cache=false") == {"data": {"cache": False}}
 
 
