@@ -316,6 +316,7 @@ def _task_perturb(args: dict) -> dict:
 def _task_compare_posteriors(args: dict) -> dict:
     """Level 2 figures for every backend's draws on the same test traces (metrics, SBC, C2ST)."""
     import bayesflow as bf
+    import keras
 
     from . import diagnostics
 
@@ -348,9 +349,7 @@ def _task_compare_posteriors(args: dict) -> dict:
             accs = []
             t0 = time.perf_counter()
             for k in range(n_c2st):
-                np.random.seed(C2ST_SEED + k)
-                import keras
-
+                np.random.seed(C2ST_SEED + k)  # BayesFlow's C2ST shuffles and splits with np.random
                 keras.utils.set_random_seed(C2ST_SEED + k)
                 acc = bf.diagnostics.metrics.classifier_two_sample_test(
                     draws[a][k] * DISPLAY_SCALE, draws[b][k] * DISPLAY_SCALE,
