@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The summary networks a configuration may name; lif_sbi.networks maps each to its class (and
+# checks the two lists agree). Declared here so that validating a configuration needs no Keras.
+SUMMARY_KINDS: tuple[str, ...] = ("reference", "conv_gru", "conv_pool")
 
 
 class ConfigError(ValueError):
@@ -53,8 +56,6 @@ class ModelConfig:
     flow_transform: str = "affine"  # "affine" or "spline" coupling transforms
 
     def __post_init__(self):
-        from .networks import SUMMARY_KINDS
-
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
         _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
         _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)

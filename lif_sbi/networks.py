@@ -28,6 +28,7 @@ import keras
 from bayesflow.networks import SummaryNetwork
 
 from lif_sbi import backends
+from lif_sbi.config import SUMMARY_KINDS as CONFIG_SUMMARY_KINDS
 
 __all__ = [
     "FastGRU",
@@ -388,8 +389,10 @@ _KINDS = {
     "conv_gru": ConvGRUSummary,
     "conv_pool": ConvPoolSummary,
 }
-#: the configuration strings build_summary_network accepts
+#: the configuration strings build_summary_network accepts (declared in lif_sbi.config)
 SUMMARY_KINDS: tuple[str, ...] = tuple(_KINDS)
+if set(SUMMARY_KINDS) != set(CONFIG_SUMMARY_KINDS):
+    raise ImportError(f"lif_sbi.config.SUMMARY_KINDS {CONFIG_SUMMARY_KINDS} and lif_sbi.networks {SUMMARY_KINDS} disagree")
 #: the kind picked by measurement (bench/RESULTS.md, "Training step and sampling")
 DEFAULT_SUMMARY_KIND = "conv_pool"
 

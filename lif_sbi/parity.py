@@ -217,7 +217,7 @@ def _worker_main(task: str, args: dict) -> dict:
     if task == "compare_posteriors":
         return _task_compare_posteriors(args)
     if task == "backend":
-        return {"backend": keras.backend.backend(), "device": backends.device_name()}
+        return {"backend": backends.name, "device": backends.device_name()}
     raise ValueError(f"unknown worker task {task!r}")
 
 
