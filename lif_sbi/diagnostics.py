@@ -298,6 +298,18 @@ def plot_loss(history: Mapping[str, Sequence[float]], path) -> Path:
     return _save(fig, path)
 
 
+def _interval_around_mean(x, axis=1, prob=0.9):
+    """Central `prob` interval of x along `axis`, widened to contain the mean: (2, N, P).
+
+    Written by hand: BayesFlow's recovery plot draws mean - lower and upper - mean as error
+    bars, and Matplotlib rejects a negative bar where a skewed or near-point posterior puts its
+    mean outside the central interval (E_L and V_res do).
+    """
+    lo, hi = np.quantile(x, [(1 - prob) / 2, (1 + prob) / 2], axis=axis)
+    mean = np.mean(x, axis=axis)
+    return np.stack([np.minimum(lo, mean), np.maximum(hi, mean)])
+
+
 def plot_recovery(theta_true, draws, path) -> Path:
     """Posterior mean (with 90 % central interval) vs truth per parameter, display units, r shown.
 
@@ -311,6 +323,7 @@ def plot_recovery(theta_true, draws, path) -> Path:
         truth,
         variable_names=[_label(i) for i in range(N_PARAMS)],
         point_agg=np.mean,
+        uncertainty_agg=_interval_around_mean,
         uncertainty_agg_kwargs={"prob": 0.9},
         figsize=(12, 7.5),
         markersize=2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import bayesflow as bf
@@ -10,7 +11,7 @@ import numpy as np
 
 from . import networks  # noqa: F401  (registers the summary networks for loading)
 from .config import ModelConfig
-from .priors import DISPLAY_SCALE, N_PARAMS
+from .priors import DISPLAY_SCALE, N_PARAMS, in_support, onto_atoms
 from .stimulus import N_SAMPLES
 
 VOLT_TO_MV = 1e3
@@ -64,11 +65,63 @@ def as_observables(traces_v) -> np.ndarray:
     return x
 
 
-def sample_posterior(approximator, traces_v, n_draws: int, *, batch_size: int = 64, seed: int | None = None) -> np.ndarray:
-    """Posterior draws for each trace: returns (N, n_draws, 6) in SI units."""
+def sample_posterior(
+    approximator,
+    traces_v,
+    n_draws: int,
+    *,
+    batch_size: int = 64,
+    seed: int | None = None,
+    within_prior: bool = True,
+    max_rounds: int = 10,
+    return_acceptance: bool = False,
+):
+    """Posterior draws for each trace: returns (N, n_draws, 6) in SI units.
+
+    within_prior=True confines the draws to the prior's support, where the true posterior
+    lives: draws below V_res = -80 mV, the bound on which the prior's ordering repair puts a
+    point mass (12 % of the prior) that a flow can only smear, are moved onto it
+    (`priors.onto_atoms`); other draws outside the support (bounds, V_res < E_L < V_th) are
+    rejected and drawn again, as sbi does for bounded priors. Without this a flow's rare
+    far-tail draws dominate posterior means. return_acceptance=True also returns the share of
+    draws kept per trace, (N,). A trace still short after `max_rounds` rounds is filled by
+    resampling its kept draws (with a warning); one with none kept raises RuntimeError.
+    """
     obs = as_observables(traces_v)
-    out = approximator.sample(num_samples=n_draws, conditions={"observables": obs}, batch_size=batch_size, seed=seed)
-    draws = np.asarray(out["parameters"], dtype=np.float64)
-    if draws.shape != (len(obs), n_draws, N_PARAMS):
-        raise RuntimeError(f"unexpected posterior draw shape {draws.shape}")
-    return draws
+    n = len(obs)
+
+    def draw(x, k, round_seed):
+        out = approximator.sample(num_samples=k, conditions={"observables": x}, batch_size=batch_size, seed=round_seed)
+        d = np.asarray(out["parameters"], dtype=np.float64)
+        if d.shape != (len(x), k, N_PARAMS):
+            raise RuntimeError(f"unexpected posterior draw shape {d.shape}")
+        return d
+
+    first = draw(obs, n_draws, seed)
+    if not within_prior:
+        return (first, np.ones(n)) if return_acceptance else first
+    # Written by hand: BayesFlow 2.0 has no rejection step for bounded priors.
+    first = onto_atoms(first)
+    kept = [list(row[in_support(row)]) for row in first]
+    tried = np.full(n, n_draws, dtype=np.int64)
+    for round_ in range(1, max_rounds + 1):
+        short = [i for i in range(n) if len(kept[i]) < n_draws]
+        if not short:
+            break
+        rate = np.array([max(len(kept[i]), 1) / tried[i] for i in short])
+        k = int(min(10 * n_draws, max(n_draws, np.ceil(1.2 * n_draws / rate.min()))))
+        extra = onto_atoms(draw(obs[short], k, None if seed is None else seed + round_))
+        for j, i in enumerate(short):
+            kept[i].extend(extra[j][in_support(extra[j])])
+            tried[i] += k
+    short = [i for i in range(n) if len(kept[i]) < n_draws]
+    if any(len(kept[i]) == 0 for i in short):
+        raise RuntimeError(f"trace(s) {[i for i in short if not kept[i]][:5]} have no posterior draw inside the prior's support")
+    if short:
+        warnings.warn(f"{len(short)} trace(s) kept fewer than {n_draws} draws inside the prior; filled by resampling")
+        rng = np.random.default_rng(seed)
+        for i in short:
+            kept[i] = [kept[i][j] for j in rng.integers(len(kept[i]), size=n_draws)]
+    draws = np.stack([np.asarray(kept[i][:n_draws]) for i in range(n)])
+    acceptance = np.array([min(len(kept[i]), tried[i]) / tried[i] for i in range(n)])
+    return (draws, acceptance) if return_acceptance else draws

@@ -92,6 +92,29 @@ def _check_n(n) -> int:
     return int(n)
 
 
+# The ordering repair piles prior mass onto one bound: V_res = -80 mV, wherever E_L - 2 mV falls
+# below V_res's range (about 12 % of draws). (The E_L repair never fires with these ranges:
+# E_L <= -65 mV < -60 mV <= V_th.) A flow can only smear such an atom. (index, bound) pairs:
+ATOMS = ((INDEX["V_res"], LOW[INDEX["V_res"]]),)
+
+
+def onto_atoms(theta) -> np.ndarray:
+    """Move values beyond a bound that carries a prior atom (see ATOMS) onto that bound (copy)."""
+    theta = np.array(theta, dtype=np.float64)
+    for i, bound in ATOMS:
+        col = theta[..., i]
+        theta[..., i] = np.maximum(col, bound) if bound == LOW[i] else np.minimum(col, bound)
+    return theta
+
+
+def in_support(theta) -> np.ndarray:
+    """(..., 6) → bool (...): inside the prior's bounds and ordered V_res < E_L < V_th."""
+    theta = np.asarray(theta)
+    inside = np.all((theta >= LOW) & (theta <= HIGH), axis=-1)
+    e, th, r = theta[..., INDEX["E_L"]], theta[..., INDEX["V_th"]], theta[..., INDEX["V_res"]]
+    return inside & (r < e) & (e < th)
+
+
 def check_theta(theta: np.ndarray, *, name: str = "theta") -> None:
     """Raise ValueError unless `theta` (N, 6) is finite, inside the prior's support and ordered.
 

@@ -299,3 +299,14 @@ def test_run_all_minimal(tmp_path, small_case):
     }
     assert not (tmp_path / "run" / "metrics.json").exists()
     assert "posterior_predictive" not in metrics
+
+
+def test_recovery_plot_accepts_a_mean_outside_the_central_interval(tmp_path):
+    """Near-point posteriors with one outlying draw (E_L, V_res) put the mean outside the 90 % interval."""
+    from lif_sbi.priors import sample_prior
+
+    theta = sample_prior(30, 0)
+    draws = np.repeat(theta[:, None, :], 100, axis=1)
+    draws[:, 0, :] += 0.5 * theta
+    path = d.plot_recovery(theta, draws, tmp_path / "recovery.png")
+    assert path.stat().st_size > 1000

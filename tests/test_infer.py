@@ -76,3 +76,21 @@ def test_missing_model_is_one_line_exit_2(tmp_path):
     np.save(tmp_path / "ok.npy", np.full((1, 501), -0.07))
     proc = _run(tmp_path / "nope", tmp_path / "ok.npy")
     assert proc.returncode == 2 and "expected a run folder holding model.keras" in proc.stderr
+
+
+@pytest.mark.torch
+def test_posterior_draws_stay_inside_the_prior(trained_run):
+    """A barely trained flow leaks far outside the prior: every returned draw must be inside it."""
+    script = (
+        "import numpy as np, lif_sbi.estimator as e, lif_sbi.simulator as s, lif_sbi.priors as p\n"
+        f"a = e.load_approximator({str(trained_run / 'model.keras')!r})\n"
+        "d = s.simulate_batch(6, seed=3)\n"
+        "raw = e.sample_posterior(a, d['observables'], 200, seed=0, within_prior=False)\n"
+        "x, acc = e.sample_posterior(a, d['observables'], 200, seed=0, return_acceptance=True)\n"
+        "assert x.shape == (6, 200, 6) and p.in_support(x).all()\n"
+        "assert ((0 < acc) & (acc <= 1)).all()\n"
+        "print('leak', 1 - p.in_support(p.onto_atoms(raw)).mean(), 'acc', acc.mean())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert proc.returncode == 0 and "leak" in proc.stdout, proc.stderr[-3000:]

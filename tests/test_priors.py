@@ -154,3 +154,22 @@ def test_check_theta_messages():
     bad[1, G] = 20e-9
     with pytest.raises(ValueError, match=r"theta\[1\] g_L = 20 nS is outside the prior's support \[5, 15\] nS"):
         check_theta(bad)
+
+
+def test_atoms_and_support():
+    """The repair's point mass sits on V_res = -80 mV; onto_atoms moves draws beyond it onto it."""
+    from lif_sbi.priors import ATOMS, HIGH, INDEX, LOW, in_support, onto_atoms, sample_prior
+
+    theta = sample_prior(200_000, 11)
+    assert in_support(theta).all()
+    for i, bound in ATOMS:
+        assert 0.08 < (theta[:, i] == bound).mean() < 0.16  # a real atom (about 12 %), not a coincidence
+    x = theta[:4].copy()
+    x[0, INDEX["V_res"]] = LOW[INDEX["V_res"]] - 1e-4
+    x[1, INDEX["E_L"]] = HIGH[INDEX["E_L"]] + 1e-4
+    x[2, INDEX["C_m"]] = HIGH[INDEX["C_m"]] * 1.01  # no atom there: stays out
+    y = onto_atoms(x)
+    assert y[0, INDEX["V_res"]] == LOW[INDEX["V_res"]] and y[1, INDEX["E_L"]] > HIGH[INDEX["E_L"]]
+    assert list(in_support(y)) == [True, False, False, True]
+    assert (theta[:, INDEX["E_L"]] < theta[:, INDEX["V_th"]] - 5e-3).all()  # the E_L repair never fires
+    assert x[0, INDEX["V_res"]] < LOW[INDEX["V_res"]]  # a copy, input untouched
