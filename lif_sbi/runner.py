@@ -99,36 +99,30 @@ def environment() -> dict:
 # on_train_begin; these subclasses put back the counters saved with the last checkpoint.
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+class _Resumable:
+    """Mixin: put back the counters named in STATE after the callback's own on_train_begin."""
+
+    STATE: tuple[str, ...] = ()
+
+    def __init__(self, *args, resume_state: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resume_state = resume_state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for k, v in self.resume_state.items():
+            setattr(self, k, v)
+
+    def state(self) -> dict:
+        return {k: _plain(getattr(self, k)) for k in self.STATE}
+
+
+class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
     STATE = ("wait", "best", "best_epoch", "stopped_epoch")
 
-    def __init__(self, *args, resume_state: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.resume_state = resume_state or {}
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        for k, v in self.resume_state.items():
-            setattr(self, k, v)
-
-    def state(self) -> dict:
-        return {k: _plain(getattr(self, k)) for k in self.STATE}
-
-
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
     STATE = ("wait", "best", "cooldown_counter")
-
-    def __init__(self, *args, resume_state: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.resume_state = resume_state or {}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        for k, v in self.resume_state.items():
-            setattr(self, k, v)
-
-    def state(self) -> dict:
-        return {k: _plain(getattr(self, k)) for k in self.STATE}
 
 
 def _plain(x):
