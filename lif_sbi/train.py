@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError, available_configs, from_dict, load_config
+from .config import Config, ConfigError, available_configs, from_dict, load_config  # noqa: F401
 
 RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
@@ -42,6 +42,8 @@ def resolve(args) -> tuple[Config, Path | None]:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file() or not (run_dir / "checkpoints").is_dir():
             raise UsageError(f"--resume {args.resume!r}: not a run folder with config.toml and checkpoints/ (expected results/<run_id>)")
+        if (run_dir / "report.md").exists():
+            raise UsageError(f"--resume {args.resume!r}: that run is complete (report.md exists); start a new run instead")
         if args.overrides:
             raise UsageError("--resume continues a run with its saved configuration; --set is not allowed with it")
         import tomllib

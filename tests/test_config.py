@@ -83,6 +83,16 @@ def test_cli_errors_are_one_line_exit_2(args, match, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_resume_of_a_complete_run_is_refused(tmp_path):
+    run = tmp_path / "ci_torch_x"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.toml").write_text(load_config("ci").to_toml())
+    (run / "report.md").write_text("# done\n")
+    proc = _cli("--resume", str(run))
+    assert proc.returncode == 2 and "complete" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (run / "report.md").read_text() == "# done\n"
+
+
 def test_bad_toml_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[training\nepochs = 3\n")
