@@ -11,7 +11,7 @@ import numpy as np
 
 from . import networks  # noqa: F401  (registers the summary networks for loading)
 from .config import ModelConfig
-from .priors import DISPLAY_SCALE, N_PARAMS, in_support, onto_atoms
+from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms
 from .stimulus import N_SAMPLES
 
 VOLT_TO_MV = 1e3
@@ -85,7 +85,8 @@ def sample_posterior(
     rejected and drawn again, as sbi does for bounded priors. Without this a flow's rare
     far-tail draws dominate posterior means. return_acceptance=True also returns the share of
     draws kept per trace, (N,). A trace still short after `max_rounds` rounds is filled by
-    resampling its kept draws (with a warning); one with none kept raises RuntimeError.
+    resampling its kept draws; one with none kept gets its first draws clipped into the prior's
+    bounds (both with a warning).
     """
     obs = as_observables(traces_v)
     n = len(obs)
@@ -104,6 +105,7 @@ def sample_posterior(
     first = onto_atoms(first)
     kept = [list(row[in_support(row)]) for row in first]
     tried = np.full(n, n_draws, dtype=np.int64)
+    accepted = np.array([len(k) for k in kept], dtype=np.int64)
     for round_ in range(1, max_rounds + 1):
         short = [i for i in range(n) if len(kept[i]) < n_draws]
         if not short:
@@ -112,16 +114,25 @@ def sample_posterior(
         k = int(min(10 * n_draws, max(n_draws, np.ceil(1.2 * n_draws / rate.min()))))
         extra = onto_atoms(draw(obs[short], k, None if seed is None else seed + round_))
         for j, i in enumerate(short):
-            kept[i].extend(extra[j][in_support(extra[j])])
+            ok = extra[j][in_support(extra[j])]
+            kept[i].extend(ok)
+            accepted[i] += len(ok)
             tried[i] += k
     short = [i for i in range(n) if len(kept[i]) < n_draws]
-    if any(len(kept[i]) == 0 for i in short):
-        raise RuntimeError(f"trace(s) {[i for i in short if not kept[i]][:5]} have no posterior draw inside the prior's support")
-    if short:
-        warnings.warn(f"{len(short)} trace(s) kept fewer than {n_draws} draws inside the prior; filled by resampling")
+    empty = [i for i in short if not kept[i]]
+    if empty:
+        # The posterior mass lies (almost) wholly outside the prior: keep the first round's draws
+        # clipped into the prior's bounds rather than fail, and say so (acceptance 0).
+        warnings.warn(f"{len(empty)} trace(s), e.g. #{empty[0]}, had no posterior draw inside the prior's support; "
+                      "their draws are clipped into the prior's bounds")
+        for i in empty:
+            kept[i] = list(np.clip(first[i], LOW, HIGH))
+    if len(short) > len(empty):
+        warnings.warn(f"{len(short) - len(empty)} trace(s) kept fewer than {n_draws} draws inside the prior; filled by resampling")
         rng = np.random.default_rng(seed)
         for i in short:
-            kept[i] = [kept[i][j] for j in rng.integers(len(kept[i]), size=n_draws)]
+            if i not in empty:
+                kept[i] = [kept[i][j] for j in rng.integers(len(kept[i]), size=n_draws)]
     draws = np.stack([np.asarray(kept[i][:n_draws]) for i in range(n)])
-    acceptance = np.array([min(len(kept[i]), tried[i]) / tried[i] for i in range(n)])
+    acceptance = np.array([accepted[i] / tried[i] for i in range(n)])
     return (draws, acceptance) if return_acceptance else draws

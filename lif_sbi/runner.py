@@ -311,7 +311,9 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     diag = config.diagnostics
     say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
     test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False)
-    draws = estimator.sample_posterior(approximator, test["observables"], diag.n_draws, seed=diag.seed)
+    draws, acceptance = estimator.sample_posterior(
+        approximator, test["observables"], diag.n_draws, seed=diag.seed, return_acceptance=True
+    )
     ppc_cases = [
         {"theta_draws": draws[i], "current": test["current"][i], "observed": test["observables"][i, :, 0],
          "theta_true": test["parameters"][i], "label": f"test trace {i}"}
@@ -330,6 +332,10 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     metrics["training"] = {
         "epochs_run": len(rows), "best_epoch": best_row["epoch"], "best_val_loss": best_row["val_loss"],
         "final_learning_rate": rows[-1]["learning_rate"], "stopped_early": len(rows) < config.training.epochs,
+    }
+    metrics["sampling"] = {  # share of posterior draws inside the prior's support, per test trace
+        "acceptance_mean": float(acceptance.mean()), "acceptance_min": float(acceptance.min()),
+        "traces_without_any_draw_in_support": int((acceptance == 0).sum()),
     }
     metrics["timings"] = timings
     _atomic_json(run_dir / "metrics.json", metrics)
