@@ -298,6 +298,10 @@ def plot_loss(history: Mapping[str, Sequence[float]], path) -> Path:
     return _save(fig, path)
 
 
+# Layout shared by the 2 x 3 per-parameter panels of BayesFlow's plots.
+_GRID = {"num_row": 2, "num_col": 3, "label_fontsize": 11, "title_fontsize": 12, "tick_fontsize": 9}
+
+
 def _interval_around_mean(x, axis=1, prob=0.9):
     """Central `prob` interval of x along `axis`, widened to contain the mean: (2, N, P).
 
@@ -328,12 +332,8 @@ def plot_recovery(theta_true, draws, path) -> Path:
         figsize=(12, 7.5),
         markersize=2,
         elinewidth=0.4,
-        num_row=2,
-        num_col=3,
-        label_fontsize=11,
-        title_fontsize=12,
         metric_fontsize=11,
-        tick_fontsize=9,
+        **_GRID,
     )
     return _save(fig, path)
 
@@ -361,12 +361,8 @@ def plot_sbc_ecdf(theta_true, draws, path, *, seed: int | None = 0, log_gamma: M
             variable_names=names,
             difference=True,
             figsize=(12, 7),
-            num_row=2,
-            num_col=3,
-            label_fontsize=11,
             legend_fontsize=9,
-            title_fontsize=12,
-            tick_fontsize=9,
+            **_GRID,
             ecdf_bands_kwargs={"confidence": 0.95},
         )
     return _save(fig, path)
@@ -382,12 +378,8 @@ def plot_z_score_contraction(theta_true, draws, path) -> Path:
             truth,
             variable_names=list(PARAM_NAMES),
             figsize=(12, 7),
-            num_row=2,
-            num_col=3,
-            label_fontsize=11,
-            title_fontsize=12,
-            tick_fontsize=9,
             markersize=6,
+            **_GRID,
         )
     return _save(fig, path)
 

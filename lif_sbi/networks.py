@@ -280,6 +280,11 @@ class ReferenceSummary(SummaryNetwork):
         return super().get_config() | self._config
 
 
+def _pooled(h, first) -> list:
+    """Global mean, max and min over time of conv features h (batch, time, c), plus the first sample."""
+    return [keras.ops.mean(h, axis=1), keras.ops.max(h, axis=1), keras.ops.min(h, axis=1), first]
+
+
 def _conv_stack(filters, kernel_sizes, strides, activation, prefix):
     return [
         keras.layers.Conv1D(f, k, strides=s, padding="same", activation=activation, name=f"{prefix}_{i}")
@@ -335,7 +340,7 @@ class ConvGRUSummary(SummaryNetwork):
         feats = [self.recurrent_forward(h, training=training)]
         if self.recurrent_backward is not None:
             feats.append(self.recurrent_backward(keras.ops.flip(h, axis=1), training=training))
-        feats += [keras.ops.mean(h, axis=1), keras.ops.max(h, axis=1), keras.ops.min(h, axis=1), first]
+        feats += _pooled(h, first)
         return self.output_projector(self.hidden(keras.ops.concatenate(feats, axis=-1)))
 
     def get_config(self):
@@ -377,7 +382,7 @@ class ConvPoolSummary(SummaryNetwork):
     def call(self, x, training=False, **kwargs):
         first = x[:, 0, :]
         h = self.conv(x, training=training)
-        feats = [keras.ops.mean(h, axis=1), keras.ops.max(h, axis=1), keras.ops.min(h, axis=1), first]
+        feats = _pooled(h, first)
         return self.output_projector(self.hidden(keras.ops.concatenate(feats, axis=-1)))
 
     def get_config(self):

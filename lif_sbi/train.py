@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError, available_configs, from_dict, load_config  # noqa: F401
+from .config import Config, ConfigError, available_configs, from_dict, load_config
 
 RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
