@@ -168,8 +168,10 @@ class EpochRecorder(keras.callbacks.Callback):
         if math.isfinite(row["val_loss"]) and row["val_loss"] < self.best:
             self.best = row["val_loss"]
             _atomic_keras_save(self.model, self.ckpt_dir / "best.weights.h5", weights_only=True)
-        save_checkpoint(self.ckpt_dir, self.model, epoch + 1, self.rows, self.best, {type(c).__name__: c.state() for c in self.others})
+        # history.csv first, then the checkpoint: a run killed in between resumes from the previous
+        # checkpoint and rewrites history.csv from it, so the file is never behind `latest`.
         _write_history(self.run_dir, self.rows)
+        save_checkpoint(self.ckpt_dir, self.model, epoch + 1, self.rows, self.best, {type(c).__name__: c.state() for c in self.others})
         if not self.quiet:
             mean = sum(r["wall_s"] for r in self.rows[-5:]) / len(self.rows[-5:])
             left = mean * (self.epochs - epoch - 1)
@@ -277,6 +279,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         rows, start_epoch, finished = state["history"], state["epoch"], state.get("finished_training", False)
         best = float(_unplain({"b": state["best_val_loss"]})["b"])
         cb_state = {k: _unplain(v) for k, v in state["callbacks"].items()}
+        _write_history(run_dir, rows)  # the checkpoint is the truth; drop any row written after it
 
     early = ResumableEarlyStopping(
         monitor="val_loss", patience=config.training.early_stopping_patience, mode="min",
