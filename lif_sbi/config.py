@@ -12,6 +12,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # The summary networks a configuration may name; lif_sbi.networks maps each to its class (and
 # checks the two lists agree). Declared here so that validating a configuration needs no Keras.
 SUMMARY_KINDS: tuple[str, ...] = ("reference", "conv_gru", "conv_pool")
+LR_SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
 
 
 class ConfigError(ValueError):
@@ -54,12 +55,16 @@ class ModelConfig:
     summary_dim: int = 16  # size of the learned summary vector
     flow_depth: int = 6  # coupling layers of the CouplingFlow (BayesFlow's default: 6)
     flow_transform: str = "affine"  # "affine" or "spline" coupling transforms
+    # Dropout in the coupling subnets (BayesFlow's MLP default: 0.05). Training-time dropout noise
+    # in the flow's shift widens near-point posteriors (E_L, V_res) well beyond their error.
+    flow_dropout: float = 0.05
 
     def __post_init__(self):
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
         _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
         _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)
         _require(self.flow_transform in ("affine", "spline"), "model.flow_transform", "'affine' or 'spline'", self.flow_transform)
+        _require(isinstance(self.flow_dropout, float) and 0.0 <= self.flow_dropout < 1.0, "model.flow_dropout", "a number in [0, 1)", self.flow_dropout)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class TrainingConfig:
     epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3  # Adam's initial learning rate
+    # "plateau": multiply the rate by lr_plateau_factor after lr_plateau_patience epochs without a
+    # better validation loss (the study's); "cosine": Keras' CosineDecay from learning_rate to
+    # min_learning_rate over all `epochs` (lr_plateau_* unused).
+    lr_schedule: str = "plateau"
     early_stopping_patience: int = 12  # epochs without a better validation loss before stopping
     lr_plateau_patience: int = 6  # epochs without improvement before the learning rate is cut
     lr_plateau_factor: float = 0.5  # the cut: new rate = factor * rate
@@ -77,6 +86,7 @@ class TrainingConfig:
         _require(isinstance(self.epochs, int) and self.epochs >= 1, "training.epochs", "an integer >= 1", self.epochs)
         _require(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "training.batch_size", "an integer in 1..65536", self.batch_size)
         _require(isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1, "training.learning_rate", "a number in (0, 1)", self.learning_rate)
+        _require(self.lr_schedule in LR_SCHEDULES, "training.lr_schedule", " or ".join(map(repr, LR_SCHEDULES)), self.lr_schedule)
         for name in ("early_stopping_patience", "lr_plateau_patience"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, f"training.{name}", "an integer >= 1", value)

@@ -51,7 +51,9 @@ def make_adapter() -> bf.Adapter:
 def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproximator:
     """ContinuousApproximator = adapter + summary network + CouplingFlow, both standardised by BayesFlow."""
     summary = networks.build_summary_network(model.summary_network, summary_dim=model.summary_dim)
-    flow = bf.networks.CouplingFlow(depth=model.flow_depth, transform=model.flow_transform)
+    flow = bf.networks.CouplingFlow(
+        depth=model.flow_depth, transform=model.flow_transform, subnet_kwargs={"dropout": model.flow_dropout}
+    )
     return bf.approximators.ContinuousApproximator(
         adapter=make_adapter(),
         inference_network=flow,
@@ -84,7 +86,7 @@ def sample_posterior(
     traces_v,
     n_draws: int,
     *,
-    batch_size: int = 64,
+    batch_size: int = 128,
     seed: int | None = None,
     within_prior: bool = True,
     max_rounds: int = 10,
@@ -124,14 +126,22 @@ def sample_posterior(
         short = [i for i in range(n) if len(kept[i]) < n_draws]
         if not short:
             break
-        rate = np.array([max(len(kept[i]), 1) / tried[i] for i in short])
-        k = int(min(10 * n_draws, max(n_draws, np.ceil(1.2 * n_draws / rate.min()))))
-        extra = onto_atoms(draw(obs[short], k, None if seed is None else seed + round_))
-        for j, i in enumerate(short):
-            ok = extra[j][in_support(extra[j])]
-            kept[i].extend(ok)
-            accepted[i] += len(ok)
-            tried[i] += k
+        # Each short trace asks for what it still misses over its acceptance so far (x1.2, at
+        # most 10 x n_draws); traces are drawn in groups of equal power-of-two requests, so one
+        # trace with a low acceptance does not multiply the draws of all the others.
+        need = {}
+        for i in short:
+            rate = max(len(kept[i]), 1) / tried[i]
+            k = int(min(10 * n_draws, max(64, np.ceil(1.2 * (n_draws - len(kept[i])) / rate))))
+            need.setdefault(1 << (k - 1).bit_length(), []).append(i)
+        for g, (k, group) in enumerate(sorted(need.items())):
+            round_seed = None if seed is None else seed + 1000 * round_ + g
+            extra = onto_atoms(draw(obs[group], k, round_seed))
+            for j, i in enumerate(group):
+                ok = extra[j][in_support(extra[j])]
+                kept[i].extend(ok)
+                accepted[i] += len(ok)
+                tried[i] += k
     short = [i for i in range(n) if len(kept[i]) < n_draws]
     empty = [i for i in short if not kept[i]]
     if empty:

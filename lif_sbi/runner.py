@@ -258,7 +258,14 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     keys = ("parameters", "observables")
     train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=config.training.batch_size, adapter=approximator.adapter)
     val_ds = bf.datasets.OfflineDataset({k: val[k] for k in keys}, batch_size=config.training.batch_size, adapter=approximator.adapter, shuffle=False)
-    approximator.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate))
+    tc = config.training
+    if tc.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            tc.learning_rate, decay_steps=tc.epochs * len(train_ds), alpha=tc.min_learning_rate / tc.learning_rate
+        )
+    else:
+        learning_rate = tc.learning_rate
+    approximator.compile(optimizer=keras.optimizers.Adam(learning_rate))
     approximator.build_from_data(train_ds[0])
 
     rows: list[dict] = []
@@ -297,7 +304,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         say(f"training under Keras backend '{backends.name}' on {backends.device_name()}: up to {config.training.epochs} epochs")
         approximator.fit(
             dataset=train_ds, validation_data=val_ds, epochs=config.training.epochs, initial_epoch=start_epoch,
-            callbacks=[plateau, early, recorder], verbose=0,
+            callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,
         )
         save_checkpoint(run_dir / CHECKPOINTS, approximator, len(rows), rows, recorder.best,
                         {type(c).__name__: c.state() for c in (early, plateau)}, finished=True)

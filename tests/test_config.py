@@ -45,6 +45,8 @@ def test_overrides_apply_and_are_typed():
         (["data.validation_fraction=80"], "data.validation_fraction"),
         (["training.min_learning_rate=0.1"], "training.min_learning_rate"),
         (["model.summary_network=lstm"], "model.summary_network"),
+        (["model.flow_dropout=1.0"], "model.flow_dropout"),
+        (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
         (["epochs"], "malformed"),
     ],
 )
@@ -69,6 +71,7 @@ def _cli(*args, cwd=None):
         (["--set", "training.batchsize=3"], "unknown key 'training.batchsize'"),
         (["--set", "training.epochs=1.5"], "wrong type"),
         (["--set", "data.validation_fraction=1.2"], "validation_fraction"),
+        (["--set", "training.lr_schedule=step"], "training.lr_schedule"),
         (["--config", "nope"], "unknown configuration"),
         (["--resume", "/nonexistent/run"], "--resume"),
         (["--bogus"], "unrecognized arguments"),
