@@ -58,12 +58,16 @@ class ModelConfig:
     # Dropout in the coupling subnets (BayesFlow's MLP default: 0.05). Training-time dropout noise
     # in the flow's shift widens near-point posteriors (E_L, V_res) well beyond their error.
     flow_dropout: float = 0.05
+    # Infer the logit of each parameter's position within its prior bounds (BayesFlow's
+    # `constrain`) instead of the parameter itself; false is the study's plain standardisation.
+    logit_bounds: bool = True
 
     def __post_init__(self):
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
         _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
         _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)
         _require(self.flow_transform in ("affine", "spline"), "model.flow_transform", "'affine' or 'spline'", self.flow_transform)
+        _require(isinstance(self.logit_bounds, bool), "model.logit_bounds", "true or false", self.logit_bounds)
         _require(isinstance(self.flow_dropout, float) and 0.0 <= self.flow_dropout < 1.0, "model.flow_dropout", "a number in [0, 1)", self.flow_dropout)
 
 

@@ -23,7 +23,7 @@ VOLT_TO_MV = 1e3
 BOUND_MARGIN = 0.01
 
 
-def make_adapter() -> bf.Adapter:
+def make_adapter(logit_bounds: bool = True) -> bf.Adapter:
     """Map simulator output (SI units) to the approximator's inputs, invertibly.
 
     parameters (N, 6) SI → display units (pF, nS, mV, mV, mV, ms) → logit of the position within
@@ -32,20 +32,20 @@ def make_adapter() -> bf.Adapter:
     instead of a box with hard edges, which Gaussian-based flows fit badly (measured: C_m and g_L
     90 % intervals covered 0.77 / 0.82 of true values without this, 0.86 / 0.92 with it, same
     training). Draws come back inside the widened bounds by construction.
+    logit_bounds=False skips the logit (the reference study's plain standardisation).
     observables (N, 501, 1) V → mV → summary_variables. Standardisation is the approximator's.
     """
     low, high = LOW * DISPLAY_SCALE, HIGH * DISPLAY_SCALE
     margin = BOUND_MARGIN * (high - low)
-    return (
+    adapter = (
         bf.Adapter()
         .keep(["parameters", "observables"])
         .convert_dtype("float64", "float32")
         .scale("parameters", by=DISPLAY_SCALE.astype("float32"))
-        .constrain("parameters", lower=(low - margin).astype("float32"), upper=(high + margin).astype("float32"))
-        .scale("observables", by=VOLT_TO_MV)
-        .rename("parameters", "inference_variables")
-        .rename("observables", "summary_variables")
     )
+    if logit_bounds:
+        adapter = adapter.constrain("parameters", lower=(low - margin).astype("float32"), upper=(high + margin).astype("float32"))
+    return adapter.scale("observables", by=VOLT_TO_MV).rename("parameters", "inference_variables").rename("observables", "summary_variables")
 
 
 def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproximator:
@@ -55,7 +55,7 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
         depth=model.flow_depth, transform=model.flow_transform, subnet_kwargs={"dropout": model.flow_dropout}
     )
     return bf.approximators.ContinuousApproximator(
-        adapter=make_adapter(),
+        adapter=make_adapter(model.logit_bounds),
         inference_network=flow,
         summary_network=summary,
         standardize=["inference_variables", "summary_variables"],

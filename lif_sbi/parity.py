@@ -108,8 +108,10 @@ THRESHOLDS: dict[str, Thresholds] = {
 
 
 def size_of(config: Config) -> str:
-    """'full' or 'smoke': smoke for anything trained on < 5,000 traces or for < 20 epochs."""
-    return "smoke" if config.data.n_traces < 5000 or config.training.epochs < 20 else "full"
+    """'full' or 'smoke': smoke for anything trained on < 5,000 traces or for < 2,000 optimizer steps."""
+    n_train = config.data.n_traces - round(config.data.n_traces * config.data.validation_fraction)
+    steps = config.training.epochs * -(-n_train // config.training.batch_size)
+    return "smoke" if config.data.n_traces < 5000 or steps < 2000 else "full"
 
 
 # Fixed inputs of level 1 and sizes of level 2 (not thresholds: they fix what is compared)

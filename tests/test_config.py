@@ -24,6 +24,7 @@ def test_reference_matches_the_study():
     assert (t.epochs, t.batch_size, t.learning_rate) == (100, 64, 1e-3)
     assert (t.early_stopping_patience, t.lr_plateau_patience, t.lr_plateau_factor, t.min_learning_rate) == (12, 6, 0.5, 1e-6)
     assert cfg.model.summary_network == "reference" and cfg.model.flow_depth == 6
+    assert (cfg.model.flow_dropout, cfg.model.logit_bounds, t.lr_schedule) == (0.05, False, "plateau")
     assert (cfg.diagnostics.n_test, cfg.diagnostics.n_draws) == (400, 1000)
 
 
@@ -46,6 +47,7 @@ def test_overrides_apply_and_are_typed():
         (["training.min_learning_rate=0.1"], "training.min_learning_rate"),
         (["model.summary_network=lstm"], "model.summary_network"),
         (["model.flow_dropout=1.0"], "model.flow_dropout"),
+        (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
         (["epochs"], "malformed"),
     ],

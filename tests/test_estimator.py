@@ -27,6 +27,12 @@ def test_adapter_maps_the_prior_to_finite_values_and_back():
     np.testing.assert_allclose(np.asarray(fwd["summary_variables"]), data["observables"] * 1e3, rtol=1e-6)
 
 
+def test_adapter_without_logit_passes_display_units_through():
+    data = simulate_batch(50, seed=2)
+    z = estimator.make_adapter(logit_bounds=False)({"parameters": data["parameters"], "observables": data["observables"]})
+    np.testing.assert_allclose(z["inference_variables"], data["parameters"] * DISPLAY_SCALE, rtol=1e-6)
+
+
 @pytest.mark.torch
 def test_draws_of_an_untrained_flow_stay_within_the_widened_bounds_and_then_the_prior():
     approximator = estimator.build_approximator(ModelConfig(summary_network="conv_pool", flow_depth=2))
