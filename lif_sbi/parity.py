@@ -484,15 +484,27 @@ def new_run_dir(results_dir: Path, config: Config) -> Path:
 
 
 def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: Path = RESULTS_DIR, *,
-               backends: list[str] | None = None, say=print, c2st_splits: int | None = None) -> ParityRun:
+               backends: list[str] | None = None, say=print, c2st_splits: int | None = None,
+               baseline: str | None = None) -> ParityRun:
+    """Levels 1-3 for every backend; with `baseline` = a backend name, level 2 compares two trainings
+    under that one backend that differ only in training.seed (the seed-to-seed spread the level-2
+    thresholds must allow), and level 1 checks only each model's own save."""
     config = load_config(config_name, list(overrides))
     size = size_of(config)
     th = THRESHOLDS[size]
-    backends = backends or installed_backends()
+    if baseline:
+        backends = [baseline]
+        seed2 = config.training.seed + 1
+        # label -> (backend it trains and runs under, overrides); the data (data.seed) is shared
+        variants = {baseline: (baseline, list(overrides)),
+                    f"{baseline}_seed{seed2}": (baseline, list(overrides) + [f"training.seed={seed2}"])}
+    else:
+        backends = backends or installed_backends()
+        variants = {b: (b, list(overrides)) for b in backends}
     run_dir = new_run_dir(Path(results_dir), config)
     checks: list[Check] = []
-    info: dict = {"timings_s": {}}
-    say(f"parity run folder: {run_dir}  (backends: {', '.join(backends)}; thresholds: {size})")
+    info: dict = {"timings_s": {}, "baseline": bool(baseline)}
+    say(f"parity run folder: {run_dir}  (models: {', '.join(variants)}; thresholds: {size})")
 
     # Fixed inputs
     from .dataset import simulate_dataset
@@ -505,21 +517,21 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
     test = simulate_dataset(n_test, diag.seed + 1, progress=False)  # fresh: not the training data nor train's own test set
     np.savez(run_dir / "level2_test.npz", parameters=test["parameters"], observables=test["observables"])
 
-    # Train under every backend (this is also level 2's independent training)
+    # Train every model (this is also level 2's independent training)
     models = {}
-    for b in backends:
+    for m, (b, ov) in variants.items():
         t0 = time.perf_counter()
-        say(f"training '{config.name}' under {b} ...")
-        models[b] = train(b, config_name, list(overrides), run_dir / "models" / b) / "model.keras"
-        info["timings_s"][f"train {b}"] = round(time.perf_counter() - t0, 1)
+        say(f"training '{config.name}' under {b}{'' if m == b else f' ({m})'} ...")
+        models[m] = train(b, config_name, ov, run_dir / "models" / m) / "model.keras"
+        info["timings_s"][f"train {m}"] = round(time.perf_counter() - t0, 1)
 
     # Level 1: every model under every backend
     evals = {}
     for b in backends:
-        for m in backends:
+        for m, (mb, _) in variants.items():
             out = run_dir / f"eval_{m}_model_under_{b}.npz"
             args = {"model": str(models[m]), "batch": str(run_dir / "level1_batch.npz"), "out": str(out), "seed": diag.seed}
-            if m == b:
+            if mb == b:
                 args |= {"sanity": True, "test": str(run_dir / "level2_test.npz"), "n_draws": diag.n_draws}
             t0 = time.perf_counter()
             say(f"level 1: {m} model under {b} ...")
@@ -527,25 +539,25 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
             info["timings_s"][f"eval {m} model under {b}"] = round(time.perf_counter() - t0, 1)
             info.setdefault("devices", {})[b] = ans["device"]
             evals[(m, b)] = out
-            if m == b:
+            if mb == b:
                 for k, v in ans["reload_max_abs"].items():
-                    checks.append(Check(1, f"{b} → {b} (own save)", f"two loads, max |Δ {k}|", v, 0.0, "==", v == 0.0))
-                checks.append(_le(1, f"{b} → {b} (own save)", "z-path vs BayesFlow sample(), max |Δθ| / prior width",
+                    checks.append(Check(1, f"{m} → {b} (own save)", f"two loads, max |Δ {k}|", v, 0.0, "==", v == 0.0))
+                checks.append(_le(1, f"{m} → {b} (own save)", "z-path vs BayesFlow sample(), max |Δθ| / prior width",
                                   ans["zpath_vs_bayesflow_rel"], th.draws_rel / 100, "checks the injected-z pipeline"))
-    for m in backends:
-        ref = load_npz(evals[(m, m)])
+    for m, (mb, _) in variants.items():
+        ref = load_npz(evals[(m, mb)])
         for b in backends:
-            if b != m:
+            if b != mb:
                 checks += compare_level1(ref, load_npz(evals[(m, b)]), f"{m} → {b}", th)
 
     # Level 2: independently trained posteriors on the same fresh test traces
-    if len(backends) >= 2:
+    if len(variants) >= 2:
         t0 = time.perf_counter()
         say("level 2: metrics, SBC and C2ST ...")
         splits = c2st_splits or (2 if size == "smoke" else 5)
         ans = run_worker(backends[0], "compare_posteriors", {
             "thresholds": dataclasses.asdict(th), "test": str(run_dir / "level2_test.npz"), "c2st_splits": splits,
-            "draws": {b: str(evals[(b, b)]) for b in backends}, "n_c2st": th.c2st_min_traces,
+            "draws": {m: str(evals[(m, mb)]) for m, (mb, _) in variants.items()}, "n_c2st": th.c2st_min_traces,
         })
         info["timings_s"]["level 2 figures"] = round(time.perf_counter() - t0, 1)
         info["level2"] = ans
@@ -555,7 +567,7 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
 
     checks += level3(th)
     info["thresholds"] = dataclasses.asdict(th)
-    return ParityRun(run_dir, config, size, backends, models, evals, checks, info)
+    return ParityRun(run_dir, config, size, list(variants), models, evals, checks, info)
 
 
 def level2_checks(ans: dict, th: Thresholds, n_test: int, n_draws: int) -> list[Check]:
@@ -604,6 +616,9 @@ def write_report(run: ParityRun) -> Path:
         f"**{'PASS' if not fails else f'FAIL ({len(fails)} of {len(run.checks)} checks)'}** — "
         f"backends: {', '.join(run.backends)}; thresholds: `{run.size}` (`lif_sbi.parity.THRESHOLDS`)",
         "",
+        *([f"**Baseline run**: one backend, two trainings that differ only in `training.seed`; level 2 below is the",
+           "seed-to-seed spread that the backend comparison's level-2 thresholds must allow.", ""]
+          if run.info.get("baseline") else []),
         "| | |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in env.items()],
         "",
@@ -663,6 +678,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default="ci", help=f"configuration name ({', '.join(available_configs())}) or .toml path (default: ci)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one configuration value; repeatable")
     p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where the run folder is created (default: results/)")
+    p.add_argument("--baseline", metavar="BACKEND", default=None,
+                   help="instead of comparing backends, train twice under BACKEND with two training seeds and compare those (level 2's seed-to-seed baseline)")
 
     def error(message):
         print(f"error: {message} (see --help)", file=sys.stderr)
@@ -699,8 +716,12 @@ def main(argv=None) -> int:
     if not installed_backends():
         print("error: no Keras backend (torch, tensorflow, jax) is installed", file=sys.stderr)
         return 2
+    if args.baseline is not None and args.baseline not in installed_backends():
+        print(f"error: --baseline {args.baseline!r} is not an installed Keras backend; installed: {', '.join(installed_backends())}",
+              file=sys.stderr)
+        return 2
     try:
-        run = run_parity(args.config, args.overrides, results)
+        run = run_parity(args.config, args.overrides, results, baseline=args.baseline)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -190,7 +190,8 @@ def test_cli_exit_code_1_and_numbers_on_failure(tmp_path, monkeypatch, capsys):
     assert "**FAIL (1 of 2 checks)**" in text and "| **FAIL** |" in text and "| 0.0032 |" in text
 
 
-@pytest.mark.parametrize("args", [["--config", "no_such_config"], ["--bogus"], ["--set", "training.epochs=0"], ["--set", "nonsense"]])
+@pytest.mark.parametrize("args", [["--config", "no_such_config"], ["--bogus"], ["--set", "training.epochs=0"], ["--set", "nonsense"],
+                                  ["--baseline", "theano"]])
 def test_cli_bad_arguments_one_line_exit_2(args, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", *args, "--results-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
@@ -204,3 +205,23 @@ def test_cli_results_dir_that_is_a_file(tmp_path):
     f.write_text("x")
     proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", "--results-dir", str(f)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.torch
+def test_baseline_compares_two_seeds_under_one_backend(tmp_path):
+    """--baseline: two trainings under torch that differ only in training.seed, compared at level 2."""
+    run = parity.run_parity("ci", [], tmp_path, say=lambda *a: None, baseline="torch")
+    assert run.backends == ["torch", "torch_seed43"] and run.info["baseline"]
+    assert set(run.models) == {"torch", "torch_seed43"} and run.models["torch"] != run.models["torch_seed43"]
+    seeds = [parity.load_config(str(p.parent / "config.toml")).training.seed for p in run.models.values()]
+    assert seeds == [42, 43]
+    # No cross-backend level 1 (one backend); own-save checks for both models.
+    assert {c.comparison for c in run.checks if c.level == 1} == {"torch → torch (own save)", "torch_seed43 → torch (own save)"}
+    level2 = [c for c in run.checks if c.level == 2]
+    assert any("C2ST" in c.quantity for c in level2) and all(c.comparison == "torch vs torch_seed43" for c in level2)
+    # Two different seeds give different posteriors: the draws are not identical.
+    a = parity.load_npz(run.evals[("torch", "torch")])["posterior_draws"]
+    b = parity.load_npz(run.evals[("torch_seed43", "torch")])["posterior_draws"]
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    text = parity.write_report(run).read_text()
+    assert "**Baseline run**" in text
