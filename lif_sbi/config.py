@@ -58,6 +58,9 @@ class ModelConfig:
     # Dropout in the coupling subnets (BayesFlow's MLP default: 0.05). Training-time dropout noise
     # in the flow's shift widens near-point posteriors (E_L, V_res) well beyond their error.
     flow_dropout: float = 0.05
+    # conv_pool only: also hand the flow the trace's first sample, minimum and maximum (which
+    # carry E_L, V_res and V_th almost exactly in this noise-free model) next to the learned summary.
+    trace_features: bool = False
     # Infer the logit of each parameter's position within its prior bounds (BayesFlow's
     # `constrain`) instead of the parameter itself; false is the study's plain standardisation.
     logit_bounds: bool = True
@@ -67,6 +70,9 @@ class ModelConfig:
         _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
         _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)
         _require(self.flow_transform in ("affine", "spline"), "model.flow_transform", "'affine' or 'spline'", self.flow_transform)
+        _require(isinstance(self.trace_features, bool), "model.trace_features", "true or false", self.trace_features)
+        _require(not self.trace_features or self.summary_network == "conv_pool", "model.trace_features",
+                 "false unless model.summary_network = 'conv_pool'", self.trace_features)
         _require(isinstance(self.logit_bounds, bool), "model.logit_bounds", "true or false", self.logit_bounds)
         _require(isinstance(self.flow_dropout, float) and 0.0 <= self.flow_dropout < 1.0, "model.flow_dropout", "a number in [0, 1)", self.flow_dropout)
 

@@ -50,7 +50,8 @@ def make_adapter(logit_bounds: bool = True) -> bf.Adapter:
 
 def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproximator:
     """ContinuousApproximator = adapter + summary network + CouplingFlow, both standardised by BayesFlow."""
-    summary = networks.build_summary_network(model.summary_network, summary_dim=model.summary_dim)
+    extra = {"trace_features": True} if model.trace_features else {}
+    summary = networks.build_summary_network(model.summary_network, summary_dim=model.summary_dim, **extra)
     flow = bf.networks.CouplingFlow(
         depth=model.flow_depth, transform=model.flow_transform, subnet_kwargs={"dropout": model.flow_dropout}
     )

@@ -352,7 +352,10 @@ class ConvPoolSummary(SummaryNetwork):
     """Strided Conv1D blocks (501 -> 32 steps by default) and global pooling; no recurrence.
 
     Head: global mean, max and min over time of the last conv features and the first sample,
-    a mish Dense layer, a linear projection to ``summary_dim``.
+    a mish Dense layer, a linear projection to ``summary_dim``. With ``trace_features=True`` the
+    summary also passes three raw (standardised) values of the trace straight to the flow: the
+    first sample (V_0 = E_L in the model), the minimum (V_res after a spike, else E_L) and the
+    maximum (just below V_th when the neuron spikes), so the output has ``summary_dim + 3`` values.
     """
 
     def __init__(
@@ -363,6 +366,7 @@ class ConvPoolSummary(SummaryNetwork):
         strides: Sequence[int] = (2, 2, 2, 2),
         hidden_dim: int = 128,
         activation: str = "mish",
+        trace_features: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -370,6 +374,7 @@ class ConvPoolSummary(SummaryNetwork):
         self.hidden = keras.layers.Dense(hidden_dim, activation=activation, name="hidden")
         self.output_projector = keras.layers.Dense(summary_dim, name="output_projector")
         self.summary_dim = summary_dim
+        self.trace_features = trace_features
         self._config = {
             "summary_dim": summary_dim,
             "filters": list(filters),
@@ -377,13 +382,17 @@ class ConvPoolSummary(SummaryNetwork):
             "strides": list(strides),
             "hidden_dim": hidden_dim,
             "activation": activation,
+            "trace_features": trace_features,
         }
 
     def call(self, x, training=False, **kwargs):
         first = x[:, 0, :]
         h = self.conv(x, training=training)
         feats = _pooled(h, first)
-        return self.output_projector(self.hidden(keras.ops.concatenate(feats, axis=-1)))
+        out = self.output_projector(self.hidden(keras.ops.concatenate(feats, axis=-1)))
+        if self.trace_features:
+            out = keras.ops.concatenate([out, first, keras.ops.min(x, axis=1), keras.ops.max(x, axis=1)], axis=-1)
+        return out
 
     def get_config(self):
         return super().get_config() | self._config

@@ -48,6 +48,7 @@ def test_overrides_apply_and_are_typed():
         (["model.summary_network=lstm"], "model.summary_network"),
         (["model.flow_dropout=1.0"], "model.flow_dropout"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
+        (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
         (["epochs"], "malformed"),
     ],

@@ -47,6 +47,20 @@ def test_kwargs_reach_the_network():
     assert net.get_config()["recurrent_dim"] == 16
 
 
+def test_trace_features_pass_first_min_max_through_exactly():
+    keras.utils.set_random_seed(1)
+    net = build_summary_network("conv_pool", summary_dim=5, trace_features=True)
+    x = np.random.default_rng(1).normal(size=(4, 501, 1)).astype("float32")
+    y = keras.ops.convert_to_numpy(net(x))
+    assert y.shape == (4, 8)
+    np.testing.assert_array_equal(y[:, 5], x[:, 0, 0])
+    np.testing.assert_array_equal(y[:, 6], x[:, :, 0].min(axis=1))
+    np.testing.assert_array_equal(y[:, 7], x[:, :, 0].max(axis=1))
+    # serialises with the option
+    clone = ConvPoolSummary.from_config(net.get_config())
+    assert clone.trace_features and clone.get_config()["trace_features"]
+
+
 @pytest.mark.parametrize("kind", SUMMARY_KINDS)
 def test_output_shape_and_finite(kind):
     keras.utils.set_random_seed(0)
