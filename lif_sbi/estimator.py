@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -63,8 +65,31 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
     )
 
 
+def quiet_file_probe() -> None:
+    """Let Keras look for TensorFlow's gfile once, with the process's stderr muted meanwhile.
+
+    Keras' file utilities (used by every save and load) import TensorFlow whenever it is installed,
+    under any backend, to see whether gfile is available. That import prints TensorFlow's C++
+    start-up lines (oneDNN, CUDA drivers, CPU features) straight to file descriptor 2, where
+    TF_CPP_MIN_LOG_LEVEL does not reach them. Written by hand: neither Keras nor TensorFlow offers a
+    switch. Only this probe is muted; later errors print as usual.
+    """
+    from keras.src.utils.module_utils import gfile
+
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        gfile.available  # noqa: B018  (the import happens here)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def load_approximator(path: str | Path):
     """Load a saved `model.keras` under whichever Keras backend is active."""
+    quiet_file_probe()
     return keras.saving.load_model(str(path), compile=False)
 
 

@@ -255,6 +255,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     import bayesflow as bf
 
     approximator = estimator.build_approximator(config.model)
+    estimator.quiet_file_probe()  # before the first checkpoint save
     keys = ("parameters", "observables")
     train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=config.training.batch_size, adapter=approximator.adapter)
     val_ds = bf.datasets.OfflineDataset({k: val[k] for k in keys}, batch_size=config.training.batch_size, adapter=approximator.adapter, shuffle=False)
