@@ -57,6 +57,9 @@ def _quiet_libraries() -> None:
     import logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # BayesFlow draws a tqdm bar for every sample() call ("Summarizing", "Sampling"); tqdm reads
+    # its defaults from TQDM_* variables. Our own bars pass `disable` explicitly, so they stay.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     # BayesFlow raises its logger to INFO at import and configures the root logger only if it
     # has no handler; give root one that drops BayesFlow's notes below ERROR.
     handler = logging.StreamHandler()

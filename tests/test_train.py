@@ -46,6 +46,8 @@ def test_ci_config_trains_end_to_end(backend, tmp_path):
         # Keras imports TensorFlow (for gfile) at the first save even under torch; its C++ start-up
         # lines must not reach the console (estimator.quiet_file_probe).
         assert "oneDNN" not in proc.stderr and "absl::" not in proc.stderr, proc.stderr[-2000:]
+    # BayesFlow's per-call tqdm bars ("Summarizing", "Sampling") are switched off (TQDM_DISABLE).
+    assert "Sampling:" not in proc.stderr and "Summarizing:" not in proc.stderr, proc.stderr[-2000:]
     (run_dir,) = (tmp_path / "results").iterdir()
     assert run_dir.name.startswith(f"ci_{backend}_")
     for name in RECORD:
