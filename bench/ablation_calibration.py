@@ -16,7 +16,7 @@ fresh simulations every batch.) The whole `default` run is `python -m lif_sbi.tr
 import argparse, time, json, sys
 import numpy as np, keras
 import bayesflow as bf
-from lif_sbi import backends, estimator, dataset, networks
+from lif_sbi import backends, estimator, dataset
 from lif_sbi.config import ModelConfig
 from lif_sbi.simulator import simulate_batch
 from lif_sbi.priors import DISPLAY_SCALE, PARAM_NAMES
@@ -32,23 +32,18 @@ p.add_argument("--depth", type=int, default=6)
 p.add_argument("--transform", default="affine")
 p.add_argument("--ntest", type=int, default=300)
 p.add_argument("--dropout", type=float, default=0.05)
-p.add_argument("--widths", default="256,256")
+p.add_argument("--widths", default="128,128", help="coupling-MLP widths (BayesFlow default 128,128)")
 p.add_argument("--no-logit", action="store_true", help="the study's plain standardisation (model.logit_bounds=false)")
 a = p.parse_args()
 t00 = time.perf_counter()
 backends.set_seed(42)
 
-@keras.saving.register_keras_serializable(package="exp")
-class Feat(networks.ConvPoolSummary):
-    def call(self, x, training=False, **kw):
-        s = super().call(x, training=training)
-        return keras.ops.concatenate([s, x[:, 0, :], keras.ops.min(x, axis=1), keras.ops.max(x, axis=1)], axis=-1)
-
-appr = estimator.build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=16, flow_depth=a.depth, flow_transform=a.transform, flow_dropout=a.dropout, logit_bounds=not a.no_logit))
-if a.widths != "256,256":
+appr = estimator.build_approximator(ModelConfig(
+    summary_network="conv_pool", summary_dim=16, flow_depth=a.depth, flow_transform=a.transform,
+    flow_dropout=a.dropout, logit_bounds=not a.no_logit, trace_features=a.features,
+))
+if a.widths != "128,128":  # BayesFlow's coupling-MLP default widths
     appr = bf.approximators.ContinuousApproximator(adapter=appr.adapter, inference_network=bf.networks.CouplingFlow(depth=a.depth, transform=a.transform, subnet_kwargs={"dropout": a.dropout, "widths": tuple(int(w) for w in a.widths.split(","))}), summary_network=appr.summary_network, standardize=["inference_variables", "summary_variables"])
-if a.features:
-        appr = bf.approximators.ContinuousApproximator(adapter=appr.adapter, inference_network=appr.inference_network, summary_network=Feat(summary_dim=16), standardize=["inference_variables", "summary_variables"])
 data = dataset.load_or_simulate(10000, 42, progress=False)[0]
 train, val = dataset.split(data, 0.2, 42)
 keys = ("parameters", "observables")
