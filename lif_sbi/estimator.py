@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import bayesflow as bf
 import keras
 import numpy as np
 
-from . import networks  # noqa: F401  (registers the summary networks for loading)
+from . import networks, quiet  # noqa: F401  (networks registers the summary networks for loading)
 from .config import ModelConfig
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms
 from .stimulus import N_SAMPLES
@@ -54,8 +52,10 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
     """ContinuousApproximator = adapter + summary network + CouplingFlow, both standardised by BayesFlow."""
     extra = {"trace_features": True} if model.trace_features else {}
     summary = networks.build_summary_network(model.summary_network, summary_dim=model.summary_dim, **extra)
+    base = bf.distributions.DiagonalStudentT(df=model.flow_base_df) if model.flow_base_df else "normal"
     flow = bf.networks.CouplingFlow(
-        depth=model.flow_depth, transform=model.flow_transform, subnet_kwargs={"dropout": model.flow_dropout}
+        depth=model.flow_depth, transform=model.flow_transform, base_distribution=base,
+        subnet_kwargs={"dropout": model.flow_dropout},
     )
     return bf.approximators.ContinuousApproximator(
         adapter=make_adapter(model.logit_bounds),
@@ -66,25 +66,16 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
 
 
 def quiet_file_probe() -> None:
-    """Let Keras look for TensorFlow's gfile once, with the process's stderr muted meanwhile.
+    """Let Keras look for TensorFlow's gfile once, with TensorFlow's start-up lines filtered out.
 
     Keras' file utilities (used by every save and load) import TensorFlow whenever it is installed,
-    under any backend, to see whether gfile is available. That import prints TensorFlow's C++
-    start-up lines (oneDNN, CUDA drivers, CPU features) straight to file descriptor 2, where
-    TF_CPP_MIN_LOG_LEVEL does not reach them. Written by hand: neither Keras nor TensorFlow offers a
-    switch. Only this probe is muted; later errors print as usual.
+    under any backend, to see whether gfile is available; that import prints TensorFlow's C++
+    start-up lines (oneDNN, CUDA drivers) straight to file descriptor 2 (see `quiet.startup_lines`).
     """
     from keras.src.utils.module_utils import gfile
 
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
+    with quiet.startup_lines():
         gfile.available  # noqa: B018  (the import happens here)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 def load_approximator(path: str | Path):

@@ -82,10 +82,11 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from .train import _quiet_libraries
+    from . import quiet
 
-    _quiet_libraries()
-    from . import estimator
+    quiet.libraries()
+    with quiet.startup_lines():
+        from . import estimator
 
     approximator = estimator.load_approximator(model)
     t0 = time.perf_counter()

@@ -211,11 +211,12 @@ def train(backend: str, config_name: str, overrides: list[str], out_dir: Path, *
 
 
 def _worker_main(task: str, args: dict) -> dict:
-    from .train import _quiet_libraries
+    from . import quiet
 
-    _quiet_libraries()
-    import torch  # noqa: F401  (import torch before TensorFlow when both load)
-    import keras
+    quiet.libraries()
+    with quiet.startup_lines():
+        import torch  # noqa: F401  (import torch before TensorFlow when both load)
+        import keras
 
     from . import backends
 
@@ -703,9 +704,9 @@ def main(argv=None) -> int:
         print(json.dumps(_worker_main(argv[1], json.loads(argv[2]))), flush=True)
         return 0
     args = parse_args(argv)
-    from .train import _quiet_libraries
+    from . import quiet
 
-    _quiet_libraries()
+    quiet.libraries()
     # Validating a configuration imports lif_sbi.networks (Keras) in this process too; make that the
     # first installed backend (torch before TensorFlow) rather than Keras' default. Workers set their own.
     if installed_backends():

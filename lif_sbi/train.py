@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import quiet
 from .config import Config, ConfigError, available_configs, from_dict, load_config
 
 RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
@@ -52,30 +53,16 @@ def resolve(args) -> tuple[Config, Path | None]:
     return load_config(args.config, args.overrides), None
 
 
-def _quiet_libraries() -> None:
-    """Keep the console to our own lines: BayesFlow's import notes and TensorFlow's C++ logs."""
-    import logging
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # BayesFlow draws a tqdm bar for every sample() call ("Summarizing", "Sampling"); tqdm reads
-    # its defaults from TQDM_* variables. Our own bars pass `disable` explicitly, so they stay.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    # BayesFlow raises its logger to INFO at import and configures the root logger only if it
-    # has no handler; give root one that drops BayesFlow's notes below ERROR.
-    handler = logging.StreamHandler()
-    handler.addFilter(lambda record: not (record.name.startswith("bayesflow") and record.levelno < logging.ERROR))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    _quiet_libraries()
+    quiet.libraries()
     try:
         config, run_dir = resolve(args)
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from . import runner  # heavy imports (Keras, BayesFlow) only after the input is known good
+    with quiet.startup_lines():
+        from . import runner  # heavy imports (Keras, BayesFlow) only after the input is known good
 
     try:
         return runner.run(config, run_dir=run_dir, results_dir=Path(args.results_dir), quiet=args.quiet)
