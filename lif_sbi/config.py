@@ -64,6 +64,11 @@ class ModelConfig:
     # Infer the logit of each parameter's position within its prior bounds (BayesFlow's
     # `constrain`) instead of the parameter itself; false is the study's plain standardisation.
     logit_bounds: bool = True
+    # The flow's base distribution: 0 = standard normal (BayesFlow's default); a number > 2 = a
+    # diagonal Student-t with that many degrees of freedom (BayesFlow's DiagonalStudentT). Flows
+    # with Lipschitz coupling layers keep the tails of their base, so a Gaussian base cannot make
+    # the heavy-tailed error shapes of near-point posteriors (E_L).
+    flow_base_df: float = 0.0
 
     def __post_init__(self):
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
@@ -75,6 +80,8 @@ class ModelConfig:
                  "false unless model.summary_network = 'conv_pool'", self.trace_features)
         _require(isinstance(self.logit_bounds, bool), "model.logit_bounds", "true or false", self.logit_bounds)
         _require(isinstance(self.flow_dropout, float) and 0.0 <= self.flow_dropout < 1.0, "model.flow_dropout", "a number in [0, 1)", self.flow_dropout)
+        _require(isinstance(self.flow_base_df, float) and (self.flow_base_df == 0.0 or 2.0 < self.flow_base_df <= 1e6),
+                 "model.flow_base_df", "0 (normal base) or a number in (2, 1e6] (Student-t degrees of freedom)", self.flow_base_df)
 
 
 @dataclass(frozen=True)

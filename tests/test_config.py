@@ -47,6 +47,7 @@ def test_overrides_apply_and_are_typed():
         (["training.min_learning_rate=0.1"], "training.min_learning_rate"),
         (["model.summary_network=lstm"], "model.summary_network"),
         (["model.flow_dropout=1.0"], "model.flow_dropout"),
+        (["model.flow_base_df=1.5"], "model.flow_base_df"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
