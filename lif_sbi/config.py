@@ -98,6 +98,10 @@ class TrainingConfig:
     lr_plateau_factor: float = 0.5  # the cut: new rate = factor * rate
     min_learning_rate: float = 1e-6  # floor of the plateau schedule
     seed: int = 42  # seeds NumPy, torch and the Keras backend (weights, shuffling)
+    # After training, fit one width factor per parameter on up to 1,000 validation traces so that
+    # central posterior intervals cover their nominal share there (lif_sbi.calibration); saved as
+    # calibration.json beside model.keras and applied wherever that model draws. false: the flow as trained.
+    calibrate_widths: bool = False
 
     def __post_init__(self):
         _require(isinstance(self.epochs, int) and self.epochs >= 1, "training.epochs", "an integer >= 1", self.epochs)
@@ -115,6 +119,7 @@ class TrainingConfig:
             self.min_learning_rate,
         )
         _require(isinstance(self.seed, int) and self.seed >= 0, "training.seed", "a non-negative integer", self.seed)
+        _require(isinstance(self.calibrate_widths, bool), "training.calibrate_widths", "true or false", self.calibrate_widths)
 
 
 @dataclass(frozen=True)

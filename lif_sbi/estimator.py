@@ -9,7 +9,7 @@ import bayesflow as bf
 import keras
 import numpy as np
 
-from . import networks, quiet  # noqa: F401  (networks registers the summary networks for loading)
+from . import calibration, networks, quiet  # noqa: F401  (networks registers the summary networks for loading)
 from .config import ModelConfig
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms
 from .stimulus import N_SAMPLES
@@ -108,6 +108,7 @@ def sample_posterior(
     within_prior: bool = True,
     max_rounds: int = 10,
     return_acceptance: bool = False,
+    width_scale=None,
 ):
     """Posterior draws for each trace: returns (N, n_draws, 6) in SI units.
 
@@ -120,18 +121,26 @@ def sample_posterior(
     draws kept per trace, (N,). A trace still short after `max_rounds` rounds is filled by
     resampling its kept draws; one with none kept gets its first draws clipped into the prior's
     bounds (both with a warning).
+    width_scale (6,): per-parameter factors of `calibration` (a run's calibration.json), applied
+    to every round's raw draws about the first round's per-trace medians; None draws as trained.
     """
     obs = as_observables(traces_v)
     n = len(obs)
+    centers = None  # (N, 6) per-trace medians in unbounded coordinates, when rescaling
 
-    def draw(x, k, round_seed):
+    def draw(idx, k, round_seed):
+        nonlocal centers
+        x = obs[idx]
         out = approximator.sample(num_samples=k, conditions={"observables": x}, batch_size=batch_size, seed=round_seed)
         d = np.asarray(out["parameters"], dtype=np.float64)
         if d.shape != (len(x), k, N_PARAMS):
             raise RuntimeError(f"unexpected posterior draw shape {d.shape}")
+        if width_scale is not None:
+            d, c = calibration.rescale(approximator.adapter, d, width_scale, None if centers is None else centers[idx])
+            centers = c if centers is None else centers
         return d
 
-    first = draw(obs, n_draws, seed)
+    first = draw(np.arange(n), n_draws, seed)
     if not within_prior:
         return (first, np.ones(n)) if return_acceptance else first
     # Written by hand: BayesFlow 2.0 has no rejection step for bounded priors.
@@ -153,7 +162,7 @@ def sample_posterior(
             need.setdefault(1 << (k - 1).bit_length(), []).append(i)
         for g, (k, group) in enumerate(sorted(need.items())):
             round_seed = None if seed is None else seed + 1000 * round_ + g
-            extra = onto_atoms(draw(obs[group], k, round_seed))
+            extra = onto_atoms(draw(np.asarray(group), k, round_seed))
             for j, i in enumerate(group):
                 ok = extra[j][in_support(extra[j])]
                 kept[i].extend(ok)

@@ -86,11 +86,15 @@ def main(argv=None) -> int:
 
     quiet.libraries()
     with quiet.startup_lines():
-        from . import estimator
+        from . import calibration, estimator
 
     approximator = estimator.load_approximator(model)
+    width_scale = calibration.load_for(model)  # the run's calibration.json, if it fitted one
+    if width_scale is not None:
+        print("posterior widths rescaled by the run's calibration.json: "
+              + ", ".join(f"{p.name} x{f:.2f}" for p, f in zip(PARAMETERS, width_scale)))
     t0 = time.perf_counter()
-    draws = estimator.sample_posterior(approximator, traces, args.draws, seed=args.seed)
+    draws = estimator.sample_posterior(approximator, traces, args.draws, seed=args.seed, width_scale=width_scale)
     elapsed = time.perf_counter() - t0
     print(f"{len(traces)} trace(s) x {args.draws} draws in {elapsed * 1e3:.0f} ms")
     header = f"{'trace':>5} {'parameter':<7} {'mean':>10} {'sd':>9} {'5 %':>10} {'95 %':>10}  unit"

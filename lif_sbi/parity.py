@@ -285,7 +285,7 @@ def _bayesflow_sample_with_base(approximator, x, z) -> np.ndarray:
 
 
 def _task_evaluate(args: dict) -> dict:
-    from . import backends, estimator
+    from . import backends, calibration, estimator
 
     with np.load(args["batch"]) as f:
         x, theta, z = f["observables"], f["parameters"], f["z"]
@@ -302,7 +302,9 @@ def _task_evaluate(args: dict) -> dict:
         with np.load(args["test"]) as f:
             obs = f["observables"]
         t0 = time.perf_counter()
-        draws = estimator.sample_posterior(approximator, obs, int(args["n_draws"]), seed=int(args.get("seed", 0)))
+        # each model draws as its own run does: with the width factors it fitted, if any
+        draws = estimator.sample_posterior(approximator, obs, int(args["n_draws"]), seed=int(args.get("seed", 0)),
+                                           width_scale=calibration.load_for(args["model"]))
         answer["sample_s"] = round(time.perf_counter() - t0, 2)
         numbers["posterior_draws"] = draws
     np.savez(args["out"], **numbers)

@@ -17,13 +17,15 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, dataset, diagnostics, estimator, report
+from . import __version__, backends, calibration, dataset, diagnostics, estimator, report
 from .config import Config
 from .diagnostics import atomic_write_text
 from .priors import PARAMETERS
 
 HISTORY_FIELDS = ("epoch", "loss", "val_loss", "learning_rate", "wall_s")
 CHECKPOINTS = "checkpoints"
+CALIBRATION_TRACES = 1000  # validation traces the width factors are fitted on (at most)
+CALIBRATION_DRAWS = 500  # posterior draws per such trace
 
 
 class ResumeError(Exception):
@@ -317,13 +319,29 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     _atomic_keras_save(approximator, run_dir / "model.keras", weights_only=False)
     _atomic_json(run_dir / "timings.json", timings)
 
+    # Width recalibration on held-out validation traces (never the test traces below)
+    width_scale = None
+    if tc.calibrate_widths:
+        cal_path = run_dir / calibration.FILENAME
+        if not cal_path.exists():  # a resumed run keeps the factors it already fitted
+            t0 = time.perf_counter()
+            n_fit = min(CALIBRATION_TRACES, len(val["parameters"]))
+            say(f"calibrating posterior widths on {n_fit} validation traces")
+            raw = estimator.sample_posterior(approximator, val["observables"][:n_fit], CALIBRATION_DRAWS,
+                                             seed=config.training.seed, within_prior=False)
+            record = calibration.fit(approximator.adapter, raw, val["parameters"][:n_fit])
+            _atomic_json(cal_path, record)
+            timings["calibration_s"] = round(time.perf_counter() - t0, 3)
+            _atomic_json(run_dir / "timings.json", timings)
+        width_scale = calibration.load_for(run_dir / "model.keras")
+
     # Diagnostics on fresh test traces
     t0 = time.perf_counter()
     diag = config.diagnostics
     say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
     test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False)
     draws, acceptance = estimator.sample_posterior(
-        approximator, test["observables"], diag.n_draws, seed=diag.seed, return_acceptance=True
+        approximator, test["observables"], diag.n_draws, seed=diag.seed, return_acceptance=True, width_scale=width_scale
     )
     ppc_cases = [
         {"theta_draws": draws[i], "current": test["current"][i], "observed": test["observables"][i, :, 0],
@@ -348,6 +366,8 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         "acceptance_mean": float(acceptance.mean()), "acceptance_min": float(acceptance.min()),
         "traces_without_any_draw_in_support": int((acceptance == 0).sum()),
     }
+    if width_scale is not None:
+        metrics["calibration"] = json.loads((run_dir / calibration.FILENAME).read_text())
     metrics["timings"] = timings
     _atomic_json(run_dir / "metrics.json", metrics)
     _atomic_json(run_dir / "timings.json", timings)
@@ -356,18 +376,29 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
         extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
                "simulation": f"{timings['simulation_s']:.1f} s", "training": f"{timings['training_s']:.1f} s",
-               "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s"},
+               "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s",
+               "posterior widths": _widths_line(metrics.get("calibration"))},
     )
     print(summary(run_dir, metrics), flush=True)
     return 0
 
 
+def _widths_line(record: dict | None) -> str:
+    if record is None:
+        return "as trained (training.calibrate_widths = false)"
+    factors = ", ".join(f"{k} ×{v:.2f}" for k, v in record["width_scale"].items())
+    return (f"rescaled per parameter, fitted on {record['fitted_on']['validation_traces']} validation traces "
+            f"(calibration.json; the figures below are after it): {factors}")
+
+
 def summary(run_dir: Path, metrics: dict) -> str:
-    lines = [f"\n{'parameter':<10}{'r':>8}{'cov50':>8}{'cov90':>8}  SBC"]
+    cal = metrics.get("calibration")
+    lines = [f"\n{'parameter':<10}{'r':>8}{'cov50':>8}{'cov90':>8}  SBC" + ("   width factor" if cal else "")]
     for p in PARAMETERS:
         m = metrics["parameters"][p.name]
         r = "n/a" if m["r"] is None else f"{m['r']:.3f}"
-        lines.append(f"{p.name:<10}{r:>8}{m['coverage_50']:>8.2f}{m['coverage_90']:>8.2f}  {'pass' if m['sbc_pass'] else 'FAIL'}")
+        factor = f"   x{cal['width_scale'][p.name]:.2f}" if cal else ""
+        lines.append(f"{p.name:<10}{r:>8}{m['coverage_50']:>8.2f}{m['coverage_90']:>8.2f}  {'pass' if m['sbc_pass'] else 'FAIL'}{factor}")
     t = metrics["timings"]
     lines.append(f"total {t['total_s']:.0f} s (training {t['training_s']:.0f} s); report: {run_dir / 'report.md'}")
     return "\n".join(lines)

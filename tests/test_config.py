@@ -25,6 +25,7 @@ def test_reference_matches_the_study():
     assert (t.early_stopping_patience, t.lr_plateau_patience, t.lr_plateau_factor, t.min_learning_rate) == (12, 6, 0.5, 1e-6)
     assert cfg.model.summary_network == "reference" and cfg.model.flow_depth == 6
     assert (cfg.model.flow_dropout, cfg.model.logit_bounds, t.lr_schedule) == (0.05, False, "plateau")
+    assert (cfg.model.flow_base_df, t.calibrate_widths) == (0.0, False)  # the flow as trained, normal base
     assert (cfg.diagnostics.n_test, cfg.diagnostics.n_draws) == (400, 1000)
 
 
@@ -48,6 +49,7 @@ def test_overrides_apply_and_are_typed():
         (["model.summary_network=lstm"], "model.summary_network"),
         (["model.flow_dropout=1.0"], "model.flow_dropout"),
         (["model.flow_base_df=1.5"], "model.flow_base_df"),
+        (["training.calibrate_widths=1"], "training.calibrate_widths"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),

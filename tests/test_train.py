@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SMALL = ["--set", "data.n_traces=320", "--set", "diagnostics.n_test=24", "--set", "diagnostics.n_draws=60"]
-RECORD = ["config.toml", "environment.json", "model.keras", "history.csv", "metrics.json", "report.md", "timings.json"]
+RECORD = ["config.toml", "environment.json", "model.keras", "calibration.json", "history.csv", "metrics.json", "report.md", "timings.json"]
 PLOTS = ["loss.png", "recovery.png", "sbc_ecdf.png", "z_score_contraction.png", "coverage.png", "prior_histograms.png",
          "example_traces.png", "posterior_predictive.png"]
 

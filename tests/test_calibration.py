@@ -1,0 +1,95 @@
+"""lif_sbi.calibration: width factors recovered on posteriors known to be calibrated, too wide and too narrow."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lif_sbi import calibration, estimator
+from lif_sbi.priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, PARAMETERS
+
+
+def _synthetic(width_factor, n=1500, s=400, seed=0):
+    """Truths drawn from Gaussian 'true posteriors' N(mu, sd); approximate draws N(mu, (width_factor * sd)^2).
+
+    In display units with the plain adapter (a linear map), so coverage is the Gaussian one.
+    """
+    rng = np.random.default_rng(seed)
+    mid, half = (LOW + HIGH) / 2 * DISPLAY_SCALE, (HIGH - LOW) / 2 * DISPLAY_SCALE
+    mu = mid + 0.5 * half * rng.uniform(-1, 1, (n, N_PARAMS))
+    sd = 0.02 * half * rng.uniform(0.2, 1.0, (n, N_PARAMS))  # heteroscedastic across traces
+    truth = mu + sd * rng.standard_normal((n, N_PARAMS))
+    draws = mu[:, None] + width_factor * sd[:, None] * rng.standard_normal((n, s, N_PARAMS))
+    return draws / DISPLAY_SCALE, truth / DISPLAY_SCALE
+
+
+@pytest.mark.parametrize("width_factor", [1.0, 2.3, 0.5])
+def test_fit_recovers_the_factor_that_makes_coverage_nominal(width_factor):
+    adapter = estimator.make_adapter(logit_bounds=False)
+    draws, truth = _synthetic(width_factor)
+    record = calibration.fit(adapter, draws, truth)
+    factors = calibration.factors(record)
+    np.testing.assert_allclose(factors, 1.0 / width_factor, rtol=0.08)
+    for name, c in record["validation_coverage"].items():
+        assert abs(c["after_90"] - 0.90) < 0.03 and abs(c["after_50"] - 0.50) < 0.04, (name, c)
+        if width_factor > 1:  # too wide: intervals over-cover before
+            assert c["before_90"] > 0.97 and c["before_50"] > 0.65, (name, c)
+        if width_factor < 1:  # too narrow: under-cover before
+            assert c["before_90"] < 0.70 and c["before_50"] < 0.35, (name, c)
+    # fresh draws of the same kind, rescaled by the fitted factors, are calibrated too
+    new_draws, new_truth = _synthetic(width_factor, seed=1)
+    scaled, _ = calibration.rescale(adapter, new_draws, factors)
+    u, ut = calibration.to_unbounded(adapter, scaled), calibration.to_unbounded(adapter, new_truth)
+    cov = calibration.coverage_curves(u, ut)[0]  # (levels, 6)
+    assert np.abs(cov - calibration.LEVELS[:, None]).max() < 0.05
+
+
+def test_rescale_in_logit_coordinates_stays_inside_the_widened_bounds_and_keeps_the_median():
+    adapter = estimator.make_adapter(logit_bounds=True)
+    rng = np.random.default_rng(3)
+    center = LOW + (HIGH - LOW) * rng.uniform(0.05, 0.95, (20, 1, N_PARAMS))
+    draws = np.clip(center + 0.05 * (HIGH - LOW) * rng.standard_normal((20, 301, N_PARAMS)), LOW, HIGH)
+    margin = estimator.BOUND_MARGIN * (HIGH - LOW)
+    for factor in (0.3, 3.0, 20.0):
+        out, c = calibration.rescale(adapter, draws, np.full(N_PARAMS, factor))
+        assert np.isfinite(out).all()
+        assert ((out >= LOW - margin * 1.001) & (out <= HIGH + margin * 1.001)).all()
+        assert (np.abs(np.median(out, axis=1) - np.median(draws, axis=1)) <= 1e-5 * (HIGH - LOW)).all()  # odd count: a draw
+        # the same centers are reused for more draws of the same traces
+        again, c2 = calibration.rescale(adapter, draws[:, :10], np.full(N_PARAMS, factor), center_u=c)
+        assert c2 is c
+        np.testing.assert_allclose(again, out[:, :10], rtol=1e-6, atol=0)
+
+
+def test_a_draw_on_the_widened_bound_maps_to_a_finite_coordinate():
+    adapter = estimator.make_adapter(logit_bounds=True)
+    margin = estimator.BOUND_MARGIN * (HIGH - LOW)
+    on_bound = np.stack([LOW - margin, HIGH + margin])
+    u = calibration.to_unbounded(adapter, on_bound)
+    assert np.isfinite(u).all() and np.abs(u).max() <= calibration.U_MAX
+
+
+def test_load_for_reads_the_run_folders_record(tmp_path):
+    assert calibration.load_for(tmp_path / "model.keras") is None
+    record = {"width_scale": {p.name: 0.5 + i / 10 for i, p in enumerate(PARAMETERS)}}
+    (tmp_path / calibration.FILENAME).write_text(json.dumps(record))
+    np.testing.assert_allclose(calibration.load_for(tmp_path / "model.keras"), 0.5 + np.arange(6) / 10)
+
+
+@pytest.mark.torch
+def test_sample_posterior_applies_the_factors():
+    from lif_sbi.config import ModelConfig
+    from lif_sbi.simulator import simulate_batch
+
+    approximator = estimator.build_approximator(ModelConfig(summary_network="conv_pool", flow_depth=2))
+    data = simulate_batch(6, seed=5)
+    approximator.build_from_data(approximator.adapter({"parameters": data["parameters"], "observables": data["observables"]}))
+    plain = estimator.sample_posterior(approximator, data["observables"], 400, seed=1, within_prior=False)
+    same = estimator.sample_posterior(approximator, data["observables"], 400, seed=1, within_prior=False, width_scale=np.ones(6))
+    np.testing.assert_allclose(same, plain, rtol=1e-5, atol=1e-5 * np.abs(HIGH - LOW).max())
+    half = estimator.sample_posterior(approximator, data["observables"], 400, seed=1, within_prior=False, width_scale=np.full(6, 0.5))
+    iqr = lambda d: np.subtract(*np.quantile(calibration.to_unbounded(approximator.adapter, d), [0.75, 0.25], axis=1))  # noqa: E731
+    np.testing.assert_allclose(iqr(half), 0.5 * iqr(plain), rtol=1e-3)
+    # within the prior (rejection rounds included) the draws are valid and narrower
+    confined = estimator.sample_posterior(approximator, data["observables"], 400, seed=1, width_scale=np.full(6, 0.5))
+    assert confined.shape == (6, 400, 6) and np.isfinite(confined).all()
