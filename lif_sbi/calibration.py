@@ -13,6 +13,11 @@ u' = c + s (u - c), with c the per-trace median of u and s the parameter's facto
 through the adapter's inverse. The factor s is the one on a log grid whose central-interval
 coverage on validation traces (never the test traces) best matches the nominal levels 5 %..95 %
 in least squares. Intervals scale linearly with s about c, so the fit needs one set of draws.
+A parameter is rescaled only where its validation 90 % intervals fail a two-sided binomial test
+against 0.90 at level ALPHA (SciPy's `binomtest`): otherwise the flow is consistent with being
+calibrated there and its factor stays 1. Without this test the fit's own sampling noise
+(1,000 traces) moved already calibrated parameters by 6-9 % (measured on `default`: C_m x0.91,
+g_L x1.07, V_th x0.94), which then failed SBC on the test traces.
 Written by hand: neither BayesFlow nor sbi offer a recalibration step.
 """
 
@@ -22,6 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from .priors import HIGH, LOW, PARAMETERS
 
@@ -30,6 +36,8 @@ LEVELS = np.round(np.arange(1, 20) / 20, 2)
 #: candidate factors: 0.05..20, log-spaced (about 0.8 % apart)
 GRID = np.geomspace(0.05, 20.0, 769)
 FILENAME = "calibration.json"
+#: a parameter whose validation 90 % coverage is consistent with 0.90 at this level keeps factor 1
+ALPHA = 0.01
 #: stands in for an infinite or undefined logit at a widened bound (50 is 1 - 2e-22 of the way to it)
 U_MAX = 50.0
 
@@ -87,16 +95,21 @@ def fit(adapter, draws_si: np.ndarray, theta_si: np.ndarray) -> dict:
     # among equally good factors take the one closest to 1 (the flow as trained)
     loss = loss + 1e-9 * np.abs(np.log(GRID))[:, None]
     best = loss.argmin(axis=0)
-    scale = GRID[best]
     before = coverage_curves(u, ut, [1.0])[0]
-    after = np.stack([curves[best[j], :, j] for j in range(len(PARAMETERS))], axis=1)
     at = {f"{lv:.2f}": i for i, lv in enumerate(LEVELS)}
+    n = len(theta_si)
+    p_values = np.array([stats.binomtest(int(round(before[at["0.90"], j] * n)), n, 0.90).pvalue for j in range(u.shape[-1])])
+    applied = p_values < ALPHA
+    scale = np.where(applied, GRID[best], 1.0)
+    after = np.stack([curves[best[j], :, j] if applied[j] else before[:, j] for j in range(u.shape[-1])], axis=1)
     return {
         "width_scale": {p.name: round(float(scale[j]), 4) for j, p in enumerate(PARAMETERS)},
-        "fitted_on": {"validation_traces": int(len(theta_si)), "draws_per_trace": int(draws_si.shape[1]),
-                      "levels": [float(x) for x in LEVELS]},
+        "fitted_on": {"validation_traces": int(n), "draws_per_trace": int(draws_si.shape[1]),
+                      "levels": [float(x) for x in LEVELS], "alpha": ALPHA},
         "validation_coverage": {
             p.name: {"before_50": float(before[at["0.50"], j]), "before_90": float(before[at["0.90"], j]),
+                     "p_value_90": float(p_values[j]), "fitted_factor": round(float(GRID[best[j]]), 4),
+                     "applied": bool(applied[j]),
                      "after_50": float(after[at["0.50"], j]), "after_90": float(after[at["0.90"], j])}
             for j, p in enumerate(PARAMETERS)
         },
