@@ -93,3 +93,21 @@ def test_report_with_real_run_all_output(tmp_path):
     for p in plots:
         assert f"](diag/{p.name})" in text
     assert "Simulation-based calibration" in text
+
+
+def test_width_calibration_section_shows_what_was_rescaled(tmp_path, metrics):
+    from lif_sbi import calibration, estimator
+
+    rng = np.random.default_rng(5)
+    truth = LOW + (HIGH - LOW) * rng.uniform(0.3, 0.7, (300, N_PARAMS))
+    width = np.where(np.arange(N_PARAMS) == 2, 2.5, 1.0)  # only E_L too wide
+    sd = 0.01 * (HIGH - LOW)
+    mu = truth + sd * rng.standard_normal(truth.shape)
+    draws = mu[:, None] + width * sd * rng.standard_normal((300, 200, N_PARAMS))
+    record = calibration.fit(estimator.make_adapter(logit_bounds=False), draws, truth)
+    text = write_report(tmp_path, config_text="", environment={}, metrics={**metrics, "calibration": record}, plots=[]).read_text()
+    assert "## Width calibration" in text and "300 validation traces × 200 draws" in text
+    (e_l,) = [line for line in text.splitlines() if line.startswith("| E_L |") and "×" in line]
+    assert f"×{record['width_scale']['E_L']:.2f}" in e_l and record["width_scale"]["E_L"] < 0.6
+    (c_m,) = [line for line in text.splitlines() if line.startswith("| C_m |") and "fit:" in line]
+    assert "| 1 (fit: ×" in c_m
