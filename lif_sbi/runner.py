@@ -376,6 +376,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
         extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
                "simulation": f"{timings['simulation_s']:.1f} s", "training": f"{timings['training_s']:.1f} s",
+               **({"width calibration": f"{timings['calibration_s']:.1f} s"} if "calibration_s" in timings else {}),
                "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s",
                "posterior widths": _widths_line(metrics.get("calibration"))},
     )
