@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -277,7 +278,11 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     cb_state: dict = {}
     finished = False
     if state is not None:
-        approximator.load_weights(str(ckpt_path / "model.weights.h5"))
+        with warnings.catch_warnings():
+            # the weights file also holds the optimizer's, which is not built yet here; its state is
+            # restored from optimizer.npz just below, so Keras' "Skipping variable loading" note is moot
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            approximator.load_weights(str(ckpt_path / "model.weights.h5"))
         opt = approximator.optimizer
         opt.build(approximator.trainable_variables)
         with np.load(ckpt_path / "optimizer.npz") as f:
