@@ -36,6 +36,9 @@ def test_infers_user_traces_in_mv_and_writes_draws(trained_run, tmp_path):
     proc = _run(trained_run, tmp_path / "traces.csv", "--units", "mV", "--draws", "50", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 trace(s) x 50 draws" in proc.stdout and "V_th" in proc.stdout and "mV" in proc.stdout
+    # the ci run fitted width factors; infer applies them and says so
+    assert (trained_run / "calibration.json").is_file()
+    assert "posterior widths rescaled by the run's calibration.json" in proc.stdout
     with np.load(out) as f:
         assert f["draws"].shape == (3, 50, 6) and np.isfinite(f["draws"]).all()
         assert list(f["names"]) == ["C_m", "g_L", "E_L", "V_th", "V_res", "t_ref"]
