@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -294,7 +295,10 @@ def plot_loss(history: Mapping[str, Sequence[float]], path) -> Path:
         raise ValueError(f"history needs a non-empty 'loss' list; got keys {sorted(history)}")
     clean = {k: [float(v) for v in history[k]] for k in ("loss", "val_loss") if history.get(k)}
     # bf.diagnostics.plots.loss reads `.history` of a keras History; a namespace carries the dict.
-    fig = bf.diagnostics.plots.loss(types.SimpleNamespace(history=clean), figsize=(8, 3.5))
+    with warnings.catch_warnings():
+        # one epoch gives it identical x-limits; matplotlib widens them itself, after a warning
+        warnings.filterwarnings("ignore", message="Attempting to set identical low and high xlims")
+        fig = bf.diagnostics.plots.loss(types.SimpleNamespace(history=clean), figsize=(8, 3.5))
     return _save(fig, path)
 
 

@@ -225,6 +225,14 @@ def test_plot_loss(tmp_path):
         d.plot_loss({}, tmp_path / "none.png")
 
 
+def test_plot_loss_of_one_epoch_warns_nothing(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_png(d.plot_loss({"loss": [1.0], "val_loss": [0.5]}, tmp_path / "loss1.png"))
+
+
 @pytest.fixture(scope="module")
 def batch():
     return simulate_batch(40, seed=11)
