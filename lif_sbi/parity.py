@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import calibration
 from .config import Config, ConfigError, available_configs, load_config
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, PARAM_NAMES
 
@@ -285,7 +286,7 @@ def _bayesflow_sample_with_base(approximator, x, z) -> np.ndarray:
 
 
 def _task_evaluate(args: dict) -> dict:
-    from . import backends, calibration, estimator
+    from . import backends, estimator
 
     with np.load(args["batch"]) as f:
         x, theta, z = f["observables"], f["parameters"], f["z"]
@@ -535,6 +536,9 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
         say(f"training '{config.name}' under {b}{'' if m == b else f' ({m})'} ...")
         models[m] = train(b, config_name, ov, run_dir / "models" / m) / "model.keras"
         info["timings_s"][f"train {m}"] = round(time.perf_counter() - t0, 1)
+        factors = calibration.load_for(models[m])
+        if factors is not None:
+            info.setdefault("width_factors", {})[m] = {p: float(f) for p, f in zip(PARAM_NAMES, factors)}
 
     # Level 1: every model under every backend
     evals = {}
@@ -650,6 +654,9 @@ def write_report(run: ParityRun) -> Path:
         "```",
         "",
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in run.info["timings_s"].items()),
+        "",
+        *[f"Width factors of the {m} model (its calibration.json): " + ", ".join(f"{k} ×{v:.3g}" for k, v in f.items())
+          for m, f in run.info.get("width_factors", {}).items()],
         "",
     ]
     path = run.run_dir / "parity.md"

@@ -171,6 +171,9 @@ def test_report_lists_every_check(ci_run):
     for c in ci_run.checks:
         assert c.row() in text
     assert (ci_run.run_dir / "parity.json").exists()
+    # ci fits width factors; level 2 draws use each model's own, and the report lists them
+    for m in ci_run.backends:
+        assert f"Width factors of the {m} model" in text
 
 
 def test_cli_exit_code_1_and_numbers_on_failure(tmp_path, monkeypatch, capsys):
