@@ -126,6 +126,8 @@ def sample_posterior(
     """
     obs = as_observables(traces_v)
     n = len(obs)
+    if width_scale is not None and np.all(np.asarray(width_scale) == 1.0):
+        width_scale = None  # nothing to rescale: skip the adapter round trip
     centers = None  # (N, 6) per-trace medians in unbounded coordinates, when rescaling
 
     def draw(idx, k, round_seed):
