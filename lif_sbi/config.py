@@ -13,6 +13,9 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # checks the two lists agree). Declared here so that validating a configuration needs no Keras.
 SUMMARY_KINDS: tuple[str, ...] = ("reference", "conv_gru", "conv_pool")
 LR_SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
+# The coupling subnets: "mlp" = BayesFlow's MLP; "fused" = lif_sbi.subnets.CouplingMLP, the same
+# function as one Keras layer (faster under eager PyTorch).
+FLOW_SUBNETS: tuple[str, ...] = ("mlp", "fused")
 
 
 class ConfigError(ValueError):
@@ -69,6 +72,9 @@ class ModelConfig:
     # with Lipschitz coupling layers keep the tails of their base, so a Gaussian base cannot make
     # the heavy-tailed error shapes of near-point posteriors (E_L).
     flow_base_df: float = 0.0
+    # "mlp": BayesFlow's coupling MLP (the study's); "fused": the same function and initialisation
+    # as one Keras layer (lif_sbi.subnets.CouplingMLP), far fewer layer calls per step under torch.
+    flow_subnet: str = "mlp"
 
     def __post_init__(self):
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
@@ -80,6 +86,7 @@ class ModelConfig:
                  "false unless model.summary_network = 'conv_pool'", self.trace_features)
         _require(isinstance(self.logit_bounds, bool), "model.logit_bounds", "true or false", self.logit_bounds)
         _require(isinstance(self.flow_dropout, float) and 0.0 <= self.flow_dropout < 1.0, "model.flow_dropout", "a number in [0, 1)", self.flow_dropout)
+        _require(self.flow_subnet in FLOW_SUBNETS, "model.flow_subnet", f"one of {', '.join(FLOW_SUBNETS)}", self.flow_subnet)
         _require(isinstance(self.flow_base_df, float) and (self.flow_base_df == 0.0 or 2.0 < self.flow_base_df <= 1e6),
                  "model.flow_base_df", "0 (normal base) or a number in (2, 1e6] (Student-t degrees of freedom)", self.flow_base_df)
 

@@ -9,7 +9,9 @@ import bayesflow as bf
 import keras
 import numpy as np
 
-from . import calibration, networks, quiet  # noqa: F401  (networks registers the summary networks for loading)
+from bayesflow.networks.defaults import COUPLING_MLP_DEFAULTS
+
+from . import calibration, networks, quiet, subnets  # noqa: F401  (networks, subnets register their layers for loading)
 from .config import ModelConfig
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms
 from .stimulus import N_SAMPLES
@@ -48,6 +50,18 @@ def make_adapter(logit_bounds: bool = True) -> bf.Adapter:
     return adapter.scale("observables", by=VOLT_TO_MV).rename("parameters", "inference_variables").rename("observables", "summary_variables")
 
 
+def subnet_arguments(kind: str, dropout: float) -> dict:
+    """CouplingFlow's ``subnet`` and ``subnet_kwargs`` for `kind` ("mlp" or "fused"), BayesFlow's coupling defaults."""
+    if kind == "mlp":
+        return {"subnet": "mlp", "subnet_kwargs": {"dropout": dropout}}
+    # CouplingMLP has no residual or norm; BayesFlow's coupling defaults use neither
+    defaults = dict(COUPLING_MLP_DEFAULTS)
+    residual, norm = defaults.pop("residual"), defaults.pop("norm")
+    if residual or norm is not None:
+        raise RuntimeError(f"BayesFlow's coupling MLP defaults changed ({COUPLING_MLP_DEFAULTS}); CouplingMLP does not match them")
+    return {"subnet": subnets.CouplingMLP, "subnet_kwargs": defaults | {"dropout": dropout}}
+
+
 def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproximator:
     """ContinuousApproximator = adapter + summary network + CouplingFlow, both standardised by BayesFlow."""
     extra = {"trace_features": True} if model.trace_features else {}
@@ -55,7 +69,7 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
     base = bf.distributions.DiagonalStudentT(df=model.flow_base_df) if model.flow_base_df else "normal"
     flow = bf.networks.CouplingFlow(
         depth=model.flow_depth, transform=model.flow_transform, base_distribution=base,
-        subnet_kwargs={"dropout": model.flow_dropout},
+        **subnet_arguments(model.flow_subnet, model.flow_dropout),
     )
     return bf.approximators.ContinuousApproximator(
         adapter=make_adapter(model.logit_bounds),

@@ -26,6 +26,7 @@ def test_reference_matches_the_study():
     assert cfg.model.summary_network == "reference" and cfg.model.flow_depth == 6
     assert (cfg.model.flow_dropout, cfg.model.logit_bounds, t.lr_schedule) == (0.05, False, "plateau")
     assert (cfg.model.flow_base_df, t.calibrate_widths) == (0.0, False)  # the flow as trained, normal base
+    assert cfg.model.flow_subnet == "mlp"  # BayesFlow's own coupling MLP
     assert (cfg.diagnostics.n_test, cfg.diagnostics.n_draws) == (400, 1000)
 
 
@@ -49,6 +50,7 @@ def test_overrides_apply_and_are_typed():
         (["model.summary_network=lstm"], "model.summary_network"),
         (["model.flow_dropout=1.0"], "model.flow_dropout"),
         (["model.flow_base_df=1.5"], "model.flow_base_df"),
+        (["model.flow_subnet=resnet"], "model.flow_subnet .* mlp, fused"),
         (["training.calibrate_widths=1"], "training.calibrate_widths"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
