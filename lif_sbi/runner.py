@@ -307,6 +307,13 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     )
     recorder = EpochRecorder(run_dir, config.training.epochs, rows, best, [early, plateau], quiet)
 
+    if "training_s" not in timings and rows:
+        # resuming a run killed during training: timings.json is written after training, so the
+        # earlier sessions' training time is the sum of their epochs' wall seconds in the history
+        timings["training_s"] = round(sum(r["wall_s"] for r in rows), 3)
+        timings["total_s"] = timings["training_s"]
+    if resuming:
+        timings["sessions"] = timings.get("sessions", 1) + 1
     t0 = time.perf_counter()
     if not finished and start_epoch < config.training.epochs:
         say(f"training under Keras backend '{backends.name}' on {backends.device_name()}: up to {config.training.epochs} epochs")
@@ -380,7 +387,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     report.write_report(
         run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
         extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
-               "simulation": f"{timings['simulation_s']:.1f} s", "training": f"{timings['training_s']:.1f} s",
+               "simulation": f"{timings['simulation_s']:.1f} s", "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
                **({"width calibration": f"{timings['calibration_s']:.1f} s"} if "calibration_s" in timings else {}),
                "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s",
                "posterior widths": _widths_line(metrics.get("calibration"))},

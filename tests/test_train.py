@@ -117,3 +117,8 @@ def test_killed_run_resumes_without_losing_an_epoch(tmp_path):
     assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2, 3, 4, 5]
     assert (run_dir / "report.md").exists() and (run_dir / "model.keras").exists()
     assert len(list((tmp_path / "results").iterdir())) == 1  # same folder
+    # the training time counts the killed session's epochs too (timings.json was not yet written then)
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert timings["sessions"] == 2
+    assert timings["training_s"] >= 0.99 * sum(float(r["wall_s"]) for r in _history(run_dir))
+    assert "over 2 sessions (--resume)" in (run_dir / "report.md").read_text()
