@@ -31,7 +31,10 @@ import pytest
 
 import bayesflow as bf
 
+from bayesflow.networks.defaults import COUPLING_MLP_DEFAULTS
+
 from lif_sbi import backends
+from lif_sbi.estimator import subnet_arguments
 from lif_sbi.networks import DEFAULT_SUMMARY_KIND, SUMMARY_KINDS, build_summary_network
 from lif_sbi.priors import DISPLAY_SCALE, PARAM_NAMES
 
@@ -82,12 +85,13 @@ def make_summary(kind: str):
     return build_summary_network(kind)
 
 
-def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: float = 1e-3):
-    """CouplingFlow (BayesFlow defaults) + summary network `kind`, compiled and built on `data`."""
+def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: float = 1e-3, subnet: str = "mlp"):
+    """CouplingFlow (BayesFlow defaults; coupling subnet `subnet`, see lif_sbi.estimator.subnet_arguments)
+    + summary network `kind`, compiled and built on `data`."""
     backends.set_seed(seed)
     approximator = bf.ContinuousApproximator(
         adapter=make_adapter(),
-        inference_network=bf.networks.CouplingFlow(),
+        inference_network=bf.networks.CouplingFlow(**subnet_arguments(subnet, COUPLING_MLP_DEFAULTS["dropout"])),
         summary_network=make_summary(kind),
         standardize=("inference_variables", "summary_variables"),
     )
@@ -133,11 +137,16 @@ def on_device(request):
         yield device
 
 
-@pytest.mark.parametrize("kind", SUMMARY_BENCH_KINDS)
+# BayesFlow's coupling MLP for every summary network; the fused subnet (lif_sbi.subnets) for the
+# reference and the default summary networks
+STEP_CASES = [(kind, "mlp") for kind in SUMMARY_BENCH_KINDS] + [("reference", "fused"), (DEFAULT_SUMMARY_KIND, "fused")]
+
+
+@pytest.mark.parametrize("kind, subnet", STEP_CASES, ids=[f"{k}-{s}" for k, s in STEP_CASES])
 @pytest.mark.parametrize("on_device", DEVICES, indirect=True)
-def test_training_step(benchmark, bench_data, kind, on_device):
+def test_training_step(benchmark, bench_data, kind, subnet, on_device):
     """One optimizer step, batch 64, CouplingFlow + summary network (forward, backward, update)."""
-    approximator = make_approximator(kind, bench_data)
+    approximator = make_approximator(kind, bench_data, subnet=subnet)
     step = backends.train_step_function(approximator)
     batches = [adapted_batch(approximator, bench_data, slice(i, i + BATCH_SIZE)) for i in range(0, 512, BATCH_SIZE)]
     counter = iter(range(10**9))
@@ -150,7 +159,7 @@ def test_training_step(benchmark, bench_data, kind, on_device):
         run()
     rounds = 1 if kind == "stock" and backends.name == "torch" else 5
     loss = benchmark.pedantic(run, rounds=rounds, iterations=1)
-    benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, batch=BATCH_SIZE)
+    benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, subnet=subnet, batch=BATCH_SIZE)
     assert np.isfinite(loss)
 
 
@@ -213,6 +222,19 @@ def recovery(kind: str, *, n_train: int, epochs: int, n_test: int = 400, draws: 
     }
 
 
+def profile_steps(step, batch, n: int) -> None:
+    """Print torch.profiler's table of aten ops (self CPU time) over `n` steps, and its total per step."""
+    from torch.profiler import ProfilerActivity, profile  # torch only: the profiler of the eager step
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            float(keras.ops.convert_to_numpy(step(batch)["loss"]))
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    aten_ms = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e3 / n
+    print(f"aten ops' self CPU time: {aten_ms:.1f} ms per step (under the profiler)", flush=True)
+
+
 def main(argv=None):
     import argparse
     import json
@@ -228,12 +250,14 @@ def main(argv=None):
     st = sub.add_parser("steps", help="time a few training steps per summary network (quick, no pytest)")
     st.add_argument("--kinds", nargs="+", default=["reference", "conv_gru", "conv_pool"])
     st.add_argument("--steps", type=int, default=6)
+    st.add_argument("--subnet", choices=["mlp", "fused"], default="mlp", help="coupling subnet (lif_sbi.estimator.subnet_arguments)")
+    st.add_argument("--profile", action="store_true", help="torch backend: also print torch.profiler's op table over 10 more steps")
     args = parser.parse_args(argv)
     print(f"backend {backends.name} on {backends.device_name()}")
     if args.cmd == "steps":
         data = simulate(512, seed=1234)
         for kind in args.kinds:
-            approximator = make_approximator(kind, data)
+            approximator = make_approximator(kind, data, subnet=args.subnet)
             step = backends.train_step_function(approximator)
             batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
             times = []
@@ -241,7 +265,10 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 float(keras.ops.convert_to_numpy(step(batch)["loss"]))
                 times.append(time.perf_counter() - t0)
-            print(json.dumps({"backend": backends.name, "kind": kind, "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
+            print(json.dumps({"backend": backends.name, "kind": kind, "subnet": args.subnet,
+                              "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
+            if args.profile:
+                profile_steps(step, batch, n=10)
         return
     for kind in args.kinds:
         res = recovery(kind, n_train=args.n_train, epochs=args.epochs, seed=args.seed)

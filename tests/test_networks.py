@@ -153,6 +153,7 @@ def test_keras_file_loads_under_other_backend(tmp_path, save_backend, load_backe
 SAVE_APPROX = """
 import json, keras, numpy as np, bayesflow as bf
 from lif_sbi import backends
+from lif_sbi.estimator import subnet_arguments
 from lif_sbi.networks import build_summary_network
 backends.set_seed(0)
 out_dir = {out_dir!r}
@@ -160,7 +161,7 @@ rng = np.random.default_rng(0)
 data = {{"theta": rng.normal(size=(64, 6)).astype("float32"),
         "x": rng.normal(size=(64, 501, 1)).astype("float32")}}
 adapter = bf.Adapter().convert_dtype("float64", "float32").rename("theta", "inference_variables").rename("x", "summary_variables")
-approx = bf.ContinuousApproximator(adapter=adapter, inference_network=bf.networks.CouplingFlow(),
+approx = bf.ContinuousApproximator(adapter=adapter, inference_network=bf.networks.CouplingFlow(**subnet_arguments({subnet!r}, 0.05)),
     summary_network=build_summary_network({kind!r}), standardize=("inference_variables", "summary_variables"))
 approx.compile(optimizer=keras.optimizers.Adam(1e-3))
 step = backends.train_step_function(approx)
@@ -175,7 +176,7 @@ print(json.dumps({{"backend": backends.name}}))
 
 LOAD_APPROX = """
 import json, keras, numpy as np
-import lif_sbi.networks
+import lif_sbi.estimator  # registers lif_sbi's layers (summary networks, coupling subnet) with Keras
 from lif_sbi import backends
 out_dir = {out_dir!r}
 approx = keras.saving.load_model(out_dir + "/approx.keras")
@@ -190,9 +191,10 @@ print(json.dumps({{"backend": backends.name, "err": float(np.abs(lp - np.load(ou
 @pytest.mark.tensorflow
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
 @pytest.mark.parametrize("save_backend,load_backend", [("torch", "tensorflow"), ("tensorflow", "torch")])
-def test_trained_approximator_loads_under_other_backend(tmp_path, save_backend, load_backend):
-    """A briefly trained CouplingFlow + default summary net gives the same log-density after loading."""
-    run_script(save_backend, SAVE_APPROX.format(out_dir=str(tmp_path), kind=DEFAULT_SUMMARY_KIND))
+@pytest.mark.parametrize("subnet", ["mlp", "fused"])
+def test_trained_approximator_loads_under_other_backend(tmp_path, save_backend, load_backend, subnet):
+    """A briefly trained CouplingFlow (either coupling subnet) + default summary net gives the same log-density after loading."""
+    run_script(save_backend, SAVE_APPROX.format(out_dir=str(tmp_path), kind=DEFAULT_SUMMARY_KIND, subnet=subnet))
     res = run_script(load_backend, LOAD_APPROX.format(out_dir=str(tmp_path)))
     assert res["backend"] == load_backend
     assert res["err"] < 1e-3 * max(1.0, res["scale"]), res
