@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import torch
 
+from ._common import seed_keras
+
 name = "torch"
 
 # Flush denormals to zero on the CPU, as TensorFlow does in its own thread pools. Without it the
@@ -81,16 +83,7 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # keras.utils.set_random_seed would also import TensorFlow (when installed) just to seed it,
-    # which costs seconds and prints TF's start-up logs in a torch run; do its Keras part here.
-    try:
-        from keras.src.backend.common import global_state
-        from keras.src.random import seed_generator
-
-        global_state.set_global_attribute("global_random_seed", seed)
-        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
-    except (ImportError, AttributeError):  # a Keras whose internals moved
-        keras.utils.set_random_seed(seed)
+    seed_keras(seed)
 
 
 def device_name() -> str:

@@ -79,7 +79,7 @@ def grads(layer, x, w):
         return [g.numpy() for g in gs]
     import jax
     def f(x, weights):
-        y, _ = layer.stateless_call(weights, [], x)
+        y, _ = layer.stateless_call(weights, [v.value for v in layer.non_trainable_variables], x)
         return (y * w).sum()
     gx, gw = jax.grad(f, argnums=(0, 1))(x, [v.value for v in layer.trainable_weights])
     return [np.asarray(gx)] + [np.asarray(g) for g in gw]

@@ -37,6 +37,7 @@ def _history(run_dir):
     [
         pytest.param("torch", marks=pytest.mark.torch),
         pytest.param("tensorflow", marks=[pytest.mark.tensorflow, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")]),
+        pytest.param("jax", marks=[pytest.mark.jax, pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")]),
     ],
 )
 def test_ci_config_trains_end_to_end(backend, tmp_path):
