@@ -68,6 +68,8 @@ def device_name() -> str:
 
 def train_step_function(model):
     """One jitted stateless optimizer step; the new state is written back to the Keras variables."""
+    if not model.optimizer.built:  # `fit` builds it before its first step; a hand-written loop must too
+        model.optimizer.build(model.trainable_variables)
     groups = (
         model.trainable_variables,
         model.non_trainable_variables,

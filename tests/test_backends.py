@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,22 +136,40 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_interface(backend):
-    """The chosen module matches KERAS_BACKEND; set_seed makes Keras draws repeatable."""
+    """The chosen module matches KERAS_BACKEND; set_seed makes Keras draws repeatable without
+    loading TensorFlow under another backend; train_step_function trains a freshly compiled model."""
     code = """
-import json, keras
+import json, sys, keras
 from lif_sbi import backends
 backends.set_seed(3)
 a = keras.ops.convert_to_numpy(keras.random.normal((4,))).tolist()
 backends.set_seed(3)
 b = keras.ops.convert_to_numpy(keras.random.normal((4,))).tolist()
-print(json.dumps({"name": backends.name, "module": backends.module.__name__,
-                  "device": backends.device_name(), "a": a, "b": b}))
+tf_loaded = "tensorflow" in sys.modules
+import numpy as np
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1))
+approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+batch = {k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter(simulate_dataset(32, 1, progress=False)).items()}
+approx.build_from_data(batch)
+before = [keras.ops.convert_to_numpy(v).copy() for v in approx.trainable_variables]
+step = backends.train_step_function(approx)
+losses = [float(keras.ops.convert_to_numpy(step(batch)["loss"])) for _ in range(2)]
+changed = sum(not np.array_equal(w, keras.ops.convert_to_numpy(v)) for w, v in zip(before, approx.trainable_variables))
+print(json.dumps({"name": backends.name, "module": backends.module.__name__, "device": backends.device_name(),
+                  "a": a, "b": b, "tf_loaded": tf_loaded, "losses": losses, "changed": changed, "n_vars": len(before)}))
 """
     res = run_script(backend, code)
     assert res["name"] == backend
     assert res["module"] == f"lif_sbi.backends.{backend}"
     assert isinstance(res["device"], str) and res["device"]
     assert res["a"] == res["b"]
+    if backend != "tensorflow":
+        assert not res["tf_loaded"], "set_seed imported TensorFlow (its start-up lines reach the console)"
+    assert all(np.isfinite(res["losses"])), res
+    assert res["changed"] == res["n_vars"], res  # every trainable variable was updated
 
 
 def test_only_backends_branch_on_backend_name():
