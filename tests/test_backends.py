@@ -68,7 +68,7 @@ def grads(layer, x, w):
             y = layer(xt)
             loss = (y * torch.tensor(w)).sum()
             gs = torch.autograd.grad(loss, [xt] + [v.value for v in layer.trainable_weights])
-        return [g.detach().numpy() for g in gs]
+        return [g.detach().cpu().numpy() for g in gs]
     if name == "tensorflow":
         import tensorflow as tf
         xt = tf.constant(x)
