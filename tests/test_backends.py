@@ -63,10 +63,11 @@ def grads(layer, x, w):
     name = backends.name
     if name == "torch":
         import torch
-        xt = torch.tensor(x, requires_grad=True)
+        # on Keras' default device (CUDA where there is one), as the layer's weights are
+        xt = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
         with torch.enable_grad():
             y = layer(xt)
-            loss = (y * torch.tensor(w)).sum()
+            loss = (y * keras.ops.convert_to_tensor(w)).sum()
             gs = torch.autograd.grad(loss, [xt] + [v.value for v in layer.trainable_weights])
         return [g.detach().cpu().numpy() for g in gs]
     if name == "tensorflow":
