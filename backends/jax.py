@@ -67,7 +67,8 @@ def device_name() -> str:
 
 
 def train_step_function(model):
-    """One jitted stateless optimizer step; the new state is written back to the Keras variables."""
+    """One stateless optimizer step, jitted as ``model.fit`` jits it (unless the model was compiled
+    with ``jit_compile=False``); the new state is written back to the Keras variables."""
     if not model.optimizer.built:  # `fit` builds it before its first step; a hand-written loop must too
         model.optimizer.build(model.trainable_variables)
     groups = (
@@ -76,7 +77,7 @@ def train_step_function(model):
         model.optimizer.variables,
         model.metrics_variables,
     )
-    stateless_step = jax.jit(model.stateless_train_step)
+    stateless_step = jax.jit(model.stateless_train_step) if model.jit_compile else model.stateless_train_step
 
     def step(batch):
         state = tuple([v.value for v in group] for group in groups)

@@ -96,5 +96,6 @@ def device_name() -> str:
 
 
 def train_step_function(model):
-    """One optimizer step in a ``tf.function``, as ``model.fit`` compiles it (no XLA)."""
-    return tf.function(model.train_step, reduce_retracing=True, jit_compile=False)
+    """One optimizer step in a ``tf.function``, as ``model.fit`` compiles it (XLA where the model
+    was compiled with ``jit_compile=True``; Keras' "auto" means XLA only with a GPU)."""
+    return tf.function(model.train_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))

@@ -12,6 +12,7 @@ denormal floats (see below).
 from __future__ import annotations
 
 import random
+import warnings
 
 import keras
 import numpy as np
@@ -26,6 +27,11 @@ name = "torch"
 # training step slows from ~0.7 s to 5-15 s on this project's CPU (aten::mm and tanh become
 # ~100x slower). Process-wide; harmless for the simulator (denormals are < 1e-38 in float32).
 torch.set_flush_denormal(True)
+
+# With training.jit_compile = true, torch.compile traces Keras' dtype helpers, which are
+# functools.lru_cache-wrapped; dynamo warns about each one (dozens of multi-line warnings) although
+# the cache only memoises pure functions of dtypes.
+warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped function")
 
 
 def _as_tensor(x):
@@ -97,9 +103,11 @@ def device_name() -> str:
 
 
 def train_step_function(model):
-    """One eager optimizer step, as ``model.fit`` runs it under torch (no torch.compile)."""
+    """One optimizer step as ``model.fit`` runs it under torch: eager, or ``torch.compile`` of the
+    whole step where the model was compiled with ``jit_compile=True`` (Keras' torch trainer does
+    the same; the first call compiles)."""
 
     def step(batch):
         return model.train_step(batch)
 
-    return step
+    return torch.compile(step) if model.jit_compile else step

@@ -85,9 +85,9 @@ def make_summary(kind: str):
     return build_summary_network(kind)
 
 
-def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: float = 1e-3, subnet: str = "mlp"):
+def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: float = 1e-3, subnet: str = "mlp", jit_compile="auto"):
     """CouplingFlow (BayesFlow defaults; coupling subnet `subnet`, see lif_sbi.estimator.subnet_arguments)
-    + summary network `kind`, compiled and built on `data`."""
+    + summary network `kind`, compiled (Keras' `jit_compile`, as `training.jit_compile`) and built on `data`."""
     backends.set_seed(seed)
     approximator = bf.ContinuousApproximator(
         adapter=make_adapter(),
@@ -95,7 +95,7 @@ def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: fl
         summary_network=make_summary(kind),
         standardize=("inference_variables", "summary_variables"),
     )
-    approximator.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    approximator.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
     batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
     approximator.build_from_data(batch)
     return approximator
@@ -138,15 +138,19 @@ def on_device(request):
 
 
 # BayesFlow's coupling MLP for every summary network; the fused subnet (lif_sbi.subnets) for the
-# reference and the default summary networks
-STEP_CASES = [(kind, "mlp") for kind in SUMMARY_BENCH_KINDS] + [("reference", "fused"), (DEFAULT_SUMMARY_KIND, "fused")]
+# reference and the default summary networks; all compiled as Keras' jit_compile="auto" does.
+# LIF_SBI_BENCH_JIT=1 adds the two networks with jit_compile=True (under torch: torch.compile of
+# the whole step, about 70 s of compilation per case on a 2-core CPU, excluded from the figure).
+STEP_CASES = [(kind, "mlp", "auto") for kind in SUMMARY_BENCH_KINDS] + [("reference", "fused", "auto"), (DEFAULT_SUMMARY_KIND, "fused", "auto")]
+if os.environ.get("LIF_SBI_BENCH_JIT"):
+    STEP_CASES += [("reference", "mlp", True), (DEFAULT_SUMMARY_KIND, "mlp", True)]
 
 
-@pytest.mark.parametrize("kind, subnet", STEP_CASES, ids=[f"{k}-{s}" for k, s in STEP_CASES])
+@pytest.mark.parametrize("kind, subnet, jit_compile", STEP_CASES, ids=[f"{k}-{s}" + ("-jit" if j is True else "") for k, s, j in STEP_CASES])
 @pytest.mark.parametrize("on_device", DEVICES, indirect=True)
-def test_training_step(benchmark, bench_data, kind, subnet, on_device):
+def test_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device):
     """One optimizer step, batch 64, CouplingFlow + summary network (forward, backward, update)."""
-    approximator = make_approximator(kind, bench_data, subnet=subnet)
+    approximator = make_approximator(kind, bench_data, subnet=subnet, jit_compile=jit_compile)
     step = backends.train_step_function(approximator)
     batches = [adapted_batch(approximator, bench_data, slice(i, i + BATCH_SIZE)) for i in range(0, 512, BATCH_SIZE)]
     counter = iter(range(10**9))
@@ -159,7 +163,8 @@ def test_training_step(benchmark, bench_data, kind, subnet, on_device):
         run()
     rounds = 1 if kind == "stock" and backends.name == "torch" else 5
     loss = benchmark.pedantic(run, rounds=rounds, iterations=1)
-    benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, subnet=subnet, batch=BATCH_SIZE)
+    benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, subnet=subnet,
+                                jit_compile=bool(approximator.jit_compile), batch=BATCH_SIZE)
     assert np.isfinite(loss)
 
 
@@ -252,12 +257,13 @@ def main(argv=None):
     st.add_argument("--steps", type=int, default=6)
     st.add_argument("--subnet", choices=["mlp", "fused"], default="mlp", help="coupling subnet (lif_sbi.estimator.subnet_arguments)")
     st.add_argument("--profile", action="store_true", help="torch backend: also print torch.profiler's op table over 10 more steps")
+    st.add_argument("--jit", action="store_true", help="compile the model with jit_compile=True (torch: torch.compile of the step; its first call compiles)")
     args = parser.parse_args(argv)
     print(f"backend {backends.name} on {backends.device_name()}")
     if args.cmd == "steps":
         data = simulate(512, seed=1234)
         for kind in args.kinds:
-            approximator = make_approximator(kind, data, subnet=args.subnet)
+            approximator = make_approximator(kind, data, subnet=args.subnet, jit_compile=True if args.jit else "auto")
             step = backends.train_step_function(approximator)
             batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
             times = []
@@ -265,7 +271,7 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 float(keras.ops.convert_to_numpy(step(batch)["loss"]))
                 times.append(time.perf_counter() - t0)
-            print(json.dumps({"backend": backends.name, "kind": kind, "subnet": args.subnet,
+            print(json.dumps({"backend": backends.name, "kind": kind, "subnet": args.subnet, "jit_compile": bool(approximator.jit_compile),
                               "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
             if args.profile:
                 profile_steps(step, batch, n=10)

@@ -109,6 +109,11 @@ class TrainingConfig:
     # central posterior intervals cover their nominal share there (lif_sbi.calibration); saved as
     # calibration.json beside model.keras and applied wherever that model draws. false: the flow as trained.
     calibrate_widths: bool = False
+    # Compile the training step as Keras' `compile(jit_compile=...)` does: "auto" is Keras' choice
+    # (eager under torch, XLA under JAX, XLA under TensorFlow only with a GPU); true under torch is
+    # torch.compile of the whole step (about 70 s of compilation on a 2-core CPU, then 37 instead
+    # of 55 ms per default-network step; bench/RESULTS.md), false is eager everywhere.
+    jit_compile: bool | str = "auto"
 
     def __post_init__(self):
         _require(isinstance(self.epochs, int) and self.epochs >= 1, "training.epochs", "an integer >= 1", self.epochs)
@@ -127,6 +132,8 @@ class TrainingConfig:
         )
         _require(isinstance(self.seed, int) and self.seed >= 0, "training.seed", "a non-negative integer", self.seed)
         _require(isinstance(self.calibrate_widths, bool), "training.calibrate_widths", "true or false", self.calibrate_widths)
+        _require(self.jit_compile in (True, False, "auto") and type(self.jit_compile) in (bool, str),
+                 "training.jit_compile", 'true, false or "auto"', self.jit_compile)
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         )
     else:
         learning_rate = tc.learning_rate
-    approximator.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    approximator.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=tc.jit_compile)
     approximator.build_from_data(train_ds[0])
 
     rows: list[dict] = []
@@ -316,7 +316,8 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         timings["sessions"] = timings.get("sessions", 1) + 1
     t0 = time.perf_counter()
     if not finished and start_epoch < config.training.epochs:
-        say(f"training under Keras backend '{backends.name}' on {backends.device_name()}: up to {config.training.epochs} epochs")
+        step_kind = "compiled (jit_compile)" if approximator.jit_compile else "eager"
+        say(f"training under Keras backend '{backends.name}' on {backends.device_name()}, {step_kind} training step: up to {config.training.epochs} epochs")
         approximator.fit(
             dataset=train_ds, validation_data=val_ds, epochs=config.training.epochs, initial_epoch=start_epoch,
             callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,
@@ -381,12 +382,14 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     if width_scale is not None:
         metrics["calibration"] = json.loads((run_dir / calibration.FILENAME).read_text())
     metrics["timings"] = timings
+    metrics["jit_compile"] = bool(approximator.jit_compile)  # Keras' resolved choice ("auto": eager under torch)
     _atomic_json(run_dir / "metrics.json", metrics)
     _atomic_json(run_dir / "timings.json", timings)
     env = json.loads((run_dir / "environment.json").read_text())
     report.write_report(
         run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
         extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
+               "training step": "compiled (jit_compile)" if approximator.jit_compile else "eager",
                "simulation": f"{timings['simulation_s']:.1f} s", "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
                **({"width calibration": f"{timings['calibration_s']:.1f} s"} if "calibration_s" in timings else {}),
                "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s",

@@ -2,10 +2,11 @@
 
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
-from lif_sbi.config import ConfigError, available_configs, load_config, parse_override
+from lif_sbi.config import ConfigError, available_configs, from_dict, load_config, parse_override
 
 
 def test_named_configs_load_and_round_trip(tmp_path):
@@ -37,6 +38,15 @@ def test_overrides_apply_and_are_typed():
     assert parse_override("data.cache=false") == {"data": {"cache": False}}
 
 
+@pytest.mark.parametrize("text, value", [("true", True), ("false", False), ('"auto"', "auto"), ("auto", "auto")])
+def test_jit_compile_values_and_round_trip(text, value):
+    cfg = load_config("ci", [f"training.jit_compile={text}"])
+    assert cfg.training.jit_compile == value and type(cfg.training.jit_compile) is type(value)
+    assert load_config("ci").training.jit_compile == "auto"  # Keras' default
+    again = from_dict(tomllib.loads(cfg.to_toml()))  # the resolved config.toml a run saves reads back the same
+    assert again.training.jit_compile == value
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
@@ -52,6 +62,8 @@ def test_overrides_apply_and_are_typed():
         (["model.flow_base_df=1.5"], "model.flow_base_df"),
         (["model.flow_subnet=resnet"], "model.flow_subnet .* mlp, fused"),
         (["training.calibrate_widths=1"], "training.calibrate_widths"),
+        (["training.jit_compile=yes"], 'training.jit_compile .* true, false or "auto"'),
+        (["training.jit_compile=1"], "training.jit_compile"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),

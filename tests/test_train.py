@@ -61,6 +61,8 @@ def test_ci_config_trains_end_to_end(backend, tmp_path):
             assert m[key] is not None and abs(m[key]) < 1e6, (name, key, m[key])
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["keras_backend"] == backend and env["bayesflow"] and env["device"]
+    # training.jit_compile = "auto" is Keras' choice: eager under torch and (on a CPU) TensorFlow, jitted under JAX
+    assert metrics["jit_compile"] is (backend == "jax")
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(float(r["learning_rate"]) > 0 and float(r["wall_s"]) > 0 for r in rows)
@@ -123,3 +125,19 @@ def test_killed_run_resumes_without_losing_an_epoch(tmp_path):
     assert timings["sessions"] == 2
     assert timings["training_s"] >= 0.99 * sum(float(r["wall_s"]) for r in _history(run_dir))
     assert "over 2 sessions (--resume)" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_ci_trains_with_a_compiled_step_under_torch(tmp_path):
+    """training.jit_compile = true: Keras' fit runs torch.compile'd train and validation steps
+    (about 2.5 min of compilation on a 2-core CPU); the run completes and records the choice."""
+    proc = _train("torch", tmp_path, *SMALL, "--set", "training.jit_compile=true")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "compiled (jit_compile) training step" in proc.stdout
+    assert "Dynamo detected" not in proc.stderr, proc.stderr[-2000:]
+    (run_dir,) = (tmp_path / "results").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["jit_compile"] is True
+    assert all(float(r["loss"]) < 1e6 for r in _history(run_dir))
+    assert 'jit_compile = true' in (run_dir / "config.toml").read_text()
