@@ -135,25 +135,26 @@ def sample_posterior(
     draws kept per trace, (N,). A trace still short after `max_rounds` rounds is filled by
     resampling its kept draws; one with none kept gets its first draws clipped into the prior's
     bounds (both with a warning).
-    width_scale (6,): per-parameter factors of `calibration` (a run's calibration.json), applied
-    to every round's raw draws about the first round's per-trace medians; None draws as trained.
+    width_scale (6,) or (L, 6): the factors of `calibration` (a run's calibration.json), applied
+    to every round's raw draws about the first round's per-trace medians and levels; None draws
+    as trained.
     """
     obs = as_observables(traces_v)
     n = len(obs)
     if width_scale is not None and np.all(np.asarray(width_scale) == 1.0):
         width_scale = None  # nothing to rescale: skip the adapter round trip
-    centers = None  # (N, 6) per-trace medians in unbounded coordinates, when rescaling
+    state = None  # per-trace medians (and sorted first draws) in unbounded coordinates, when rescaling
 
     def draw(idx, k, round_seed):
-        nonlocal centers
+        nonlocal state
         x = obs[idx]
         out = approximator.sample(num_samples=k, conditions={"observables": x}, batch_size=batch_size, seed=round_seed)
         d = np.asarray(out["parameters"], dtype=np.float64)
         if d.shape != (len(x), k, N_PARAMS):
             raise RuntimeError(f"unexpected posterior draw shape {d.shape}")
         if width_scale is not None:
-            d, c = calibration.rescale(approximator.adapter, d, width_scale, None if centers is None else centers[idx])
-            centers = c if centers is None else centers
+            d, st = calibration.rescale(approximator.adapter, d, width_scale, None if state is None else calibration.subset(state, idx))
+            state = st if state is None else state
         return d
 
     first = draw(np.arange(n), n_draws, seed)

@@ -540,7 +540,7 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
         info["timings_s"][f"train {m}"] = round(time.perf_counter() - t0, 1)
         factors = calibration.load_for(models[m])
         if factors is not None:
-            info.setdefault("width_factors", {})[m] = {p: float(f) for p, f in zip(PARAM_NAMES, factors)}
+            info.setdefault("width_factors", {})[m] = {p: calibration.describe(f) for p, f in zip(PARAM_NAMES, np.atleast_2d(factors).T)}
 
     # Level 1: every model under every backend
     evals = {}
@@ -657,7 +657,7 @@ def write_report(run: ParityRun) -> Path:
         "",
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in run.info["timings_s"].items()),
         "",
-        *[f"Width factors of the {m} model (its calibration.json): " + ", ".join(f"{k} ×{v:.3g}" for k, v in f.items())
+        *[f"Width factors of the {m} model (its calibration.json): " + ", ".join(f"{k} {v}" for k, v in f.items())
           for m, f in run.info.get("width_factors", {}).items()],
         "",
     ]

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .calibration import describe
 from .diagnostics import atomic_write_text
 from .priors import PARAMETERS
 
@@ -126,7 +127,7 @@ def _calibration_section(record: Mapping) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for name, c in record["validation_coverage"].items():
-        factor = f"×{record['width_scale'][name]:.2f}" if c["applied"] else f"1 (fit: ×{c['fitted_factor']:.2f})"
+        factor = describe(record["width_scale"][name]) if c["applied"] else f"1 (fit: {describe(c['fitted_factor'])})"
         lines.append(f"| {name} | {_fmt(c['before_50'], 2)} / {_fmt(c['before_90'], 2)} | {c['p_value_90']:.2g} | {factor} "
                      f"| {_fmt(c['after_50'], 2)} / {_fmt(c['after_90'], 2)} |")
     return lines + [""]

@@ -402,7 +402,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
 def _widths_line(record: dict | None) -> str:
     if record is None:
         return "as trained (training.calibrate_widths = false)"
-    factors = ", ".join(f"{k} ×{v:.2f}" for k, v in record["width_scale"].items())
+    factors = ", ".join(f"{k} {calibration.describe(v)}" for k, v in record["width_scale"].items())
     return (f"rescaled per parameter, fitted on {record['fitted_on']['validation_traces']} validation traces "
             f"(calibration.json; the figures below are after it): {factors}")
 
@@ -413,7 +413,7 @@ def summary(run_dir: Path, metrics: dict) -> str:
     for p in PARAMETERS:
         m = metrics["parameters"][p.name]
         r = "n/a" if m["r"] is None else f"{m['r']:.3f}"
-        factor = f"   x{cal['width_scale'][p.name]:.2f}" if cal else ""
+        factor = f"   {calibration.describe(cal['width_scale'][p.name])}" if cal else ""
         lines.append(f"{p.name:<10}{r:>8}{m['coverage_50']:>8.2f}{m['coverage_90']:>8.2f}  {'pass' if m['sbc_pass'] else 'FAIL'}{factor}")
     t = metrics["timings"]
     lines.append(f"total {t['total_s']:.0f} s (training {t['training_s']:.0f} s); report: {run_dir / 'report.md'}")
