@@ -699,6 +699,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default="ci", help=f"configuration name ({', '.join(available_configs())}) or .toml path (default: ci)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one configuration value; repeatable")
     p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where the run folder is created (default: results/)")
+    p.add_argument("--backends", nargs="+", metavar="BACKEND", default=None,
+                   help="compare only these installed backends (at least two; default: every installed one)")
     p.add_argument("--baseline", metavar="BACKEND", default=None,
                    help="instead of comparing backends, train twice under BACKEND with two training seeds and compare those (level 2's seed-to-seed baseline)")
 
@@ -741,8 +743,16 @@ def main(argv=None) -> int:
         print(f"error: --baseline {args.baseline!r} is not an installed Keras backend; installed: {', '.join(installed_backends())}",
               file=sys.stderr)
         return 2
+    if args.backends is not None:
+        unknown = [b for b in args.backends if b not in installed_backends()]
+        if unknown or len(set(args.backends)) < 2 or args.baseline is not None:
+            why = (f"{unknown[0]!r} is not an installed Keras backend" if unknown else
+                   "cannot be combined with --baseline" if args.baseline is not None else "needs two different backends")
+            print(f"error: --backends {' '.join(args.backends)}: {why}; installed: {', '.join(installed_backends())}", file=sys.stderr)
+            return 2
     try:
-        run = run_parity(args.config, args.overrides, results, baseline=args.baseline)
+        run = run_parity(args.config, args.overrides, results, baseline=args.baseline,
+                         backends=None if args.backends is None else list(dict.fromkeys(args.backends)))
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -121,7 +121,9 @@ def _calibration_section(record: Mapping) -> list[str]:
         "",
         f"Fitted on {fitted['validation_traces']} validation traces × {fitted['draws_per_trace']} draws (not the test "
         f"traces above). A parameter is rescaled only where its validation 90 % coverage differs from 0.90 "
-        f"(binomial test, α = {fitted['alpha']}); the coverage above is after rescaling.",
+        f"(binomial test, α = {fitted['alpha']}); the coverage above is after rescaling. A range is the factor "
+        f"at the 5 % and at the 95 % central level: wider outer intervals for errors heavier-tailed than the "
+        f"flow's draws (lif_sbi.calibration).",
         "",
         "| parameter | validation 50 % / 90 % before | p (90 %) | factor | validation 50 % / 90 % after |",
         "|---|---:|---:|---:|---:|",

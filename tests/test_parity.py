@@ -193,8 +193,30 @@ def test_cli_exit_code_1_and_numbers_on_failure(tmp_path, monkeypatch, capsys):
     assert "**FAIL (1 of 2 checks)**" in text and "| **FAIL** |" in text and "| 0.0032 |" in text
 
 
+def test_cli_backends_picks_a_subset(tmp_path, monkeypatch):
+    """--backends passes the chosen installed backends (order kept, repeats dropped) to the run."""
+    from lif_sbi.config import load_config
+
+    seen = {}
+
+    def fake_run(*a, **k):
+        seen.update(k)
+        run_dir = tmp_path / "parity_ci_x"
+        run_dir.mkdir(exist_ok=True)
+        return parity.ParityRun(run_dir, load_config("ci"), "smoke", k["backends"], {}, {}, [], {"timings_s": {}})
+
+    monkeypatch.setattr(parity, "run_parity", fake_run)
+    installed = parity.installed_backends()
+    if len(installed) < 2:
+        pytest.skip("needs two installed backends")
+    pick = [installed[1], installed[0], installed[1]]
+    assert parity.main(["--config", "ci", "--results-dir", str(tmp_path), "--backends", *pick]) == 0
+    assert seen["backends"] == [installed[1], installed[0]]
+
+
 @pytest.mark.parametrize("args", [["--config", "no_such_config"], ["--bogus"], ["--set", "training.epochs=0"], ["--set", "nonsense"],
-                                  ["--baseline", "theano"]])
+                                  ["--baseline", "theano"], ["--backends", "torch", "theano"], ["--backends", "torch"],
+                                  ["--backends", "torch", "torch"], ["--backends", "torch", "tensorflow", "--baseline", "torch"]])
 def test_cli_bad_arguments_one_line_exit_2(args, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", *args, "--results-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
