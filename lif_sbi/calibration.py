@@ -150,7 +150,7 @@ def fit(adapter, draws_si: np.ndarray, theta_si: np.ndarray, *, tail_dfs=TAIL_DF
         shift = np.rint(np.log(shape) / step).astype(int)  # (L,)
         idx = np.clip(np.arange(g)[:, None] + shift[None, :], 0, g - 1)  # (G, L): grid index of s(level)
         cov = curves[idx, np.arange(n_levels)[None, :], :]  # (G, L, 6)
-        # among equally good fits take the one closest to the flow as trained (b = 0, factor 1)
+        # among equally good fits take the one closest to the flow as trained (df = inf, factor 1)
         loss = ((cov - LEVELS[None, :, None]) ** 2).sum(axis=1) + 1e-9 * (np.abs(np.log(GRID))[:, None] + order)
         a_idx = loss.argmin(axis=0)  # (6,)
         cand = (loss[a_idx, np.arange(6)], idx[a_idx], cov[a_idx, :, np.arange(6)].T, np.full(6, float(df)))  # (6,), (6, L), (L, 6), (6,)
