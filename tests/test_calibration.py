@@ -160,3 +160,17 @@ def test_sample_posterior_applies_the_factors():
     # within the prior (rejection rounds included) the draws are valid and narrower
     confined = estimator.sample_posterior(approximator, data["observables"], 400, seed=1, width_scale=np.full(6, 0.5))
     assert confined.shape == (6, 400, 6) and np.isfinite(confined).all()
+
+
+def test_levels_of_is_the_central_level_among_the_reference_draws():
+    """A draw's level is |2F - 1| with F its mid-rank empirical CDF among the trace's sorted draws."""
+    ref = np.sort(np.arange(1.0, 101.0).reshape(1, 100, 1).repeat(N_PARAMS, axis=2), axis=1)  # 1..100
+    u = np.array([50.5, 1.0, 100.0, 0.0, 1e9, 50.0]).reshape(1, 6, 1).repeat(N_PARAMS, axis=2)
+    lev = calibration.levels_of(u, ref)[0, :, 0]
+    # 50.5 sits between the 50th and 51st draw (F = 0.5): level 0; 1 and 100 are the extreme draws
+    # (mid-rank F = 0.005 and 0.995): level 0.99; below or above all draws: level 1
+    np.testing.assert_allclose(lev, [0.0, 0.99, 0.99, 1.0, 1.0, 0.01])
+    # with one factor per level everywhere equal, warp is the plain rescaling about the median
+    center = np.full((1, N_PARAMS), 50.5)
+    flat = np.full((len(calibration.LEVELS), N_PARAMS), 0.7)
+    np.testing.assert_allclose(calibration.warp(u, flat, center, ref), calibration.warp(u, np.full(N_PARAMS, 0.7), center, None))
