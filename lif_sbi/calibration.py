@@ -143,8 +143,8 @@ def fit(adapter, draws_si: np.ndarray, theta_si: np.ndarray, *, tail_dfs=TAIL_DF
     curves = coverage_curves(u, ut, GRID)  # (G, L, 6): coverage at each level for each constant factor
     g, n_levels = len(GRID), len(LEVELS)
     step = np.log(GRID[1] / GRID[0])  # GRID is log-spaced: a factor exp(x) is a shift of x / step
-    best = None
     q = (1 + LEVELS) / 2
+    losses, grid_idx, covs = [], [], []  # per tail shape: (6,) best loss, (6, L) grid indices, (L, 6) coverage
     for order, df in enumerate(tail_dfs):
         shape = np.ones_like(LEVELS) if np.isinf(df) else stats.t.ppf(q, df) / stats.norm.ppf(q)
         shift = np.rint(np.log(shape) / step).astype(int)  # (L,)
@@ -153,20 +153,21 @@ def fit(adapter, draws_si: np.ndarray, theta_si: np.ndarray, *, tail_dfs=TAIL_DF
         # among equally good fits take the one closest to the flow as trained (df = inf, factor 1)
         loss = ((cov - LEVELS[None, :, None]) ** 2).sum(axis=1) + 1e-9 * (np.abs(np.log(GRID))[:, None] + order)
         a_idx = loss.argmin(axis=0)  # (6,)
-        cand = (loss[a_idx, np.arange(6)], idx[a_idx], cov[a_idx, :, np.arange(6)].T, np.full(6, float(df)))  # (6,), (6, L), (L, 6), (6,)
-        if best is None:
-            best = [c.copy() for c in cand]
-        else:
-            better = cand[0] < best[0]
-            best[0][better], best[1][better], best[2][:, better], best[3][better] = cand[0][better], cand[1][better], cand[2][:, better], cand[3][better]
-    fitted = GRID[best[1]].T  # (L, 6): s at each level
+        losses.append(loss[a_idx, np.arange(6)])
+        grid_idx.append(idx[a_idx])
+        covs.append(cov[a_idx, :, np.arange(6)].T)
+    k = np.argmin(np.stack(losses), axis=0)  # (6,): the best tail shape per parameter
+    cols = np.arange(6)
+    fitted = GRID[np.stack(grid_idx)[k, cols]].T  # (L, 6): s at each level
+    fitted_cov = np.stack(covs)[k, :, cols].T  # (L, 6): validation coverage with it
+    fitted_df = np.asarray(tail_dfs, dtype=np.float64)[k]  # (6,)
     before = coverage_curves(u, ut, [1.0])[0]  # (L, 6): the flow as trained
     at = {f"{lv:.2f}": i for i, lv in enumerate(LEVELS)}
     n = len(theta_si)
     p_values = np.array([stats.binomtest(int(round(before[at["0.90"], j] * n)), n, 0.90).pvalue for j in range(u.shape[-1])])
     applied = p_values < ALPHA
     scale = np.where(applied[None, :], fitted, 1.0)
-    after = np.where(applied[None, :], best[2], before)
+    after = np.where(applied[None, :], fitted_cov, before)
 
     def entry(col):  # one number where the factor is the same at every level, else the list
         return round(float(col[0]), 4) if np.allclose(col, col[0]) else [round(float(x), 4) for x in col]
@@ -179,7 +180,7 @@ def fit(adapter, draws_si: np.ndarray, theta_si: np.ndarray, *, tail_dfs=TAIL_DF
         "validation_coverage": {
             p.name: {"before_50": float(before[at["0.50"], j]), "before_90": float(before[at["0.90"], j]),
                      "p_value_90": float(p_values[j]), "fitted_factor": entry(fitted[:, j]),
-                     "fitted_tail_df": None if np.isinf(best[3][j]) else float(best[3][j]),
+                     "fitted_tail_df": None if np.isinf(fitted_df[j]) else float(fitted_df[j]),
                      "applied": bool(applied[j]),
                      "after_50": float(after[at["0.50"], j]), "after_90": float(after[at["0.90"], j]),
                      "after_max_error": float(np.abs(after[:, j] - LEVELS).max())}
@@ -202,6 +203,11 @@ def describe(entry) -> str:
     col = np.atleast_1d(np.asarray(entry, dtype=np.float64))
     lo, hi = col[0], col[-1]
     return f"×{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"×{lo:.2f}–{hi:.2f}"
+
+
+def describe_each(scale) -> list[str]:
+    """`describe` for each parameter of (6,) or (L, 6) factors, as `factors` and `load_for` return them."""
+    return [describe(col) for col in np.atleast_2d(scale).T]
 
 
 def load_for(model_path: str | Path) -> np.ndarray | None:

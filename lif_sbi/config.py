@@ -111,8 +111,8 @@ class TrainingConfig:
     calibrate_widths: bool = False
     # Compile the training step as Keras' `compile(jit_compile=...)` does: "auto" is Keras' choice
     # (eager under torch, XLA under JAX, XLA under TensorFlow only with a GPU); true under torch is
-    # torch.compile of the whole step (about 70 s of compilation on a 2-core CPU, then 37 instead
-    # of 55 ms per default-network step; bench/RESULTS.md), false is eager everywhere.
+    # torch.compile of the whole step (on a 2-core CPU 138 s of compilation, then 49 instead of
+    # 60 ms per default-network step; bench/RESULTS.md, "torch.compile"), false is eager everywhere.
     jit_compile: bool | str = "auto"
 
     def __post_init__(self):

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     width_scale = calibration.load_for(model)  # the run's calibration.json, if it fitted one
     if width_scale is not None:
         print("posterior widths rescaled by the run's calibration.json: "
-              + ", ".join(f"{p.name} {calibration.describe(f)}" for p, f in zip(PARAMETERS, np.atleast_2d(width_scale).T)))
+              + ", ".join(f"{p.name} {d}" for p, d in zip(PARAMETERS, calibration.describe_each(width_scale))))
     t0 = time.perf_counter()
     draws = estimator.sample_posterior(approximator, traces, args.draws, seed=args.seed, width_scale=width_scale)
     elapsed = time.perf_counter() - t0

@@ -540,7 +540,7 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
         info["timings_s"][f"train {m}"] = round(time.perf_counter() - t0, 1)
         factors = calibration.load_for(models[m])
         if factors is not None:
-            info.setdefault("width_factors", {})[m] = {p: calibration.describe(f) for p, f in zip(PARAM_NAMES, np.atleast_2d(factors).T)}
+            info.setdefault("width_factors", {})[m] = dict(zip(PARAM_NAMES, calibration.describe_each(factors)))
 
     # Level 1: every model under every backend
     evals = {}
