@@ -17,6 +17,9 @@ Interface (every backend module provides it):
   step of a compiled Keras model (a BayesFlow approximator) on one adapted batch (a dict of
   arrays), compiled the way ``model.fit`` compiles it (``tf.function`` under TensorFlow, ``jit``
   under JAX, eager under torch). For benchmarks and hand-written loops.
+- ``prepare_training(model)``: called once before the first training step (``fit`` or
+  ``train_step_function``); sets up what the backend's compiled step needs so that it is traced
+  once (torch with ``jit_compile``: optimizer variables and gradient buffers); a no-op elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import importlib
 
 import keras
 
-__all__ = ["name", "gru", "set_seed", "device_name", "train_step_function", "module"]
+__all__ = ["name", "gru", "set_seed", "device_name", "train_step_function", "prepare_training", "module"]
 
 _MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
 
@@ -43,3 +46,4 @@ gru = module.gru
 set_seed = module.set_seed
 device_name = module.device_name
 train_step_function = module.train_step_function
+prepare_training = module.prepare_training

@@ -66,6 +66,10 @@ def device_name() -> str:
     return "CPU" if dev.platform == "cpu" else getattr(dev, "device_kind", str(dev))
 
 
+def prepare_training(model) -> None:
+    """Nothing to prepare: jax.jit traces the step once whatever the optimizer's and gradients' state."""
+
+
 def train_step_function(model):
     """One stateless optimizer step, jitted as ``model.fit`` jits it (unless the model was compiled
     with ``jit_compile=False``); the new state is written back to the Keras variables."""

@@ -95,6 +95,10 @@ def device_name() -> str:
     return details.get("device_name", gpus[0].name)
 
 
+def prepare_training(model) -> None:
+    """Nothing to prepare: tf.function traces the step once whatever the optimizer's and gradients' state."""
+
+
 def train_step_function(model):
     """One optimizer step in a ``tf.function``, as ``model.fit`` compiles it (XLA where the model
     was compiled with ``jit_compile=True``; Keras' "auto" means XLA only with a GPU)."""

@@ -102,6 +102,26 @@ def device_name() -> str:
     return "CPU"
 
 
+def prepare_training(model) -> None:
+    """Before the first training step of a model compiled with ``jit_compile=True``: build the
+    optimizer and give every trainable variable a zero gradient buffer.
+
+    torch.compile guards on the state it traced. The first step otherwise runs with no optimizer
+    variables (created inside the traced step: one recompilation per new shape) and with
+    ``.grad is None`` (later steps have gradients: a second full compilation, ~40 s on a 2-core
+    CPU). The buffers change nothing numerically: each step zeroes the gradients before its
+    backward pass. Eager steps need none of this.
+    """
+    if not model.jit_compile:
+        return
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for variable in model.trainable_variables:
+        parameter = variable.value  # the torch Parameter behind the Keras variable
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+
+
 def train_step_function(model):
     """One optimizer step as ``model.fit`` runs it under torch: eager, or ``torch.compile`` of the
     whole step where the model was compiled with ``jit_compile=True`` (Keras' torch trainer does
@@ -110,4 +130,7 @@ def train_step_function(model):
     def step(batch):
         return model.train_step(batch)
 
-    return torch.compile(step) if model.jit_compile else step
+    if not model.jit_compile:
+        return step
+    prepare_training(model)
+    return torch.compile(step)

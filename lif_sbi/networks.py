@@ -282,7 +282,7 @@ class ReferenceSummary(SummaryNetwork):
 
 def _pooled(h, first) -> list:
     """Global mean, max and min over time of conv features h (batch, time, c), plus the first sample."""
-    return [keras.ops.mean(h, axis=1), keras.ops.max(h, axis=1), keras.ops.min(h, axis=1), first]
+    return [keras.ops.mean(h, axis=1), keras.ops.amax(h, axis=1), keras.ops.amin(h, axis=1), first]
 
 
 def _conv_stack(filters, kernel_sizes, strides, activation, prefix):
@@ -391,7 +391,7 @@ class ConvPoolSummary(SummaryNetwork):
         feats = _pooled(h, first)
         out = self.output_projector(self.hidden(keras.ops.concatenate(feats, axis=-1)))
         if self.trace_features:
-            out = keras.ops.concatenate([out, first, keras.ops.min(x, axis=1), keras.ops.max(x, axis=1)], axis=-1)
+            out = keras.ops.concatenate([out, first, keras.ops.amin(x, axis=1), keras.ops.amax(x, axis=1)], axis=-1)
         return out
 
     def get_config(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -235,6 +236,8 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t_start = time.perf_counter()
     resuming = run_dir is not None
+    # before anything is written: "auto" becomes the device used, saved as such in config.toml
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, device=dataset.resolve_device(config.data.device)))
     backends.set_seed(config.training.seed)
     if resuming:
         ckpt_path, state = load_checkpoint(run_dir / CHECKPOINTS)
@@ -249,10 +252,11 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
 
     # Data
     t0 = time.perf_counter()
-    data, cache_path = dataset.load_or_simulate(config.data.n_traces, config.data.seed, progress=not quiet)
+    data, cache_path = dataset.load_or_simulate(config.data.n_traces, config.data.seed, device=config.data.device, progress=not quiet)
     train, val = dataset.split(data, config.data.validation_fraction, config.data.seed)
     timings.setdefault("simulation_s", round(time.perf_counter() - t0, 3))
-    say(f"data: {len(train['parameters'])} training / {len(val['parameters'])} validation traces ({'cached' if cache_path else 'simulated'})")
+    say(f"data: {len(train['parameters'])} training / {len(val['parameters'])} validation traces "
+        f"({'cached' if cache_path else 'simulated'}; simulated on {dataset.device_label(config.data.device)})")
 
     # Model
     import bayesflow as bf
@@ -318,6 +322,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     if not finished and start_epoch < config.training.epochs:
         step_kind = "compiled (jit_compile)" if approximator.jit_compile else "eager"
         say(f"training under Keras backend '{backends.name}' on {backends.device_name()}, {step_kind} training step: up to {config.training.epochs} epochs")
+        backends.prepare_training(approximator)
         approximator.fit(
             dataset=train_ds, validation_data=val_ds, epochs=config.training.epochs, initial_epoch=start_epoch,
             callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,
@@ -390,7 +395,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
         extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
                "training step": "compiled (jit_compile)" if approximator.jit_compile else "eager",
-               "simulation": f"{timings['simulation_s']:.1f} s", "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
+               "simulation": f"{timings['simulation_s']:.1f} s on {dataset.device_label(config.data.device)}", "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
                **({"width calibration": f"{timings['calibration_s']:.1f} s"} if "calibration_s" in timings else {}),
                "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s",
                "posterior widths": _widths_line(metrics.get("calibration"))},

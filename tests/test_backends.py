@@ -227,3 +227,66 @@ print(json.dumps(out))
         b = np.asarray(b)
         assert np.abs(b).max() > 0  # every variable moved
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max())
+
+
+_PREPARE_SCRIPT = """
+import json, keras, numpy as np, torch
+from lif_sbi import backends
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+data = simulate_dataset(64, 5, progress=False)
+JIT = {jit}
+out = {{}}
+for prepare in {prepares}:
+    backends.set_seed(11)
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    approx.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=JIT)
+    batches = [{{k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({{k2: v2[i:i + 32] for k2, v2 in data.items()}}).items()}}
+               for i in (0, 32)]
+    approx.build_from_data(batches[0])
+    if prepare:
+        backends.prepare_training(approx)
+    state = {{"optimizer_built": approx.optimizer.built,
+              "zero_grads": all(v.value.grad is not None and not v.value.grad.any() for v in approx.trainable_variables)}}
+    step = backends.train_step_function(approx) if JIT else approx.train_step
+    graphs = []
+    losses = []
+    for b in batches * 2:
+        losses.append(float(step(b)["loss"]))
+        graphs.append(int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    out[str(prepare)] = state | {{"losses": losses, "graphs": graphs,
+                                  "weights": [keras.ops.convert_to_numpy(v).ravel().tolist() for v in approx.trainable_variables]}}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.torch
+def test_prepare_training_under_torch_changes_nothing_numerically():
+    """prepare_training (torch, jit_compile=True) builds the optimizer and gives every trainable
+    variable a zero gradient buffer; eager steps from a prepared model give bitwise the same
+    losses and weights as from an unprepared one (each step zeroes gradients before backward)."""
+    res = run_script("torch", _PREPARE_SCRIPT.format(jit=False, prepares=(False, True)))
+    plain, prepared = res["False"], res["True"]
+    assert not plain["optimizer_built"] and not plain["zero_grads"]
+    # jit_compile=False: nothing to prepare
+    assert not prepared["optimizer_built"] and not prepared["zero_grads"]
+    res_jit_state = run_script("torch", _PREPARE_SCRIPT.replace("step = backends.train_step_function(approx) if JIT else approx.train_step",
+                                                                "step = approx.train_step").format(jit=True, prepares=(False, True)))
+    assert res_jit_state["True"]["optimizer_built"] and res_jit_state["True"]["zero_grads"]
+    assert res_jit_state["True"]["losses"] == res_jit_state["False"]["losses"]
+    assert res_jit_state["True"]["weights"] == res_jit_state["False"]["weights"]
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_compiled_torch_step_is_traced_once():
+    """With prepare_training (which train_step_function calls), torch.compile traces the training
+    step on its first call and never again: without it, the first step created the optimizer's
+    variables inside the trace and ran with no gradients, and the second step compiled it all
+    again (about 40 s more on a 2-core CPU)."""
+    res = run_script("torch", _PREPARE_SCRIPT.format(jit=True, prepares=(True,)), timeout=900)
+    prepared = res["True"]
+    assert prepared["graphs"][0] > 0 and prepared["graphs"][1:] == [prepared["graphs"][0]] * 3, prepared["graphs"]

@@ -198,3 +198,35 @@ def test_trained_approximator_loads_under_other_backend(tmp_path, save_backend, 
     res = run_script(load_backend, LOAD_APPROX.format(out_dir=str(tmp_path)))
     assert res["backend"] == load_backend
     assert res["err"] < 1e-3 * max(1.0, res["scale"]), res
+
+
+@pytest.mark.torch
+def test_summary_networks_trace_into_one_graph_under_torch():
+    """torch.compile sees each summary network's training-mode forward pass as one graph, with no
+    graph break (each break leaves part of a compiled training step eager and adds a guard check
+    per step; Keras' `ops.max`/`ops.min` under torch broke it, `ops.amax`/`ops.amin` do not). The
+    backward pass is derived from that graph. Dynamo only traces here, so this takes seconds, not
+    a compilation."""
+    code = """
+import json, keras, numpy as np, torch
+from lif_sbi.networks import SUMMARY_KINDS, build_summary_network
+out = {}
+for kind in SUMMARY_KINDS:
+    keras.utils.set_random_seed(0)
+    kwargs = {"trace_features": True} if kind == "conv_pool" else {}
+    net = build_summary_network(kind, summary_dim=4, **kwargs)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 501, 1)).astype("float32"))
+    net(x)
+
+    def forward(x):
+        with torch.enable_grad():
+            return net(x, training=True)
+
+    explained = torch._dynamo.explain(forward)(x)
+    out[kind] = {"graphs": explained.graph_count, "breaks": [str(b.reason)[:200] for b in explained.break_reasons]}
+print(json.dumps(out))
+"""
+    res = run_script("torch", code)
+    assert set(res) == set(SUMMARY_KINDS)
+    for kind, r in res.items():
+        assert r["breaks"] == [] and r["graphs"] == 1, (kind, r)
