@@ -16,6 +16,9 @@ LR_SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
 # The coupling subnets: "mlp" = BayesFlow's MLP; "fused" = lif_sbi.subnets.CouplingMLP, the same
 # function as one Keras layer (faster under eager PyTorch).
 FLOW_SUBNETS: tuple[str, ...] = ("mlp", "fused")
+# Where the training traces are simulated (lif_sbi.dataset.resolve_device): "auto" = CUDA where
+# torch sees a GPU, else the CPU.
+DATA_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,10 @@ class DataConfig:
     validation_fraction: float = 0.2  # share of n_traces held out for validation
     seed: int = 42  # seed of the simulations and of the train/validation split
     cache: bool = True  # keep the simulated dataset under cache/, keyed by what determines it
+    # Where the traces are simulated: "auto" (CUDA where torch sees a GPU, else the CPU), "cpu" or
+    # "cuda". Parameters and stimuli are drawn on the CPU either way, so only float32 rounding of
+    # the traces depends on it. A run saves the resolved choice ("cpu" or "cuda") in its config.toml.
+    device: str = "auto"
 
     def __post_init__(self):
         _require(isinstance(self.n_traces, int) and self.n_traces >= 10, "data.n_traces", "an integer >= 10", self.n_traces)
@@ -50,6 +57,7 @@ class DataConfig:
             self.validation_fraction,
         )
         _require(isinstance(self.seed, int) and self.seed >= 0, "data.seed", "a non-negative integer", self.seed)
+        _require(self.device in DATA_DEVICES, "data.device", f"one of {', '.join(DATA_DEVICES)}", self.device)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the last finished epoch is checkpointed; continue with --resume", file=sys.stderr)
         return 130
-    except runner.ResumeError as exc:
+    except (runner.ResumeError, ConfigError) as exc:  # ConfigError: e.g. data.device = "cuda" without a GPU
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ import sys
 import tomllib
 
 import pytest
+import torch
 
 from lif_sbi.config import ConfigError, available_configs, from_dict, load_config, parse_override
 
@@ -67,6 +68,7 @@ def test_jit_compile_values_and_round_trip(text, value):
         (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
+        (["data.device=gpu"], "data.device .* auto, cpu, cuda"),
         (["epochs"], "malformed"),
     ],
 )
@@ -103,6 +105,16 @@ def test_cli_errors_are_one_line_exit_2(args, match, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert __import__("re").search(match, lines[0]), lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_data_device_without_a_gpu_is_one_line_exit_2(tmp_path):
+    proc = _cli("--config", "ci", "--set", "data.device=cuda", "--results-dir", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "data.device = 'cuda'" in lines[0] and "no CUDA device" in lines[0] and "'auto' or 'cpu'" in lines[0], lines[0]
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
