@@ -11,6 +11,9 @@ Interface (every backend module provides it):
   forward pass with the weight layout of ``keras.layers.GRU(reset_after=True)`` (kernel (in, 3u),
   recurrent_kernel (u, 3u), bias (2, 3u), gates in Keras order z, r, h) on the backend's fastest
   kernel; differentiable w.r.t. inputs and weights. Returns (batch, time, u) or (batch, u).
+- ``conv1d(inputs, kernel, *, strides, padding)``: a 1-D convolution in Keras' layout (inputs
+  (batch, time, in), kernel (k, in, out), padding "valid" or "same"), without bias, on the
+  backend's fastest path (torch: a channels-last 2-D convolution). Returns (batch, time', out).
 - ``set_seed(seed)``: seeds Python, NumPy, the backend framework and Keras.
 - ``device_name()``: human-readable name of the device the backend computes on.
 - ``train_step_function(model)``: a callable ``step(batch) -> metrics`` that runs one optimizer
@@ -28,7 +31,7 @@ import importlib
 
 import keras
 
-__all__ = ["name", "gru", "set_seed", "device_name", "train_step_function", "prepare_training", "module"]
+__all__ = ["name", "gru", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "module"]
 
 _MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
 
@@ -43,6 +46,7 @@ module = importlib.import_module(_MODULES[_backend], __name__)
 
 name: str = module.name
 gru = module.gru
+conv1d = module.conv1d
 set_seed = module.set_seed
 device_name = module.device_name
 train_step_function = module.train_step_function

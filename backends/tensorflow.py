@@ -77,6 +77,12 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
     return tf.foldl(step, x_proj, initializer=h0)
 
 
+def conv1d(inputs, kernel, *, strides: int, padding: str):
+    """1-D convolution, Keras' layout ((batch, time, in) * (k, in, out) -> (batch, time', out),
+    no bias): Keras' own op, already the backend's fast path."""
+    return keras.ops.conv(inputs, kernel, strides=strides, padding=padding, data_format="channels_last")
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy, TensorFlow and Keras."""
     seed = int(seed)

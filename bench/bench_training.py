@@ -139,11 +139,12 @@ def on_device(request):
 
 # BayesFlow's coupling MLP for every summary network; the fused subnet (lif_sbi.subnets) for the
 # reference and the default summary networks; all compiled as Keras' jit_compile="auto" does.
-# LIF_SBI_BENCH_JIT=1 adds the two networks with jit_compile=True (under torch: torch.compile of
-# the whole step, about 70 s of compilation per case on a 2-core CPU, excluded from the figure).
+# LIF_SBI_BENCH_JIT=1 adds the same four cases with jit_compile=True (under torch: torch.compile
+# of the whole step, 1-3 minutes of compilation per case on a 2-core CPU, excluded from the
+# figure; the reference network does not finish compiling in useful time on a CPU).
 STEP_CASES = [(kind, "mlp", "auto") for kind in SUMMARY_BENCH_KINDS] + [("reference", "fused", "auto"), (DEFAULT_SUMMARY_KIND, "fused", "auto")]
 if os.environ.get("LIF_SBI_BENCH_JIT"):
-    STEP_CASES += [("reference", "mlp", True), (DEFAULT_SUMMARY_KIND, "mlp", True)]
+    STEP_CASES += [(kind, subnet, True) for kind in ("reference", DEFAULT_SUMMARY_KIND) for subnet in ("mlp", "fused")]
 
 
 @pytest.mark.parametrize("kind, subnet, jit_compile", STEP_CASES, ids=[f"{k}-{s}" + ("-jit" if j is True else "") for k, s, j in STEP_CASES])

@@ -3,7 +3,8 @@
 Every recurrent core runs on :class:`FastGRU`, a GRU layer with the weights of
 ``keras.layers.GRU(reset_after=True)`` whose forward pass is ``lif_sbi.backends.gru``: PyTorch's
 native GRU kernel under the torch backend (Keras' own CPU fallback there is ~20x slower to train),
-cuDNN or a scan loop under TensorFlow and JAX.
+cuDNN or a scan loop under TensorFlow and JAX. Every convolution is this module's :class:`Conv1D`,
+a ``keras.layers.Conv1D`` whose convolution is ``lif_sbi.backends.conv1d`` (torch: channels-last).
 
 Summary networks (all subclass ``bayesflow.networks.SummaryNetwork``, input (batch, time, 1)):
 
@@ -32,6 +33,7 @@ from lif_sbi.config import SUMMARY_KINDS as CONFIG_SUMMARY_KINDS
 
 __all__ = [
     "FastGRU",
+    "Conv1D",
     "SkipRecurrent",
     "ReferenceSummary",
     "ConvGRUSummary",
@@ -42,6 +44,32 @@ __all__ = [
 ]
 
 _PACKAGE = "lif_sbi"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv1D(keras.layers.Conv1D):
+    """``keras.layers.Conv1D`` (same weights, initialisation, bias, activation and config) whose
+    convolution runs on ``lif_sbi.backends.conv1d``: under torch a channels-last 2-D convolution,
+    about 1.8x faster than Keras' own torch conv on the CPU; Keras' op under TensorFlow and JAX.
+    channels_last data, "valid" or "same" padding, no dilation and no groups only.
+
+    It keeps Keras' class name on purpose: Keras files address a layer's weights by its class name
+    ("conv1d", "conv1d_1", ...), so models saved when the summary networks used
+    ``keras.layers.Conv1D`` load into this one unchanged.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding not in ("valid", "same") or self.data_format != "channels_last" or self.dilation_rate != (1,) or self.groups != 1:
+            raise ValueError("lif_sbi.networks.Conv1D supports channels_last data, 'valid' or 'same' padding, dilation 1 and groups 1 only; "
+                             f"got padding={self.padding!r}, data_format={self.data_format!r}, "
+                             f"dilation_rate={self.dilation_rate}, groups={self.groups}")
+
+    def call(self, inputs):  # Conv1D.call with its ops.conv replaced (channels_last, no causal padding)
+        outputs = backends.conv1d(inputs, self.kernel, strides=self.strides[0], padding=self.padding)
+        if self.use_bias:
+            outputs = keras.ops.add(outputs, self.bias)
+        return outputs if self.activation is None else self.activation(outputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -155,7 +183,7 @@ class SkipRecurrent(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.skip_conv = keras.layers.Conv1D(
+        self.skip_conv = Conv1D(
             filters=input_channels * skip_steps,
             kernel_size=skip_steps,
             strides=skip_steps,
@@ -234,7 +262,7 @@ class ReferenceSummary(SummaryNetwork):
         blocks = []
         for i, (f, k, s) in enumerate(zip(filters, kernel_sizes, strides)):
             blocks.append(
-                keras.layers.Conv1D(
+                Conv1D(
                     filters=f,
                     kernel_size=k,
                     strides=s,
@@ -287,7 +315,7 @@ def _pooled(h, first) -> list:
 
 def _conv_stack(filters, kernel_sizes, strides, activation, prefix):
     return [
-        keras.layers.Conv1D(f, k, strides=s, padding="same", activation=activation, name=f"{prefix}_{i}")
+        Conv1D(f, k, strides=s, padding="same", activation=activation, name=f"{prefix}_{i}")
         for i, (f, k, s) in enumerate(zip(filters, kernel_sizes, strides))
     ]
 

@@ -135,6 +135,56 @@ print(json.dumps(out))
         assert min(case["grad_scale"]) > 1e-3, case  # gradients are not trivially zero
 
 
+CONV_CASES = [  # (time, in, out, kernel, stride, padding): odd and even lengths, Keras' asymmetric "same"
+    (501, 1, 32, 5, 2, "same"), (126, 64, 64, 5, 2, "same"), (37, 3, 8, 4, 4, "same"),
+    (40, 3, 8, 3, 1, "same"), (37, 3, 8, 5, 2, "valid"), (501, 1, 32, 3, 1, "same"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_conv1d_matches_keras_conv1d(backend):
+    """lif_sbi.networks.Conv1D (backends.conv1d) vs keras.layers.Conv1D with the same weights: outputs within
+    1e-5 and gradients (inputs, kernel, bias) within 1e-4, relative to their largest magnitude."""
+    code = (
+        GRAD_HELPERS
+        + """
+import json
+from lif_sbi.networks import Conv1D as FastConv1D
+rng = np.random.default_rng(0)
+out = {"backend": backends.name, "cases": []}
+for t, cin, cout, k, s, pad in CASES:
+    x = rng.normal(size=(4, t, cin)).astype("float32")
+    ref = keras.layers.Conv1D(cout, k, strides=s, padding=pad, activation="mish")
+    fast = FastConv1D(cout, k, strides=s, padding=pad, activation="mish")
+    ref.build((None, t, cin)); fast.build((None, t, cin))
+    ref.bias.assign(rng.normal(scale=0.3, size=(cout,)).astype("float32"))
+    fast.set_weights(ref.get_weights())
+    y_ref, y_fast = keras.ops.convert_to_numpy(ref(x)), keras.ops.convert_to_numpy(fast(x))
+    w = rng.normal(size=y_ref.shape).astype("float32")
+    g_ref, g_fast = grads(ref, x, w), grads(fast, x, w)
+    out["cases"].append({"shape": [list(y_ref.shape), list(y_fast.shape)],
+                         "out_err": float(np.abs(y_ref - y_fast).max() / np.abs(y_ref).max()),
+                         "grad_err": [float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(g_ref, g_fast)]})
+print(json.dumps(out))
+""".replace("CASES", repr(CONV_CASES))
+    )
+    res = run_script(backend, code)
+    assert res["backend"] == backend and len(res["cases"]) == len(CONV_CASES)
+    for case, (t, cin, cout, k, s, pad) in zip(res["cases"], CONV_CASES):
+        expected_t = -(-t // s) if pad == "same" else (t - k) // s + 1
+        assert case["shape"] == [[4, expected_t, cout]] * 2, case
+        assert case["out_err"] < 1e-5, case
+        assert len(case["grad_err"]) == 3 and max(case["grad_err"]) < 1e-4, case
+
+
+def test_fast_conv1d_refuses_what_it_does_not_implement():
+    from lif_sbi.networks import Conv1D as FastConv1D
+
+    for kwargs in ({"padding": "causal"}, {"dilation_rate": 2}, {"groups": 2}):
+        with pytest.raises(ValueError, match="lif_sbi.networks.Conv1D supports"):
+            FastConv1D(4, 3, **kwargs)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_interface(backend):
     """The chosen module matches KERAS_BACKEND; set_seed makes Keras draws repeatable without

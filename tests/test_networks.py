@@ -230,3 +230,23 @@ print(json.dumps(out))
     assert set(res) == set(SUMMARY_KINDS)
     for kind, r in res.items():
         assert r["breaks"] == [] and r["graphs"] == 1, (kind, r)
+
+
+def test_conv1d_loads_weights_saved_from_keras_conv1d(tmp_path):
+    """lif_sbi.networks.Conv1D keeps keras.layers.Conv1D's class name, so weight files address
+    its variables the same way: models saved before the summary networks used it still load."""
+    from lif_sbi.networks import Conv1D
+
+    x = np.random.default_rng(2).normal(size=(3, 50, 1)).astype("float32")
+
+    def stack(cls):
+        keras.utils.set_random_seed(7 if cls is keras.layers.Conv1D else 8)  # different initial weights
+        model = keras.Sequential([cls(8, 5, strides=2, padding="same", activation="mish"), cls(4, 3, padding="same")])
+        model(x)
+        return model
+
+    old, new = stack(keras.layers.Conv1D), stack(Conv1D)
+    assert not np.allclose(keras.ops.convert_to_numpy(old(x)), keras.ops.convert_to_numpy(new(x)))
+    old.save_weights(str(tmp_path / "old.weights.h5"))
+    new.load_weights(str(tmp_path / "old.weights.h5"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(new(x)), keras.ops.convert_to_numpy(old(x)), rtol=1e-5, atol=1e-5)
