@@ -139,6 +139,10 @@ def prepare_training(model) -> None:
     """
     if not model.jit_compile:
         return
+    # A partial last batch would otherwise make dynamo recompile the step with a symbolic batch
+    # size, and Keras' convert_to_tensor breaks the graph on symbolic sizes (half the step then
+    # runs eager). Static shapes: one compilation per distinct batch size instead.
+    torch._dynamo.config.automatic_dynamic_shapes = False
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     for variable in model.trainable_variables:

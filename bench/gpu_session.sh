@@ -73,7 +73,7 @@ step gpu_tests 100 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovi
 step backend_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
 
 # --- 2. training-step and sampling benchmarks on the GPU, torch then JAX ----------------------------
-STEP_K="cuda and (reference-mlp or conv_pool-mlp or reference-fused or conv_pool-fused)"
+STEP_K="cuda and (reference-mlp or conv_pool-mlp or reference-fused or conv_pool-fused) and not fused-jit"
 SAMPLE_K="cuda and (reference or conv_pool) and not gru"
 # LIF_SBI_BENCH_JIT=1 adds the steps compiled with jit_compile=True (torch.compile of the whole step)
 step bench_torch 240 env KERAS_BACKEND=torch LIF_SBI_BENCH_JIT=1 python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \

@@ -73,6 +73,11 @@ def _check_n_seed(n, seed) -> tuple[int, int]:
     return int(n), int(seed)
 
 
+def cache_file(n: int, seed: int, device: str = "cpu", cache_dir: Path | str = DEFAULT_CACHE_DIR) -> Path:
+    """Where `load_or_simulate` keeps the dataset for (n, seed, device)."""
+    return Path(cache_dir) / f"lif_{n}_{seed}_{dataset_key(n, seed, device)}.npz"
+
+
 def load_or_simulate(
     n: int, seed: int, *, device: str = "cpu", cache_dir: Path | str | None = DEFAULT_CACHE_DIR, progress: bool = True
 ) -> tuple[dict[str, np.ndarray], Path | None]:
@@ -80,7 +85,7 @@ def load_or_simulate(
     n, seed = _check_n_seed(n, seed)
     if cache_dir is None:
         return simulate_dataset(n, seed, device=device, progress=progress), None
-    path = Path(cache_dir) / f"lif_{n}_{seed}_{dataset_key(n, seed, device)}.npz"
+    path = cache_file(n, seed, device, cache_dir)
     if path.exists():
         try:
             with np.load(path) as f:

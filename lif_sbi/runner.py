@@ -252,11 +252,17 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
 
     # Data
     t0 = time.perf_counter()
-    data, cache_path = dataset.load_or_simulate(config.data.n_traces, config.data.seed, device=config.data.device, progress=not quiet)
-    train, val = dataset.split(data, config.data.validation_fraction, config.data.seed)
+    cache_dir = dataset.DEFAULT_CACHE_DIR if config.data.cache else None
+    dc = config.data
+    from_cache = cache_dir is not None and dataset.cache_file(dc.n_traces, dc.seed, dc.device, cache_dir).exists()
+    data, cache_path = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not quiet)
+    train, val = dataset.split(data, dc.validation_fraction, dc.seed)
     timings.setdefault("simulation_s", round(time.perf_counter() - t0, 3))
-    say(f"data: {len(train['parameters'])} training / {len(val['parameters'])} validation traces "
-        f"({'cached' if cache_path else 'simulated'}; simulated on {dataset.device_label(config.data.device)})")
+    timings.setdefault("data_from_cache", from_cache)
+    origin = (f"loaded from {cache_path}" if from_cache
+              else f"simulated on {dataset.device_label(dc.device)} in {time.perf_counter() - t0:.1f} s"
+              + (f", saved to {cache_path}" if cache_path else ", not cached (data.cache = false)"))
+    say(f"data: {len(train['parameters'])} training / {len(val['parameters'])} validation traces ({origin})")
 
     # Model
     import bayesflow as bf
@@ -395,7 +401,8 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
         extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
                "training step": "compiled (jit_compile)" if approximator.jit_compile else "eager",
-               "simulation": f"{timings['simulation_s']:.1f} s on {dataset.device_label(config.data.device)}", "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
+               "simulation": (f"loaded from the cache in {timings['simulation_s']:.1f} s" if timings.get("data_from_cache")
+                              else f"{timings['simulation_s']:.1f} s on {dataset.device_label(config.data.device)}"), "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
                **({"width calibration": f"{timings['calibration_s']:.1f} s"} if "calibration_s" in timings else {}),
                "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s",
                "posterior widths": _widths_line(metrics.get("calibration"))},

@@ -61,6 +61,10 @@ def test_ci_config_trains_end_to_end(backend, tmp_path):
             assert m[key] is not None and abs(m[key]) < 1e6, (name, key, m[key])
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["keras_backend"] == backend and env["bayesflow"] and env["device"]
+    # data.device "auto" is saved resolved; the dataset went to the cache (data.cache = true)
+    assert 'device = "cpu"' in (run_dir / "config.toml").read_text() or env["device"] != "CPU"
+    assert len(list((tmp_path / "cache").glob("lif_320_*.npz"))) == 1
+    assert "simulated on CPU" in proc.stdout or env["device"] != "CPU", proc.stdout[-2000:]
     # training.jit_compile = "auto" is Keras' choice: eager under torch and (on a CPU) TensorFlow, jitted under JAX
     assert metrics["jit_compile"] is (backend == "jax")
     rows = _history(run_dir)
@@ -141,3 +145,18 @@ def test_ci_trains_with_a_compiled_step_under_torch(tmp_path):
     assert metrics["jit_compile"] is True
     assert all(float(r["loss"]) < 1e6 for r in _history(run_dir))
     assert 'jit_compile = true' in (run_dir / "config.toml").read_text()
+
+
+@pytest.mark.torch
+def test_data_cache_false_writes_no_dataset_and_a_second_run_loads_a_cached_one(tmp_path):
+    proc = _train("torch", tmp_path, *SMALL, "--set", "training.epochs=1", "--set", "data.cache=false")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.npz"))
+    assert "not cached (data.cache = false)" in proc.stdout, proc.stdout[-2000:]
+    for expected in ("saved to", "loaded from"):
+        proc = _train("torch", tmp_path, *SMALL, "--set", "training.epochs=1")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert expected in proc.stdout, (expected, proc.stdout[-2000:])
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    reports = sorted((tmp_path / "results").glob("*/report.md"))
+    assert len(reports) == 3 and "loaded from the cache" in reports[-1].read_text()
