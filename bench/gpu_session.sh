@@ -68,7 +68,7 @@ cat "$WORK/environment.txt"
 
 # --- 1. CUDA tests: the simulator on CUDA vs the float64 reference and the CPU; parity level 3 ---
 step gpu_tests 100 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
-  tests/test_simulator.py tests/test_parity.py
+  tests/test_simulator.py tests/test_parity.py tests/test_dataset.py
 # the native-kernel GRU vs keras.layers.GRU and the backend interface, on the GPU under torch and JAX
 step backend_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
 
