@@ -90,9 +90,10 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
     inputs: (batch, time, in); kernel: (k, in, out), Keras' Conv1D layout; padding "valid" or
     "same" (Keras' split: the odd pixel on the right). Returns (batch, time', out), no bias.
     Keras' own torch conv transposes to (batch, in, time) and calls conv1d; on the CPU oneDNN's
-    channels-last 2-D path is about 1.8x faster for the default network's stack (forward and
-    backward, bench/RESULTS.md, "Conv1D as a channels-last 2-D convolution"), and (batch, time,
-    in) is already that layout with height 1, so the input is not copied.
+    channels-last 2-D path is about 1.7x faster for the default network's stack (forward and
+    backward; ad hoc, bench/RESULTS.md, "No graph breaks, one trace, channels-last
+    convolutions"), and (batch, time, in) is already that layout with height 1, so the input is
+    not copied.
     """
     x = _as_tensor(inputs)
     w = _as_tensor(kernel)
@@ -129,7 +130,9 @@ def device_name() -> str:
 
 def prepare_training(model) -> None:
     """Before the first training step of a model compiled with ``jit_compile=True``: build the
-    optimizer and give every trainable variable a zero gradient buffer.
+    optimizer, give every trainable variable a zero gradient buffer, and turn off dynamo's
+    automatic dynamic shapes (for the whole process: later torch.compile calls, such as the CUDA
+    simulator's, also compile one static graph per input shape).
 
     torch.compile guards on the state it traced. The first step otherwise runs with no optimizer
     variables (created inside the traced step: one recompilation per new shape) and with

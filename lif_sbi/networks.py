@@ -50,7 +50,7 @@ _PACKAGE = "lif_sbi"
 class Conv1D(keras.layers.Conv1D):
     """``keras.layers.Conv1D`` (same weights, initialisation, bias, activation and config) whose
     convolution runs on ``lif_sbi.backends.conv1d``: under torch a channels-last 2-D convolution,
-    about 1.8x faster than Keras' own torch conv on the CPU; Keras' op under TensorFlow and JAX.
+    about 1.7x faster than Keras' own torch conv on the CPU; Keras' op under TensorFlow and JAX.
     channels_last data, "valid" or "same" padding, no dilation and no groups only.
 
     It keeps Keras' class name on purpose: Keras files address a layer's weights by its class name
