@@ -91,9 +91,9 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
     "same" (Keras' split: the odd pixel on the right). Returns (batch, time', out), no bias.
     Keras' own torch conv transposes to (batch, in, time) and calls conv1d; on the CPU oneDNN's
     channels-last 2-D path is about 1.7x faster for the default network's stack (forward and
-    backward; ad hoc, bench/RESULTS.md, "No graph breaks, one trace, channels-last
-    convolutions"), and (batch, time, in) is already that layout with height 1, so the input is
-    not copied.
+    backward; a Keras step of that stack alone: 24 vs 31 ms, `bench/bench_training.py -k
+    conv_stack`, bench/RESULTS.md), and (batch, time, in) is already that layout with height 1,
+    so the input is not copied.
     """
     x = _as_tensor(inputs)
     w = _as_tensor(kernel)

@@ -187,6 +187,40 @@ def test_posterior_sampling(benchmark, bench_data, kind, on_device):
     assert samples["theta"].shape == (SAMPLE_TRACES, SAMPLE_DRAWS, len(PARAM_NAMES))
 
 
+@pytest.mark.parametrize("impl", ["keras", "lif_sbi"])
+@pytest.mark.parametrize("on_device", DEVICES, indirect=True)
+def test_conv_stack_step(benchmark, impl, on_device):
+    """The default network's four strided convolutions alone, one SGD step (forward, backward,
+    update; batch 64 x 501 x 1, mish, a linear read-out): Keras' Conv1D vs lif_sbi.networks.Conv1D
+    (backends.conv1d; under torch a channels-last 2-D convolution)."""
+    import torch
+
+    from lif_sbi.networks import Conv1D
+
+    cls = keras.layers.Conv1D if impl == "keras" else Conv1D
+    backends.set_seed(0)
+    model = keras.Sequential([keras.Input((501, 1))]
+                             + [cls(f, 5, strides=2, padding="same", activation="mish") for f in (32, 64, 64, 64)]
+                             + [keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    rng = np.random.default_rng(0)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(BATCH_SIZE, 501, 1)).astype("float32"))
+    y = keras.ops.convert_to_tensor(rng.normal(size=(BATCH_SIZE, 1)).astype("float32"))
+    step = backends.train_step_function(model)
+
+    def run():
+        # importing BayesFlow turns torch's autograd off process-wide (its approximators turn it
+        # back on in their own steps); a plain Keras model needs it on. No effect under TF / JAX.
+        with torch.enable_grad():
+            return float(keras.ops.convert_to_numpy(step((x, y))["loss"]))
+
+    for _ in range(3):  # warm-up / tracing
+        run()
+    loss = benchmark.pedantic(run, rounds=10, iterations=1)
+    benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), impl=impl)
+    assert np.isfinite(loss)
+
+
 # --------------------------------------------------------------------------------------------
 # recovery script
 
