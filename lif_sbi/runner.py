@@ -252,8 +252,8 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
 
     # Data
     t0 = time.perf_counter()
-    cache_dir = dataset.DEFAULT_CACHE_DIR if config.data.cache else None
     dc = config.data
+    cache_dir = dataset.DEFAULT_CACHE_DIR if dc.cache else None
     from_cache = cache_dir is not None and dataset.cache_file(dc.n_traces, dc.seed, dc.device, cache_dir).exists()
     data, cache_path = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not quiet)
     train, val = dataset.split(data, dc.validation_fraction, dc.seed)

@@ -300,7 +300,7 @@ for prepare in {prepares}:
     state = {{"optimizer_built": approx.optimizer.built,
               "zero_grads": all(v.value.grad is not None and not v.value.grad.any() for v in approx.trainable_variables),
               "static_shapes": not torch._dynamo.config.automatic_dynamic_shapes}}
-    step = backends.train_step_function(approx) if JIT else approx.train_step
+    step = backends.train_step_function(approx) if {compiled} else approx.train_step
     graphs = []
     losses = []
     for b in batches * 2:
@@ -319,13 +319,13 @@ def test_prepare_training_under_torch_changes_nothing_numerically():
     """prepare_training (torch, jit_compile=True) builds the optimizer, gives every trainable
     variable a zero gradient buffer and turns off dynamo's automatic dynamic shapes; eager steps from a prepared model give bitwise the same
     losses and weights as from an unprepared one (each step zeroes gradients before backward)."""
-    res = run_script("torch", _PREPARE_SCRIPT.format(jit=False, prepares=(False, True)))
+    res = run_script("torch", _PREPARE_SCRIPT.format(jit=False, compiled=False, prepares=(False, True)))
     plain, prepared = res["False"], res["True"]
     assert not plain["optimizer_built"] and not plain["zero_grads"]
     # jit_compile=False: nothing to prepare
     assert not prepared["optimizer_built"] and not prepared["zero_grads"]
-    res_jit_state = run_script("torch", _PREPARE_SCRIPT.replace("step = backends.train_step_function(approx) if JIT else approx.train_step",
-                                                                "step = approx.train_step").format(jit=True, prepares=(False, True)))
+    # a model compiled with jit_compile=True, stepped eagerly: prepared vs not
+    res_jit_state = run_script("torch", _PREPARE_SCRIPT.format(jit=True, compiled=False, prepares=(False, True)))
     assert res_jit_state["True"]["optimizer_built"] and res_jit_state["True"]["zero_grads"]
     # a partial last batch compiles a second static graph, not a dynamic one with graph breaks
     assert res_jit_state["True"]["static_shapes"] and not res_jit_state["False"]["static_shapes"]
@@ -340,6 +340,6 @@ def test_compiled_torch_step_is_traced_once():
     step on its first call and never again: without it, the first step created the optimizer's
     variables inside the trace and ran with no gradients, and the second step compiled it all
     again (about 40 s more on a 2-core CPU)."""
-    res = run_script("torch", _PREPARE_SCRIPT.format(jit=True, prepares=(True,)), timeout=900)
+    res = run_script("torch", _PREPARE_SCRIPT.format(jit=True, compiled=True, prepares=(True,)), timeout=900)
     prepared = res["True"]
     assert prepared["graphs"][0] > 0 and prepared["graphs"][1:] == [prepared["graphs"][0]] * 3, prepared["graphs"]
