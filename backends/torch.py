@@ -69,18 +69,82 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
     else:
         h0 = _as_tensor(initial_state).to(dtype=x.dtype).unsqueeze(0)
     params = _torch_params(kernel, recurrent_kernel, bias)
-    outputs, h_n = torch._VF.gru(
-        x.contiguous(),
-        h0.contiguous(),
-        params,
+    if torch.compiler.is_compiling():
+        outputs, h_n = _compiled_gru(x.contiguous(), h0.contiguous(), *params)
+    else:
+        outputs, h_n = _native_gru(x.contiguous(), h0.contiguous(), params, torch.is_grad_enabled())
+    return outputs if return_sequences else h_n[0]
+
+
+def _native_gru(x, h0, params, train: bool):
+    """One-layer unidirectional batch-first GRU: (batch, time, u) outputs and (1, batch, u) last state."""
+    return torch._VF.gru(
+        x,
+        h0,
+        list(params),
         True,  # has_biases
         1,  # num_layers
         0.0,  # dropout (Keras-style input dropout is applied by the caller)
-        torch.is_grad_enabled(),  # train
+        train,
         False,  # bidirectional
         True,  # batch_first
     )
-    return outputs if return_sequences else h_n[0]
+
+
+# Under torch.compile (training.jit_compile = true) the GRU is an opaque custom op. Traced as
+# itself, aten::gru is decomposed into one cell per time step: a 501-step unrolled graph that did
+# not finish compiling in 10 minutes on the CPU, and that replaces cuDNN's fused kernel on CUDA.
+# As an op, inductor calls the native kernel (cuDNN on CUDA) and compiles the rest of the step
+# around it, in one graph. No library op does this, hence by hand: the backward op recomputes the
+# forward pass and differentiates it with torch.func.vjp (autograd's own GRU derivative; plain
+# autograd is switched off inside an op's kernel), so gradients equal the eager path's.
+@torch.library.custom_op("lif_sbi::gru", mutates_args=())
+def _compiled_gru(
+    x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    outputs, h_n = _native_gru(x, h0, (w_ih, w_hh, b_ih, b_hh), True)
+    return outputs.contiguous(), h_n.contiguous()  # batch_first outputs are a transposed view
+
+
+@_compiled_gru.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh):
+    batch, time, units = x.shape[0], x.shape[1], w_hh.shape[1]
+    return x.new_empty(batch, time, units), x.new_empty(1, batch, units)
+
+
+@torch.library.custom_op("lif_sbi::gru_backward", mutates_args=())
+def _compiled_gru_backward(
+    grad_outputs: torch.Tensor,
+    grad_h_n: torch.Tensor,
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: torch.Tensor,
+    b_hh: torch.Tensor,
+) -> list[torch.Tensor]:
+    def forward(x, h0, *params):
+        return tuple(_native_gru(x, h0, params, True))
+
+    _, vjp = torch.func.vjp(forward, x, h0, w_ih, w_hh, b_ih, b_hh)
+    return [g.contiguous() for g in vjp((grad_outputs.contiguous(), grad_h_n.contiguous()))]
+
+
+@_compiled_gru_backward.register_fake
+def _(grad_outputs, grad_h_n, *inputs):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs]
+
+
+def _save_gru_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _gru_backward(ctx, grad_outputs, grad_h_n):
+    x, h0, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+    return tuple(_compiled_gru_backward(grad_outputs, grad_h_n, x, h0, w_ih, w_hh, b_ih, b_hh))
+
+
+_compiled_gru.register_autograd(_gru_backward, setup_context=_save_gru_inputs)
 
 
 def conv1d(inputs, kernel, *, strides: int, padding: str):

@@ -69,23 +69,20 @@ cat "$WORK/environment.txt"
 # --- 1. CUDA tests: the simulator on CUDA vs the float64 reference and the CPU; parity level 3 ---
 step gpu_tests 100 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_simulator.py tests/test_parity.py tests/test_dataset.py
-# the native-kernel GRU vs keras.layers.GRU and the backend interface, on the GPU under torch and JAX
-step backend_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
+# the native-kernel GRU (eager and as torch.compile's opaque op) vs keras.layers.GRU, and the
+# backend interface, on the GPU under torch and JAX
+step backend_tests 80 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
 
-# --- 2. training-step and sampling benchmarks on the GPU, torch then JAX ----------------------------
-STEP_K="cuda and (reference-mlp or conv_pool-mlp or reference-fused or conv_pool-fused) and not fused-jit"
-SAMPLE_K="cuda and (reference or conv_pool) and not gru"
+# --- 2. training-step benchmarks on the GPU, torch (eager and torch.compile) then JAX ---------------
 # LIF_SBI_BENCH_JIT=1 adds the steps compiled with jit_compile=True (torch.compile of the whole step)
-step bench_torch 240 env KERAS_BACKEND=torch LIF_SBI_BENCH_JIT=1 python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-  -k "test_training_step and $STEP_K or test_posterior_sampling and $SAMPLE_K" --benchmark-json="$WORK/bench_training_torch.json"
-step bench_jax_steps 90 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-  -k "test_training_step and cuda and (reference-mlp or conv_pool-mlp)" --benchmark-json="$WORK/bench_training_jax.json"
+STEP_K="cuda and (reference-mlp or conv_pool-mlp) and not fused"
+SAMPLE_K="cuda and (reference or conv_pool) and not gru"
+step bench_torch 200 env KERAS_BACKEND=torch LIF_SBI_BENCH_JIT=1 python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+  -k "test_training_step and $STEP_K" --benchmark-json="$WORK/bench_training_torch.json"
+step bench_jax_steps 70 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+  -k "test_training_step and $STEP_K" --benchmark-json="$WORK/bench_training_jax.json"
 
-# --- 3. simulator throughput on the GPU ------------------------------------------------------------
-step bench_simulator 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_simulator.py \
-  -k test_cuda --benchmark-json="$WORK/bench_simulator_cuda.json"
-
-# --- 4. the reference configuration end to end, under the backend with the faster reference step ---
+# --- 3. the reference configuration end to end, under the backend with the faster reference step ---
 read -r REF_BACKEND REF_JIT < <(python3 - "$WORK" <<'EOF'
 import json, pathlib, sys
 best = ("torch", "auto", float("inf"))
@@ -103,6 +100,12 @@ EOF
 echo "== reference run under $REF_BACKEND, training.jit_compile=$REF_JIT" | tee -a "$WORK/summary.txt"
 step "train_${REF_CONFIG}_${REF_BACKEND}" 600 env KERAS_BACKEND="$REF_BACKEND" python3 -m lif_sbi.train \
   --config "$REF_CONFIG" --set "training.jit_compile=$REF_JIT" --results-dir "$WORK/results"
+
+# --- 4. sampling and simulator throughput, if time is left ------------------------------------------
+step bench_torch_sampling 40 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+  -k "test_posterior_sampling and $SAMPLE_K" --benchmark-json="$WORK/bench_sampling_torch.json"
+step bench_simulator 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_simulator.py \
+  -k test_cuda --benchmark-json="$WORK/bench_simulator_cuda.json"
 
 # --- 5. JAX sampling, if time is left ---------------------------------------------------------------
 step bench_jax_sampling 60 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \

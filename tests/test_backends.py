@@ -135,6 +135,60 @@ print(json.dumps(out))
         assert min(case["grad_scale"]) > 1e-3, case  # gradients are not trivially zero
 
 
+@pytest.mark.torch
+def test_fast_gru_under_torch_compile_is_one_graph_with_the_eager_gradients():
+    """Under torch.compile the torch GRU is an opaque op (lif_sbi::gru) instead of aten::gru's
+    unrolled 37-cell decomposition: FastGRU traces into one graph, and the compiled forward and
+    backward give the eager path's outputs and gradients (the backward op recomputes the native
+    forward and differentiates it), on Keras' default device (cuDNN on a GPU).
+    torch.library.opcheck checks the op's fake (shape) kernel and autograd registration."""
+    code = """
+import json, keras, numpy as np, torch
+from lif_sbi import backends
+from lif_sbi.networks import FastGRU
+backends.set_seed(0)
+rng = np.random.default_rng(0)
+x = keras.ops.convert_to_tensor(rng.normal(size=(5, 37, 3)).astype("float32"))
+out = {"device": backends.device_name(), "cases": []}
+for return_sequences in (True, False):
+    fast = FastGRU(8, return_sequences=return_sequences)
+    fast.build((None, 37, 3))
+    fast.bias.assign(rng.normal(scale=0.5, size=(2, 24)).astype("float32"))
+    w = keras.ops.convert_to_tensor(rng.normal(size=(5, 37, 8) if return_sequences else (5, 8)).astype("float32"))
+
+    def loss(x):
+        with torch.enable_grad():
+            return (fast(x, training=True) * w).sum()
+
+    def value_and_grads(f):
+        xt = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            value = f(xt)
+            gs = torch.autograd.grad(value, [xt] + [v.value for v in fast.trainable_weights])
+        return [value.detach().cpu().numpy()] + [g.detach().cpu().numpy() for g in gs]
+
+    eager = value_and_grads(loss)
+    compiled = value_and_grads(torch.compile(loss, fullgraph=True))
+    explained = torch._dynamo.explain(loss)(x)
+    out["cases"].append({"graphs": explained.graph_count, "ops": sorted({str(n.target) for g in explained.graphs
+                                                                         for n in g.graph.nodes if "lif_sbi" in str(n.target)}),
+                         "err": [float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)) for a, b in zip(eager, compiled)],
+                         "scale": [float(np.abs(a).max()) for a in eager]})
+    torch._dynamo.reset()
+op = backends.module._compiled_gru
+args = [x, torch.zeros(1, 5, 8, device=x.device)] + [torch.randn(*s, device=x.device) for s in ((24, 3), (24, 8), (24,), (24,))]
+torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+print(json.dumps(out))
+"""
+    res = run_script("torch", code)
+    assert len(res["cases"]) == 2
+    for case in res["cases"]:
+        assert case["graphs"] == 1 and case["ops"] == ["lif_sbi.gru.default"], case
+        assert len(case["err"]) == 5  # loss, inputs, kernel, recurrent_kernel, bias
+        assert case["err"][0] < 1e-5 and max(case["err"][1:]) < 1e-4, case
+        assert min(case["scale"]) > 1e-3, case
+
+
 CONV_CASES = [  # (time, in, out, kernel, stride, padding): odd and even lengths, Keras' asymmetric "same"
     (501, 1, 32, 5, 2, "same"), (126, 64, 64, 5, 2, "same"), (37, 3, 8, 4, 4, "same"),
     (40, 3, 8, 3, 1, "same"), (37, 3, 8, 5, 2, "valid"), (501, 1, 32, 3, 1, "same"),
@@ -241,7 +295,8 @@ def test_only_backends_branch_on_backend_name():
 def test_jit_compiled_step_matches_eager(backend):
     """training.jit_compile=true trains the same as the eager step: from the same weights, three
     steps on the same batches give the same losses and weight updates (torch: torch.compile of the
-    step, about a minute of compilation on a 2-core CPU; TensorFlow: XLA; JAX: jax.jit vs eager JAX).
+    step, about a minute of compilation per network on a 2-core CPU; TensorFlow: XLA; JAX: jax.jit
+    vs eager JAX), for a convolutional network and one with GRUs (under torch, the opaque GRU op).
 
     Plain SGD, so that an update is the gradient times the rate: Adam divides by sqrt(v) + eps,
     which turns float32 summation-order differences in near-zero gradients into update
@@ -254,9 +309,9 @@ from lif_sbi.dataset import simulate_dataset
 from lif_sbi.estimator import build_approximator
 data = simulate_dataset(96, 5, progress=False)
 out = {}
-for jit in (False, True):
+for kind, jit in [(k, j) for k in ("conv_pool", "conv_gru") for j in (False, True)]:
     backends.set_seed(11)
-    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    approx = build_approximator(ModelConfig(summary_network=kind, summary_dim=4, flow_depth=1, flow_dropout=0.0))
     approx.compile(optimizer=keras.optimizers.SGD(1e-2), jit_compile=jit)
     batches = [{k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[i:i + 32] for k2, v2 in data.items()}).items()}
                for i in (0, 32, 64)]
@@ -264,19 +319,20 @@ for jit in (False, True):
     before = [keras.ops.convert_to_numpy(v).ravel().copy() for v in approx.trainable_variables]
     step = backends.train_step_function(approx)
     losses = [float(keras.ops.convert_to_numpy(step(b)["loss"])) for b in batches]
-    out[str(jit)] = {"resolved": bool(approx.jit_compile), "losses": losses,
-                     "updates": [(keras.ops.convert_to_numpy(v).ravel() - w).tolist() for v, w in zip(approx.trainable_variables, before)]}
+    out[f"{kind} {jit}"] = {"resolved": bool(approx.jit_compile), "losses": losses,
+                            "updates": [(keras.ops.convert_to_numpy(v).ravel() - w).tolist() for v, w in zip(approx.trainable_variables, before)]}
 print(json.dumps(out))
 """
-    res = run_script(backend, code, timeout=900)
-    eager, jit = res["False"], res["True"]
-    assert not eager["resolved"] and jit["resolved"]
-    np.testing.assert_allclose(jit["losses"], eager["losses"], rtol=1e-4, atol=1e-5)
-    assert len(jit["updates"]) == len(eager["updates"])
-    for a, b in zip(jit["updates"], eager["updates"]):
-        b = np.asarray(b)
-        assert np.abs(b).max() > 0  # every variable moved
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max())
+    res = run_script(backend, code, timeout=1500)
+    for kind in ("conv_pool", "conv_gru"):
+        eager, jit = res[f"{kind} False"], res[f"{kind} True"]
+        assert not eager["resolved"] and jit["resolved"]
+        np.testing.assert_allclose(jit["losses"], eager["losses"], rtol=1e-4, atol=1e-5, err_msg=kind)
+        assert len(jit["updates"]) == len(eager["updates"])
+        for a, b in zip(jit["updates"], eager["updates"]):
+            b = np.asarray(b)
+            assert np.abs(b).max() > 0, kind  # every variable moved
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max(), err_msg=kind)
 
 
 _PREPARE_SCRIPT = """
