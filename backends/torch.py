@@ -11,6 +11,7 @@ denormal floats (see below).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 
@@ -96,8 +97,8 @@ def _native_gru(x, h0, params, train: bool):
 # not finish compiling in 10 minutes on the CPU, and that replaces cuDNN's fused kernel on CUDA.
 # As an op, inductor calls the native kernel (cuDNN on CUDA) and compiles the rest of the step
 # around it, in one graph. No library op does this, hence by hand: the backward op recomputes the
-# forward pass and differentiates it with torch.func.vjp (autograd's own GRU derivative; plain
-# autograd is switched off inside an op's kernel), so gradients equal the eager path's.
+# forward pass and differentiates it with autograd (the eager path's own GRU derivative, cuDNN's
+# backward on CUDA), so gradients equal the eager path's.
 @torch.library.custom_op("lif_sbi::gru", mutates_args=())
 def _compiled_gru(
     x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
@@ -123,11 +124,34 @@ def _compiled_gru_backward(
     b_ih: torch.Tensor,
     b_hh: torch.Tensor,
 ) -> list[torch.Tensor]:
-    def forward(x, h0, *params):
-        return tuple(_native_gru(x, h0, params, True))
+    with _autograd_inside_op():
+        inputs = [t.detach().requires_grad_() for t in (x, h0, w_ih, w_hh, b_ih, b_hh)]
+        outputs, h_n = _native_gru(inputs[0], inputs[1], inputs[2:], True)
+        grads = torch.autograd.grad((outputs, h_n), inputs, (grad_outputs, grad_h_n), allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads, inputs)]
 
-    _, vjp = torch.func.vjp(forward, x, h0, w_ih, w_hh, b_ih, b_hh)
-    return [g.contiguous() for g in vjp((grad_outputs.contiguous(), grad_h_n.contiguous()))]
+
+# The dispatcher runs an op's kernel with the autograd keys excluded (it is "below autograd"), so
+# torch.enable_grad() alone records nothing there. torch.func.vjp would, but on CUDA it hands
+# cuDNN's RNN wrapper tensors without storage. This re-admits the autograd keys for the duration.
+_AUTOGRAD_KEYS = (
+    torch._C.DispatchKey.AutogradFunctionality,
+    torch._C.DispatchKey.AutogradOther,
+    torch._C.DispatchKey.AutogradNestedTensor,
+)
+
+
+@contextlib.contextmanager
+def _autograd_inside_op():
+    excluded = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in _AUTOGRAD_KEYS]
+    try:
+        for key in _AUTOGRAD_KEYS:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for key, was in zip(_AUTOGRAD_KEYS, excluded):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, was)
 
 
 @_compiled_gru_backward.register_fake

@@ -306,6 +306,8 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 float(keras.ops.convert_to_numpy(step(batch)["loss"]))
                 times.append(time.perf_counter() - t0)
+                if len(times) == 1:
+                    print(f"  {kind}: first step (tracing/compilation) {times[0]:.1f} s", flush=True)
             print(json.dumps({"backend": backends.name, "kind": kind, "subnet": args.subnet, "jit_compile": bool(approximator.jit_compile),
                               "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
             if args.profile:
