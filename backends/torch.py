@@ -128,7 +128,25 @@ def _compiled_gru_backward(
         inputs = [t.detach().requires_grad_() for t in (x, h0, w_ih, w_hh, b_ih, b_hh)]
         outputs, h_n = _native_gru(inputs[0], inputs[1], inputs[2:], True)
         grads = torch.autograd.grad((outputs, h_n), inputs, (grad_outputs, grad_h_n), allow_unused=True)
-    return [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads, inputs)]
+    grads = [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads, inputs)]
+    return _unaliased(grads, (grad_outputs, grad_h_n, x, h0, w_ih, w_hh, b_ih, b_hh))
+
+
+def _unaliased(results, inputs):
+    """`results`, each cloned where it shares memory with an input or an earlier result.
+
+    A custom op's outputs may alias neither its inputs nor each other. cuDNN's RNN backward
+    returns the weight gradients as views of one flat buffer (the first H100 run failed on this)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs}
+    out = []
+    for r in results:
+        ptr = r.untyped_storage().data_ptr()
+        if ptr in seen:
+            r = r.clone()
+            ptr = r.untyped_storage().data_ptr()
+        seen.add(ptr)
+        out.append(r)
+    return out
 
 
 # The dispatcher runs an op's kernel with the autograd keys excluded (it is "below autograd"), so

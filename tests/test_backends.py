@@ -203,6 +203,28 @@ print(json.dumps(out))
         assert min(case["scale"]) > 1e-3, case
 
 
+@pytest.mark.torch
+def test_torch_gru_backward_op_never_returns_aliased_tensors():
+    """A custom op's outputs may alias neither its inputs nor each other (torch checks this when
+    the op runs). cuDNN returns the GRU's weight gradients as views of one flat buffer; the op
+    clones those. Here views of one buffer and an input stand in for them."""
+    code = """
+import json, torch
+from lif_sbi import backends
+flat = torch.arange(12.0)
+x = torch.ones(3)
+a, b, c = flat[:4], flat[4:8], flat[8:]
+out = backends.module._unaliased([a, b, x, c, torch.zeros(2)], [x])
+ptrs = [t.untyped_storage().data_ptr() for t in out]
+print(json.dumps({"distinct": len(set(ptrs)) == len(ptrs), "x_kept_out": x.untyped_storage().data_ptr() not in ptrs,
+                  "values": [t.tolist() for t in out], "first_kept": out[0].data_ptr() == a.data_ptr()}))
+"""
+    res = run_script("torch", code)
+    assert res["distinct"] and res["x_kept_out"], res
+    assert res["first_kept"], res  # the first view of the buffer needs no copy
+    assert res["values"] == [[0, 1, 2, 3], [4, 5, 6, 7], [1, 1, 1], [8, 9, 10, 11], [0, 0]]
+
+
 CONV_CASES = [  # (time, in, out, kernel, stride, padding): odd and even lengths, Keras' asymmetric "same"
     (501, 1, 32, 5, 2, "same"), (126, 64, 64, 5, 2, "same"), (37, 3, 8, 4, 4, "same"),
     (40, 3, 8, 3, 1, "same"), (37, 3, 8, 5, 2, "valid"), (501, 1, 32, 3, 1, "same"),
@@ -321,11 +343,17 @@ from lif_sbi import backends
 from lif_sbi.config import ModelConfig
 from lif_sbi.dataset import simulate_dataset
 from lif_sbi.estimator import build_approximator
+from lif_sbi.networks import FastGRU
 data = simulate_dataset(96, 5, progress=False)
 out = {}
 for kind, jit in [(k, j) for k in ("conv_pool", "conv_gru") for j in (False, True)]:
     backends.set_seed(11)
     approx = build_approximator(ModelConfig(summary_network=kind, summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    # no dropout: a compiled step draws its masks from another generator (inductor's) than an
+    # eager one, which changes every gradient by far more than rounding does
+    for layer in approx.summary_network._flatten_layers():
+        if isinstance(layer, FastGRU):
+            layer.dropout = 0.0
     approx.compile(optimizer=keras.optimizers.SGD(1e-2), jit_compile=jit)
     batches = [{k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[i:i + 32] for k2, v2 in data.items()}).items()}
                for i in (0, 32, 64)]
@@ -334,8 +362,7 @@ for kind, jit in [(k, j) for k in ("conv_pool", "conv_gru") for j in (False, Tru
     step = backends.train_step_function(approx)
     losses = [float(keras.ops.convert_to_numpy(step(b)["loss"])) for b in batches]
     out[f"{kind} {jit}"] = {"resolved": bool(approx.jit_compile), "losses": losses,
-                            "updates": [(keras.ops.convert_to_numpy(v).ravel() - w).tolist() for v, w in zip(approx.trainable_variables, before)],
-                            "weight_scale": [float(np.abs(w).max()) for w in before]}
+                            "updates": [(keras.ops.convert_to_numpy(v).ravel() - w).tolist() for v, w in zip(approx.trainable_variables, before)]}
 print(json.dumps(out))
 """
     res = run_script(backend, code, timeout=1500)
@@ -344,13 +371,10 @@ print(json.dumps(out))
         assert not eager["resolved"] and jit["resolved"]
         np.testing.assert_allclose(jit["losses"], eager["losses"], rtol=1e-4, atol=1e-5, err_msg=kind)
         assert len(jit["updates"]) == len(eager["updates"])
-        for a, b, scale in zip(jit["updates"], eager["updates"], eager["weight_scale"]):
+        for a, b in zip(jit["updates"], eager["updates"]):
             b = np.asarray(b)
             assert np.abs(b).max() > 0, kind  # every variable moved
-            # an update is a difference of float32 weights: it cannot resolve less than their spacing
-            # (updates of ~3e-6 on weights of ~0.1 differ by one spacing, 7e-9, from rounding alone)
-            resolution = 2 * float(np.spacing(np.float32(scale)))
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=max(1e-3 * np.abs(b).max(), resolution), err_msg=kind)
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max(), err_msg=kind)
 
 
 _PREPARE_SCRIPT = """
