@@ -33,7 +33,7 @@ from lif_sbi.runner import CALIBRATION_DRAWS, CALIBRATION_TRACES  # noqa: E402
 def evaluate(run: str, n_test: int, n_draws: int = 1000) -> dict:
     cfg = load_config(f"{run}/config.toml")
     approximator = estimator.load_approximator(f"{run}/model.keras")
-    data, _ = dataset.load_or_simulate(cfg.data.n_traces, cfg.data.seed, progress=False)
+    data, _, _ = dataset.load_or_simulate(cfg.data.n_traces, cfg.data.seed, progress=False)
     _, val = dataset.split(data, cfg.data.validation_fraction, cfg.data.seed)
     n_fit = min(CALIBRATION_TRACES, len(val["parameters"]))
     raw = estimator.sample_posterior(approximator, val["observables"][:n_fit], CALIBRATION_DRAWS, seed=cfg.training.seed, within_prior=False)

@@ -80,16 +80,19 @@ def cache_file(n: int, seed: int, device: str = "cpu", cache_dir: Path | str = D
 
 def load_or_simulate(
     n: int, seed: int, *, device: str = "cpu", cache_dir: Path | str | None = DEFAULT_CACHE_DIR, progress: bool = True
-) -> tuple[dict[str, np.ndarray], Path | None]:
-    """The dataset for (n, seed), from the cache when present; returns (arrays, cache path or None)."""
+) -> tuple[dict[str, np.ndarray], Path | None, bool]:
+    """The dataset for (n, seed), from the cache when present.
+
+    Returns (arrays, cache path or None, loaded): ``loaded`` is True only when the arrays came
+    from a readable cache file (a damaged one is simulated again and rewritten)."""
     n, seed = _check_n_seed(n, seed)
     if cache_dir is None:
-        return simulate_dataset(n, seed, device=device, progress=progress), None
+        return simulate_dataset(n, seed, device=device, progress=progress), None, False
     path = cache_file(n, seed, device, cache_dir)
     if path.exists():
         try:
             with np.load(path) as f:
-                return {k: f[k] for k in KEYS}, path
+                return {k: f[k] for k in KEYS}, path, True
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is simply regenerated
     data = simulate_dataset(n, seed, device=device, progress=progress)
@@ -97,7 +100,7 @@ def load_or_simulate(
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as tmp:
         np.savez(tmp, **data)
     os.replace(tmp.name, path)
-    return data, path
+    return data, path, False
 
 
 def split(data: dict[str, np.ndarray], validation_fraction: float, seed: int) -> tuple[dict, dict]:

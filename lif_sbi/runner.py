@@ -254,8 +254,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     t0 = time.perf_counter()
     dc = config.data
     cache_dir = dataset.DEFAULT_CACHE_DIR if dc.cache else None
-    from_cache = cache_dir is not None and dataset.cache_file(dc.n_traces, dc.seed, dc.device, cache_dir).exists()
-    data, cache_path = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not quiet)
+    data, cache_path, from_cache = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not quiet)
     train, val = dataset.split(data, dc.validation_fraction, dc.seed)
     timings.setdefault("simulation_s", round(time.perf_counter() - t0, 3))
     timings.setdefault("data_from_cache", from_cache)

@@ -49,7 +49,8 @@ def test_chunk_is_simulate_batch():
 
 
 def test_cache_second_call_loads(tmp_path, monkeypatch, small_chunks):
-    data, path = load_or_simulate(150, 7, cache_dir=tmp_path, progress=False)
+    data, path, loaded = load_or_simulate(150, 7, cache_dir=tmp_path, progress=False)
+    assert not loaded
     assert path is not None and path.exists() and path.parent == tmp_path
     assert path.name.startswith("lif_150_7_") and dataset_key(150, 7) in path.name
 
@@ -57,16 +58,16 @@ def test_cache_second_call_loads(tmp_path, monkeypatch, small_chunks):
         raise AssertionError("simulated although the cache holds the dataset")
 
     monkeypatch.setattr(dataset, "simulate_dataset", must_not_simulate)
-    again, path2 = load_or_simulate(150, 7, cache_dir=tmp_path, progress=False)
-    assert path2 == path
+    again, path2, loaded = load_or_simulate(150, 7, cache_dir=tmp_path, progress=False)
+    assert path2 == path and loaded
     assert_same(data, again)
 
 
 def test_damaged_cache_is_regenerated(tmp_path, small_chunks):
-    data, path = load_or_simulate(120, 3, cache_dir=tmp_path, progress=False)
+    data, path, _ = load_or_simulate(120, 3, cache_dir=tmp_path, progress=False)
     path.write_bytes(b"not an npz file")
-    again, path2 = load_or_simulate(120, 3, cache_dir=tmp_path, progress=False)
-    assert path2 == path
+    again, path2, loaded = load_or_simulate(120, 3, cache_dir=tmp_path, progress=False)
+    assert path2 == path and not loaded  # simulated again, so not reported as loaded
     assert_same(data, again)
     with np.load(path) as f:  # rewritten whole
         assert set(f.files) == set(KEYS)
@@ -74,8 +75,8 @@ def test_damaged_cache_is_regenerated(tmp_path, small_chunks):
 
 
 def test_no_cache_dir():
-    data, path = load_or_simulate(30, 3, cache_dir=None, progress=False)
-    assert path is None
+    data, path, loaded = load_or_simulate(30, 3, cache_dir=None, progress=False)
+    assert path is None and not loaded
     assert_same(data, simulate_dataset(30, 3, progress=False))
 
 
