@@ -160,12 +160,16 @@ def test_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_devi
         metrics = step(batches[next(counter) % len(batches)])
         return float(keras.ops.convert_to_numpy(metrics["loss"]))
 
+    first_call_s = None
     for _ in range(2 if kind != "stock" or backends.name != "torch" else 0):  # warm-up / tracing
+        t0 = time.perf_counter()
         run()
+        first_call_s = time.perf_counter() - t0 if first_call_s is None else first_call_s
     rounds = 1 if kind == "stock" and backends.name == "torch" else 5
     loss = benchmark.pedantic(run, rounds=rounds, iterations=1)
+    # first_call_s: the first step, tracing and compilation included (gpu_session.sh weighs it)
     benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, subnet=subnet,
-                                jit_compile=bool(approximator.jit_compile), batch=BATCH_SIZE)
+                                jit_compile=bool(approximator.jit_compile), batch=BATCH_SIZE, first_call_s=first_call_s)
     assert np.isfinite(loss)
 
 
