@@ -93,6 +93,47 @@ def _native_gru(x, h0, params, train: bool):
     )
 
 
+def _unaliased(results, inputs):
+    """`results`, each cloned where it shares memory with an input or an earlier result.
+
+    A custom op's outputs may alias neither its inputs nor each other. cuDNN's RNN backward
+    returns the weight gradients as views of one flat buffer (an H100 run failed on this)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs}
+    out = []
+    for r in results:
+        ptr = r.untyped_storage().data_ptr()
+        if ptr in seen:
+            r = r.clone()
+            ptr = r.untyped_storage().data_ptr()
+        seen.add(ptr)
+        out.append(r)
+    return out
+
+
+# The dispatcher runs an op's kernel with the autograd keys excluded (it is "below autograd"), so
+# torch.enable_grad() alone records nothing there. This re-admits the autograd keys for the
+# duration. (torch.func.vjp also differentiates inside a kernel on the CPU, but it failed on CUDA
+# in the first H100 run; the reason was cut off with the log.)
+_AUTOGRAD_KEYS = (
+    torch._C.DispatchKey.AutogradFunctionality,
+    torch._C.DispatchKey.AutogradOther,
+    torch._C.DispatchKey.AutogradNestedTensor,
+)
+
+
+@contextlib.contextmanager
+def _autograd_inside_op():
+    excluded = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in _AUTOGRAD_KEYS]
+    try:
+        for key in _AUTOGRAD_KEYS:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for key, was in zip(_AUTOGRAD_KEYS, excluded):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, was)
+
+
 # Under torch.compile (training.jit_compile = true) the GRU is an opaque custom op. Traced as
 # itself, aten::gru is decomposed into one cell per time step: a 501-step unrolled graph that did
 # not finish compiling in 10 minutes on the CPU, and that replaces cuDNN's fused kernel on CUDA.
@@ -131,46 +172,6 @@ def _compiled_gru_backward(
         grads = torch.autograd.grad((outputs, h_n), inputs, (grad_outputs, grad_h_n), allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads, inputs)]
     return _unaliased(grads, (grad_outputs, grad_h_n, x, h0, w_ih, w_hh, b_ih, b_hh))
-
-
-def _unaliased(results, inputs):
-    """`results`, each cloned where it shares memory with an input or an earlier result.
-
-    A custom op's outputs may alias neither its inputs nor each other. cuDNN's RNN backward
-    returns the weight gradients as views of one flat buffer (the first H100 run failed on this)."""
-    seen = {t.untyped_storage().data_ptr() for t in inputs}
-    out = []
-    for r in results:
-        ptr = r.untyped_storage().data_ptr()
-        if ptr in seen:
-            r = r.clone()
-            ptr = r.untyped_storage().data_ptr()
-        seen.add(ptr)
-        out.append(r)
-    return out
-
-
-# The dispatcher runs an op's kernel with the autograd keys excluded (it is "below autograd"), so
-# torch.enable_grad() alone records nothing there. torch.func.vjp would, but on CUDA it hands
-# cuDNN's RNN wrapper tensors without storage. This re-admits the autograd keys for the duration.
-_AUTOGRAD_KEYS = (
-    torch._C.DispatchKey.AutogradFunctionality,
-    torch._C.DispatchKey.AutogradOther,
-    torch._C.DispatchKey.AutogradNestedTensor,
-)
-
-
-@contextlib.contextmanager
-def _autograd_inside_op():
-    excluded = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in _AUTOGRAD_KEYS]
-    try:
-        for key in _AUTOGRAD_KEYS:
-            torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
-        with torch.enable_grad():
-            yield
-    finally:
-        for key, was in zip(_AUTOGRAD_KEYS, excluded):
-            torch._C._dispatch_tls_set_dispatch_key_excluded(key, was)
 
 
 @_compiled_gru_backward.register_fake
