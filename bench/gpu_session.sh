@@ -10,6 +10,10 @@
 # step cannot take the rest down with it. Everything lands in $WORK and is packed after each step
 # into $OUT/gpu_session.tar.gz (logs, pytest-benchmark JSON, the reference run's folder without
 # its model file). The summary table is printed last. Figures from it go to bench/RESULTS.md, "GPU".
+#
+# A whole `reference` run needs about 500 s on its own (JAX on an H100, estimated), more than the
+# budget leaves after the tests and benchmarks. REF_ONLY="<backend> <jit_compile>" (for example
+# REF_ONLY="jax auto" or REF_ONLY="torch true") skips them and spends the budget on that run.
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 WORK=${WORK:-/tmp/gpu_session}
@@ -66,6 +70,7 @@ EOF
 } >"$WORK/environment.txt" 2>&1
 cat "$WORK/environment.txt"
 
+if [ -z "${REF_ONLY:-}" ]; then
 # --- 1. CUDA tests: the simulator on CUDA vs the float64 reference and the CPU; parity level 3 ---
 step gpu_tests 100 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_simulator.py tests/test_parity.py tests/test_dataset.py
@@ -91,6 +96,10 @@ step bench_jax_steps 70 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cachepr
 # compiled step traces once per batch shape: training, validation, the partial last validation
 # batch). On the H100 torch.compile of the reference step took over 100 s, so its step time alone
 # does not decide.
+fi
+if [ -n "${REF_ONLY:-}" ]; then
+  read -r REF_BACKEND REF_JIT <<<"$REF_ONLY"
+else
 read -r REF_BACKEND REF_JIT < <(python3 - "$WORK" <<'EOF'
 import json, pathlib, sys
 best = ("torch", "auto", float("inf"))
@@ -110,10 +119,12 @@ for b, f in (("torch", "torch"), ("torch", "torch_jit"), ("jax", "jax")):
 print(best[0], best[1])
 EOF
 )
+fi
 echo "== reference run under $REF_BACKEND, training.jit_compile=$REF_JIT" | tee -a "$WORK/summary.txt"
 step "train_${REF_CONFIG}_${REF_BACKEND}" 600 env KERAS_BACKEND="$REF_BACKEND" python3 -m lif_sbi.train \
   --config "$REF_CONFIG" --set "training.jit_compile=$REF_JIT" --results-dir "$WORK/results"
 
+if [ -z "${REF_ONLY:-}" ]; then
 # --- 4. sampling and simulator throughput, if time is left ------------------------------------------
 step bench_torch_sampling 40 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
   -k "test_posterior_sampling and $SAMPLE_K" --benchmark-json="$WORK/bench_sampling_torch.json"
@@ -123,6 +134,7 @@ step bench_simulator 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cache
 # --- 5. JAX sampling, if time is left ---------------------------------------------------------------
 step bench_jax_sampling 60 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
   -k "test_posterior_sampling and $SAMPLE_K" --benchmark-json="$WORK/bench_sampling_jax.json"
+fi
 
 pack
 echo "== summary"
