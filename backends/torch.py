@@ -96,8 +96,9 @@ def _native_gru(x, h0, params, train: bool):
 def _unaliased(results, inputs):
     """`results`, each cloned where it shares memory with an input or an earlier result.
 
-    A custom op's outputs may alias neither its inputs nor each other. cuDNN's RNN backward
-    returns the weight gradients as views of one flat buffer (an H100 run failed on this)."""
+    A custom op's outputs may alias neither its inputs nor each other. An H100 run failed on
+    this, most likely because cuDNN's RNN backward returns the weight gradients as views of one
+    flat buffer."""
     seen = {t.untyped_storage().data_ptr() for t in inputs}
     out = []
     for r in results:

@@ -206,8 +206,8 @@ print(json.dumps(out))
 @pytest.mark.torch
 def test_torch_gru_backward_op_never_returns_aliased_tensors():
     """A custom op's outputs may alias neither its inputs nor each other (torch checks this when
-    the op runs). cuDNN returns the GRU's weight gradients as views of one flat buffer; the op
-    clones those. Here views of one buffer and an input stand in for them."""
+    the op runs; it failed on an H100, most likely on cuDNN's weight gradients, views of one flat
+    buffer). The op clones such outputs. Here views of one buffer and an input stand in for them."""
     code = """
 import json, torch
 from lif_sbi import backends
