@@ -133,10 +133,12 @@ def test_killed_run_resumes_without_losing_an_epoch(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.torch
-def test_ci_trains_with_a_compiled_step_under_torch(tmp_path):
+@pytest.mark.parametrize("summary", ["conv_pool", "conv_gru"])
+def test_ci_trains_with_a_compiled_step_under_torch(tmp_path, summary):
     """training.jit_compile = true: Keras' fit runs torch.compile'd train and validation steps
-    (about 2.5 min of compilation on a 2-core CPU); the run completes and records the choice."""
-    proc = _train("torch", tmp_path, *SMALL, "--set", "training.jit_compile=true")
+    (about 2 min of compilation per network on a 2-core CPU); the run completes and records the
+    choice. conv_gru's GRUs run as the opaque lif_sbi::gru op, with dropout, in both steps."""
+    proc = _train("torch", tmp_path, *SMALL, "--set", "training.jit_compile=true", "--set", f"model.summary_network={summary}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "compiled (jit_compile) training step" in proc.stdout
     assert "Dynamo detected" not in proc.stderr, proc.stderr[-2000:]
