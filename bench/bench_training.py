@@ -297,6 +297,8 @@ def main(argv=None):
     st.add_argument("--subnet", choices=["mlp", "fused"], default="mlp", help="coupling subnet (lif_sbi.estimator.subnet_arguments)")
     st.add_argument("--profile", action="store_true", help="torch backend: also print torch.profiler's op table over 10 more steps")
     st.add_argument("--jit", action="store_true", help="compile the model with jit_compile=True (torch: torch.compile of the step; its first call compiles)")
+    st.add_argument("--compile-times", action="store_true",
+                    help="torch backend with --jit: print torch._dynamo's compile-time table (run with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for a cold compilation)")
     args = parser.parse_args(argv)
     print(f"backend {backends.name} on {backends.device_name()}")
     if args.cmd == "steps":
@@ -316,6 +318,10 @@ def main(argv=None):
                               "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
             if args.profile:
                 profile_steps(step, batch, n=10)
+        if args.compile_times:
+            import torch  # torch only: dynamo's own record of where compilation went
+
+            print(torch._dynamo.utils.compile_times(repr="str", aggregate=True), flush=True)
         return
     for kind in args.kinds:
         res = recovery(kind, n_train=args.n_train, epochs=args.epochs, seed=args.seed)
