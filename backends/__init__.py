@@ -11,6 +11,9 @@ Interface (every backend module provides it):
   forward pass with the weight layout of ``keras.layers.GRU(reset_after=True)`` (kernel (in, 3u),
   recurrent_kernel (u, 3u), bias (2, 3u), gates in Keras order z, r, h) on the backend's fastest
   kernel; differentiable w.r.t. inputs and weights. Returns (batch, time, u) or (batch, u).
+- ``gru_many(calls, *, return_sequences)``: ``[gru(*call, return_sequences=...) for call in
+  calls]`` for independent GRUs, each call ``(inputs, kernel, recurrent_kernel, bias)``; the
+  backend may run them side by side (torch on the CPU: one thread per GRU).
 - ``conv1d(inputs, kernel, *, strides, padding)``: a 1-D convolution in Keras' layout (inputs
   (batch, time, in), kernel (k, in, out), padding "valid" or "same"), without bias, on the
   backend's fastest path (torch: a channels-last 2-D convolution). Returns (batch, time', out).
@@ -31,7 +34,7 @@ import importlib
 
 import keras
 
-__all__ = ["name", "gru", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "module"]
+__all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "module"]
 
 _MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
 
@@ -46,6 +49,7 @@ module = importlib.import_module(_MODULES[_backend], __name__)
 
 name: str = module.name
 gru = module.gru
+gru_many = module.gru_many
 conv1d = module.conv1d
 set_seed = module.set_seed
 device_name = module.device_name

@@ -19,3 +19,13 @@ def seed_keras(seed: int) -> None:
         global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
     except (ImportError, AttributeError):  # a Keras whose internals moved
         keras.utils.set_random_seed(int(seed))
+
+
+def gru_many_in_turn(gru):
+    """The backend interface's ``gru_many`` as one GRU after the other, for backends whose compiled
+    step (``tf.function``, XLA) already schedules independent GRUs side by side."""
+
+    def gru_many(calls, *, return_sequences: bool):
+        return [gru(*call, return_sequences=return_sequences) for call in calls]
+
+    return gru_many

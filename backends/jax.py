@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from ._common import seed_keras
+from ._common import gru_many_in_turn, seed_keras
 
 name = "jax"
 
@@ -50,6 +50,9 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
 
     last, states = jax.lax.scan(step, h0, x_proj)
     return jnp.transpose(states, (1, 0, 2)) if return_sequences else last
+
+
+gru_many = gru_many_in_turn(gru)
 
 
 def conv1d(inputs, kernel, *, strides: int, padding: str):

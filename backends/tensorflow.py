@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ._common import gru_many_in_turn
+
 name = "tensorflow"
 
 
@@ -75,6 +77,9 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
         states = tf.scan(step, x_proj, initializer=h0)  # (time, batch, u)
         return tf.transpose(states, (1, 0, 2))
     return tf.foldl(step, x_proj, initializer=h0)
+
+
+gru_many = gru_many_in_turn(gru)
 
 
 def conv1d(inputs, kernel, *, strides: int, padding: str):

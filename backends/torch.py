@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -55,12 +56,8 @@ def _torch_params(kernel, recurrent_kernel, bias):
     return [w_ih, w_hh, b_ih, b_hh]
 
 
-def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initial_state=None):
-    """GRU forward (Keras reset_after=True layout) on PyTorch's native kernel.
-
-    inputs: (batch, time, in); kernel: (in, 3u); recurrent_kernel: (u, 3u); bias: (2, 3u).
-    Returns (batch, time, u) if return_sequences else the last state (batch, u).
-    """
+def _gru_arguments(inputs, kernel, recurrent_kernel, bias, initial_state):
+    """Tensors for `_native_gru`: x (batch, time, in) contiguous, h0 (1, batch, u), PyTorch params."""
     kernel = _as_tensor(kernel)
     recurrent_kernel = _as_tensor(recurrent_kernel)
     bias = _as_tensor(bias)
@@ -70,12 +67,128 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
         h0 = torch.zeros(1, x.shape[0], units, dtype=x.dtype, device=x.device)
     else:
         h0 = _as_tensor(initial_state).to(dtype=x.dtype).unsqueeze(0)
-    params = _torch_params(kernel, recurrent_kernel, bias)
+    return x.contiguous(), h0.contiguous(), _torch_params(kernel, recurrent_kernel, bias)
+
+
+def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initial_state=None):
+    """GRU forward (Keras reset_after=True layout) on PyTorch's native kernel.
+
+    inputs: (batch, time, in); kernel: (in, 3u); recurrent_kernel: (u, 3u); bias: (2, 3u).
+    Returns (batch, time, u) if return_sequences else the last state (batch, u).
+    """
+    x, h0, params = _gru_arguments(inputs, kernel, recurrent_kernel, bias, initial_state)
     if torch.compiler.is_compiling():
-        outputs, h_n = _compiled_gru(x.contiguous(), h0.contiguous(), *params)
+        outputs, h_n = _compiled_gru(x, h0, *params)
     else:
-        outputs, h_n = _native_gru(x.contiguous(), h0.contiguous(), params, torch.is_grad_enabled())
+        outputs, h_n = _native_gru(x, h0, params, torch.is_grad_enabled())
     return outputs if return_sequences else h_n[0]
+
+
+def gru_many(calls, *, return_sequences: bool):
+    """``[gru(*call, return_sequences=...) for call in calls]``, the GRUs run side by side on the CPU.
+
+    calls: a sequence of ``(inputs, kernel, recurrent_kernel, bias)``, independent GRUs (say the
+    two directions of a bidirectional one). On the CPU, eager, with two or more intra-op threads,
+    each GRU's native kernel (and, when training, its backward pass) runs on its own Python
+    thread with the intra-op threads shared out among them; PyTorch releases the GIL inside its
+    ops. A GRU step's (64 x 128) @ (128 x 384) product is too small to keep two cores busy, so
+    this is what uses them: TensorFlow's graph executor runs independent GRUs side by side in the
+    same way. The values, gradients included, are the same as one GRU after the other.
+    Elsewhere (CUDA, where kernels are asynchronous anyway; torch.compile; one thread) it is the
+    plain loop.
+    """
+    in_turn = torch.compiler.is_compiling() or len(calls) < 2  # (first: dynamo breaks on get_num_threads)
+    prepared = [] if in_turn else [_gru_arguments(*call, None) for call in calls]
+    if in_turn or torch.get_num_threads() < 2 or any(x.device.type != "cpu" for x, _, _ in prepared):
+        return [gru(*call, return_sequences=return_sequences) for call in calls]
+    flat = [t for x, h0, params in prepared for t in (x, h0, *params)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in flat):
+        results = _ConcurrentGRUs.apply(len(prepared), *flat)
+    else:
+        results = _side_by_side(
+            [_gru_task(x, h0, params, grad=False) for x, h0, params in prepared]
+        )
+        results = [t for pair in results for t in pair]
+    outputs, last = results[0::2], results[1::2]
+    return list(outputs) if return_sequences else [h_n[0] for h_n in last]
+
+
+# Hand-written (no library runs independent ops of an eager PyTorch program side by side): a
+# small thread pool per worker count, and an autograd Function that builds each GRU's autograd
+# graph on its own thread and runs each graph's backward pass on its own thread.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _side_by_side(tasks):
+    """Run the no-argument callables `tasks` on up to torch.get_num_threads() Python threads, each
+    with an equal share of the intra-op threads (restored afterwards); their results in order."""
+    threads = torch.get_num_threads()
+    workers = max(1, min(len(tasks), threads))
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # flush-to-zero is a per-thread CPU flag: the workers need it as much as the main thread
+        pool = _POOLS[workers] = ThreadPoolExecutor(
+            workers, thread_name_prefix="lif_sbi_gru", initializer=torch.set_flush_denormal, initargs=(True,)
+        )
+
+    def run(task):
+        torch.set_num_threads(threads // workers)
+        return task()
+
+    try:
+        return list(pool.map(run, tasks))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _gru_task(x, h0, params, *, grad: bool):
+    def task():
+        with torch.set_grad_enabled(grad):  # grad mode is per thread
+            return _native_gru(x, h0, params, grad)
+
+    return task
+
+
+class _ConcurrentGRUs(torch.autograd.Function):
+    """Several independent native GRUs, forward and backward, side by side (see `gru_many`).
+
+    Inputs: the number of GRUs, then per GRU x, h0, w_ih, w_hh, b_ih, b_hh. Outputs: per GRU the
+    (batch, time, u) outputs and the (1, batch, u) last state. Each GRU's own autograd graph (the
+    native kernel's derivative) is kept on the context and differentiated on its own thread.
+    """
+
+    @staticmethod
+    def forward(ctx, n_grus, *flat):
+        leaves = [t.detach().requires_grad_(need) for t, need in zip(flat, ctx.needs_input_grad[1:])]
+        groups = [leaves[6 * i : 6 * i + 6] for i in range(n_grus)]
+        results = _side_by_side([_gru_task(g[0], g[1], g[2:], grad=True) for g in groups])
+        ctx.graphs = list(zip(groups, results))
+        return tuple(t.detach() for pair in results for t in pair)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        graphs, ctx.graphs = ctx.graphs, None
+        if graphs is None:
+            raise RuntimeError("lif_sbi: backward through the same side-by-side GRUs a second time is not supported")
+
+        def task(i):
+            inputs, outputs = graphs[i]
+            pairs = [(o, g) for o, g in zip(outputs, grads[2 * i : 2 * i + 2]) if g is not None]
+            wanted = [t for t in inputs if t.requires_grad]
+
+            def run():
+                if not pairs or not wanted:
+                    return [None] * len(inputs)
+                outs, grad_outs = zip(*pairs)
+                with torch.enable_grad():
+                    got = iter(torch.autograd.grad(outs, wanted, grad_outs, allow_unused=True))
+                return [next(got) if t.requires_grad else None for t in inputs]
+
+            return run
+
+        per_gru = _side_by_side([task(i) for i in range(len(graphs))])
+        return (None, *[g for grads_i in per_gru for g in grads_i])
 
 
 def _native_gru(x, h0, params, train: bool):

@@ -118,6 +118,17 @@ class FastGRU(keras.layers.Layer):
         self.bias = self.add_weight(shape=(2, 3 * self.units), name="bias", initializer=self.bias_initializer)
 
     def call(self, inputs, training=False, initial_state=None):
+        return backends.gru(
+            self.dropped(inputs, training),
+            self.kernel,
+            self.recurrent_kernel,
+            self.bias,
+            return_sequences=self.return_sequences,
+            initial_state=initial_state,
+        )
+
+    def dropped(self, inputs, training=False):
+        """`inputs` (batch, time, in) with this layer's input dropout applied (when training)."""
         if training and 0.0 < self.dropout < 1.0:
             shape = keras.ops.shape(inputs)
             mask = keras.random.dropout(
@@ -126,14 +137,7 @@ class FastGRU(keras.layers.Layer):
                 seed=self.seed_generator,
             )
             inputs = inputs * mask
-        return backends.gru(
-            inputs,
-            self.kernel,
-            self.recurrent_kernel,
-            self.bias,
-            return_sequences=self.return_sequences,
-            initial_state=initial_state,
-        )
+        return inputs
 
     def compute_output_shape(self, input_shape):
         if self.return_sequences:
@@ -152,16 +156,27 @@ class FastGRU(keras.layers.Layer):
         }
 
 
-def _bidirectional_last(forward: FastGRU, backward: FastGRU, x, training):
-    """Sum of the last states of a forward GRU and of a GRU over the time-reversed sequence.
+def _last_states(grus: Sequence[FastGRU], inputs: Sequence, training) -> list:
+    """The last states of independent FastGRUs (return_sequences=False), one input each.
+
+    Once the layers are built they run through ``backends.gru_many`` (under torch on the CPU: side
+    by side, one thread each); the first call goes through each layer's ``__call__``, which builds
+    it. Both compute the same function, dropout masks drawn in the same order.
+    """
+    if not all(gru.built for gru in grus):
+        return [gru(x, training=training) for gru, x in zip(grus, inputs)]
+    calls = [(gru.dropped(x, training), gru.kernel, gru.recurrent_kernel, gru.bias) for gru, x in zip(grus, inputs)]
+    return backends.gru_many(calls, return_sequences=False)
+
+
+def _bidirectional_sum(forward_last, backward_last):
+    """Sum of a forward GRU's last state and the last state of a GRU over the time-reversed sequence.
 
     Mirrors BayesFlow's SkipRecurrentNet exactly, including its ``flip(..., axis=1)`` of the
     backward GRU's (batch, units) output, which reverses the feature order (harmless, kept so
     that weights copied from a TimeSeriesNetwork give the same outputs).
     """
-    fwd = forward(x, training=training)
-    bwd = backward(keras.ops.flip(x, axis=1), training=training)
-    return fwd + keras.ops.flip(bwd, axis=1)
+    return forward_last + keras.ops.flip(backward_last, axis=1)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -207,11 +222,11 @@ class SkipRecurrent(keras.layers.Layer):
     def call(self, x, training=False):
         skip = self.skip_conv(x)
         if self.bidirectional:
-            direct = _bidirectional_last(self.recurrent_forward, self.recurrent_backward, x, training)
-            skipped = _bidirectional_last(self.skip_recurrent_forward, self.skip_recurrent_backward, skip, training)
-        else:
-            direct = self.recurrent(x, training=training)
-            skipped = self.skip_recurrent(skip, training=training)
+            grus = [self.recurrent_forward, self.recurrent_backward, self.skip_recurrent_forward, self.skip_recurrent_backward]
+            flip = keras.ops.flip
+            fwd, bwd, skip_fwd, skip_bwd = _last_states(grus, [x, flip(x, axis=1), skip, flip(skip, axis=1)], training)
+            return _bidirectional_sum(fwd, bwd) + _bidirectional_sum(skip_fwd, skip_bwd)
+        direct, skipped = _last_states([self.recurrent, self.skip_recurrent], [x, skip], training)
         return direct + skipped
 
     def compute_output_shape(self, input_shape):
@@ -365,9 +380,10 @@ class ConvGRUSummary(SummaryNetwork):
     def call(self, x, training=False, **kwargs):
         first = x[:, 0, :]
         h = self.conv(x, training=training)
-        feats = [self.recurrent_forward(h, training=training)]
-        if self.recurrent_backward is not None:
-            feats.append(self.recurrent_backward(keras.ops.flip(h, axis=1), training=training))
+        if self.recurrent_backward is None:
+            feats = _last_states([self.recurrent_forward], [h], training)
+        else:
+            feats = _last_states([self.recurrent_forward, self.recurrent_backward], [h, keras.ops.flip(h, axis=1)], training)
         feats += _pooled(h, first)
         return self.output_projector(self.hidden(keras.ops.concatenate(feats, axis=-1)))
 

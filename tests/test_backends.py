@@ -149,6 +149,102 @@ print(json.dumps(out))
         assert min(case["grad_scale"]) > 1e-3, case  # gradients are not trivially zero
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gru_many_is_one_gru_after_another(backend):
+    """backends.gru_many gives what one backends.gru after another gives: outputs and gradients
+    (inputs and weights), with and without return_sequences; under torch it runs the GRUs side by
+    side on threads (checked), for training and for inference, and leaves the thread count as it was."""
+    code = (
+        GRAD_HELPERS
+        + """
+import json
+backends.set_seed(0)
+rng = np.random.default_rng(0)
+# independent GRUs of different lengths and widths, as in the reference network
+shapes = [(6, 41, 3, 8), (6, 41, 3, 8), (6, 11, 12, 8)]
+calls = [
+    [rng.normal(size=(b, t, i)).astype("float32"), (0.4 * rng.normal(size=(i, 3 * u))).astype("float32"),
+     (0.4 * rng.normal(size=(u, 3 * u))).astype("float32"), (0.3 * rng.normal(size=(2, 3 * u))).astype("float32")]
+    for b, t, i, u in shapes
+]
+if backends.name == "torch":
+    import torch
+    torch.set_num_threads(2)  # the side-by-side path needs two intra-op threads, whatever the machine has
+
+def run(many, return_sequences):
+    if backends.name == "torch":
+        tensors = [[torch.tensor(a, requires_grad=True) for a in call] for call in calls]
+        with torch.enable_grad():
+            if many:
+                ys = backends.gru_many(tensors, return_sequences=return_sequences)
+            else:
+                ys = [backends.gru(*c, return_sequences=return_sequences) for c in tensors]
+            loss = sum((y * (k + 1.0) * torch.linspace(-1, 1, y.shape[-1])).sum() for k, y in enumerate(ys))
+            gs = torch.autograd.grad(loss, [t for c in tensors for t in c])
+        return [y.detach().numpy() for y in ys], [g.numpy() for g in gs]
+    if backends.name == "tensorflow":
+        import tensorflow as tf
+        tensors = [[tf.constant(a) for a in call] for call in calls]
+        with tf.GradientTape() as tape:
+            for c in tensors:
+                for t in c:
+                    tape.watch(t)
+            if many:
+                ys = backends.gru_many(tensors, return_sequences=return_sequences)
+            else:
+                ys = [backends.gru(*c, return_sequences=return_sequences) for c in tensors]
+            loss = sum(tf.reduce_sum(y * (k + 1.0) * tf.linspace(-1.0, 1.0, y.shape[-1])) for k, y in enumerate(ys))
+        gs = tape.gradient(loss, [t for c in tensors for t in c])
+        return [y.numpy() for y in ys], [g.numpy() for g in gs]
+    import jax, jax.numpy as jnp
+    def f(flat):
+        cs = [flat[4 * i: 4 * i + 4] for i in range(len(calls))]
+        ys = backends.gru_many(cs, return_sequences=return_sequences) if many else [backends.gru(*c, return_sequences=return_sequences) for c in cs]
+        return sum((y * (k + 1.0) * jnp.linspace(-1, 1, y.shape[-1])).sum() for k, y in enumerate(ys)), ys
+    (_, ys), gs = jax.value_and_grad(f, has_aux=True)([jnp.asarray(a) for c in calls for a in c])
+    return [np.asarray(y) for y in ys], [np.asarray(g) for g in gs]
+
+out = {"cases": []}
+for return_sequences in (True, False):
+    (y1, g1), (y2, g2) = run(False, return_sequences), run(True, return_sequences)
+    out["cases"].append({
+        "shapes": [list(y.shape) for y in y2],
+        "out_err": max(float(np.abs(a - b).max()) for a, b in zip(y1, y2)),
+        "grad_err": max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)) for a, b in zip(g1, g2)),
+        "n_grads": len(g2),
+    })
+if backends.name == "torch":
+    from lif_sbi.backends import torch as tb
+    out["threaded"] = bool(tb._POOLS)
+    out["threads_after"] = torch.get_num_threads()
+    tb._POOLS.clear()
+    with torch.no_grad():  # inference: side by side as well, no autograd graph
+        ys = backends.gru_many([[torch.tensor(a) for a in c] for c in calls], return_sequences=False)
+    ref = [backends.gru(*[torch.tensor(a) for a in c], return_sequences=False) for c in calls]
+    out["no_grad_err"] = max(float((a - b).abs().max()) for a, b in zip(ys, ref))
+    out["no_grad_threaded"] = bool(tb._POOLS)
+    # only some inputs need gradients (frozen weights, constant inputs)
+    tensors = [[torch.tensor(a, requires_grad=(j == 1)) for j, a in enumerate(c)] for c in calls]
+    with torch.enable_grad():
+        ys = backends.gru_many(tensors, return_sequences=False)
+        sum(y.sum() for y in ys).backward()
+    out["partial_grads"] = [[t.grad is not None for t in c] for c in tensors]
+print(json.dumps(out))
+"""
+    )
+    res = run_script(backend, code)
+    assert [c["shapes"] for c in res["cases"]] == [[[6, 41, 8], [6, 41, 8], [6, 11, 8]], [[6, 8]] * 3]
+    for case in res["cases"]:
+        assert case["n_grads"] == 12
+        assert case["out_err"] < 1e-6, case
+        assert case["grad_err"] < 1e-6, case
+    if backend == "torch":
+        assert res["threaded"] and res["no_grad_threaded"], res
+        assert res["threads_after"] == 2
+        assert res["no_grad_err"] < 1e-6
+        assert res["partial_grads"] == [[False, True, False, False]] * 3
+
+
 @pytest.mark.torch
 def test_fast_gru_under_torch_compile_is_one_graph_with_the_eager_gradients():
     """Under torch.compile the torch GRU is an opaque op (lif_sbi::gru) instead of aten::gru's
