@@ -6,8 +6,9 @@ training step for the reference network). Here the Keras weights are permuted fr
 order (z, r, h) to PyTorch's (r, z, n) and transposed with differentiable ops, so gradients flow
 back to the Keras variables. PyTorch's n-gate, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
 is Keras' ``reset_after=True`` formula. Under torch.compile (``training.jit_compile = true``)
-the same kernel is called as one opaque custom op, ``lif_sbi::gru`` (see below). Importing this
-module turns on flush-to-zero for denormal floats (see below).
+the same kernel is called as one opaque custom op, ``lif_sbi::gru`` (see below). Independent
+GRUs (``gru_many``) run side by side on the CPU, one Python thread each. Importing this module
+turns on flush-to-zero for denormal floats (see below).
 """
 
 from __future__ import annotations
