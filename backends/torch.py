@@ -98,18 +98,17 @@ def gru_many(calls, *, return_sequences: bool):
     Elsewhere (CUDA, where kernels are asynchronous anyway; torch.compile; one thread) it is the
     plain loop.
     """
-    in_turn = torch.compiler.is_compiling() or len(calls) < 2  # (first: dynamo breaks on get_num_threads)
-    prepared = [] if in_turn else [_gru_arguments(*call, None) for call in calls]
-    if in_turn or torch.get_num_threads() < 2 or any(x.device.type != "cpu" for x, _, _ in prepared):
+    if torch.compiler.is_compiling() or len(calls) < 2:  # (first: dynamo breaks on get_num_threads)
         return [gru(*call, return_sequences=return_sequences) for call in calls]
+    prepared = [_gru_arguments(*call, None) for call in calls]
+    grad = torch.is_grad_enabled()
     flat = [t for x, h0, params in prepared for t in (x, h0, *params)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in flat):
+    if torch.get_num_threads() < 2 or any(x.device.type != "cpu" for x, _, _ in prepared):
+        results = [t for x, h0, params in prepared for t in _native_gru(x, h0, params, grad)]
+    elif grad and any(t.requires_grad for t in flat):
         results = _ConcurrentGRUs.apply(len(prepared), *flat)
     else:
-        results = _side_by_side(
-            [_gru_task(x, h0, params, grad=False) for x, h0, params in prepared]
-        )
-        results = [t for pair in results for t in pair]
+        results = [t for pair in _side_by_side([_gru_task(x, h0, params, grad=False) for x, h0, params in prepared]) for t in pair]
     outputs, last = results[0::2], results[1::2]
     return list(outputs) if return_sequences else [h_n[0] for h_n in last]
 

@@ -229,6 +229,13 @@ if backends.name == "torch":
         ys = backends.gru_many(tensors, return_sequences=False)
         sum(y.sum() for y in ys).backward()
     out["partial_grads"] = [[t.grad is not None for t in c] for c in tensors]
+    torch.set_num_threads(1)  # one thread: one GRU after the other, same values
+    tb._POOLS.clear()
+    with torch.enable_grad():
+        ys = backends.gru_many([[torch.tensor(a) for a in c] for c in calls], return_sequences=True)
+    ref = [backends.gru(*[torch.tensor(a) for a in c], return_sequences=True) for c in calls]
+    out["one_thread_err"] = max(float((a - b).abs().max()) for a, b in zip(ys, ref))
+    out["one_thread_threaded"] = bool(tb._POOLS)
 print(json.dumps(out))
 """
     )
@@ -243,6 +250,7 @@ print(json.dumps(out))
         assert res["threads_after"] == 2
         assert res["no_grad_err"] < 1e-6
         assert res["partial_grads"] == [[False, True, False, False]] * 3
+        assert res["one_thread_err"] == 0 and not res["one_thread_threaded"], res
 
 
 @pytest.mark.torch
