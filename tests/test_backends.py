@@ -486,6 +486,49 @@ print(json.dumps(out))
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=max(1e-3 * np.abs(b).max(), resolution), err_msg=kind)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jit_compiled_step_follows_the_learning_rate_schedule(backend):
+    """A compiled step reads the schedule's rate at every step, as the eager step does: it is not
+    frozen at the value it was traced with. Cosine decay to 0 over 4 steps, Adam: the first
+    update is about the initial rate (Adam's first step moves each weight by ~lr), the fourth
+    about lr(3) = 1.46e-3, and the fifth and sixth are exactly 0 (lr = 0). Rules out one cause
+    of the compiled and eager `default` runs parting ways in epoch 1 (bench/RESULTS.md)."""
+    code = """
+import json, keras, numpy as np
+from lif_sbi import backends
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+data = simulate_dataset(64, 5, progress=False)
+out = {}
+for jit in (False, True):
+    backends.set_seed(11)
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    schedule = keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=4, alpha=0.0)
+    approx.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=jit)
+    batch = {k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[:32] for k2, v2 in data.items()}).items()}
+    approx.build_from_data(batch)
+    step = backends.train_step_function(approx)
+    updates = []
+    for _ in range(6):
+        before = [keras.ops.convert_to_numpy(v).copy() for v in approx.trainable_variables]
+        step(batch)
+        updates.append(max(float(np.abs(keras.ops.convert_to_numpy(v) - w).max()) for v, w in zip(approx.trainable_variables, before)))
+    out[str(jit)] = {"resolved": bool(approx.jit_compile), "updates": updates}
+print(json.dumps(out))
+"""
+    res = run_script(backend, code, timeout=900)
+    eager, jit = res["False"], res["True"]
+    assert not eager["resolved"] and jit["resolved"]
+    for case in (eager, jit):
+        u = case["updates"]
+        assert 0.9e-2 < u[0] <= 1.0e-2 * 1.001, u
+        assert 1.2e-3 < u[3] < 1.7e-3, u
+        assert u[4] == 0.0 and u[5] == 0.0, u
+    np.testing.assert_allclose(jit["updates"], eager["updates"], rtol=1e-3, atol=1e-6)
+
+
 _PREPARE_SCRIPT = """
 import json, keras, numpy as np, torch
 from lif_sbi import backends
