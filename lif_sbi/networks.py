@@ -5,8 +5,9 @@ Every recurrent core runs on :class:`FastGRU`, a GRU layer with the weights of
 native GRU kernel under the torch backend (Keras' own CPU fallback there is ~20x slower to train),
 cuDNN or a scan loop under TensorFlow and JAX. Independent GRUs (the two directions of a
 bidirectional GRU, the skip GRUs) run through ``lif_sbi.backends.gru_many``: under torch on the
-CPU side by side, one thread each, as TensorFlow's graph runs them. Every convolution is this module's :class:`Conv1D`,
-a ``keras.layers.Conv1D`` whose convolution is ``lif_sbi.backends.conv1d`` (torch: channels-last).
+CPU side by side, one thread each, as TensorFlow's graph runs them. Every convolution is this
+module's :class:`Conv1D`, a ``keras.layers.Conv1D`` whose convolution is
+``lif_sbi.backends.conv1d`` (torch: channels-last).
 
 Summary networks (all subclass ``bayesflow.networks.SummaryNetwork``, input (batch, time, 1)):
 

@@ -94,6 +94,48 @@ def test_reference_is_time_series_network():
     )
 
 
+@pytest.mark.torch
+def test_side_by_side_grus_give_the_one_by_one_summaries():
+    """Every network with independent GRUs (reference, its unidirectional variant, conv_gru)
+    gives the same summaries and gradients when backends.gru_many runs them side by side on
+    threads (torch, CPU, two threads) as when they run one after the other."""
+    code = """
+import json, keras, numpy as np, torch
+torch.set_num_threads(2)
+from lif_sbi import backends
+from lif_sbi.backends import _common
+from lif_sbi.networks import build_summary_network
+side_by_side = backends.gru_many
+in_turn = _common.gru_many_in_turn(backends.gru)
+x = torch.from_numpy(np.random.default_rng(4).normal(size=(5, 101, 1)).astype("float32"))
+out = {}
+for kind, kwargs in [("reference", {}), ("reference", {"bidirectional": False}), ("conv_gru", {})]:
+    keras.utils.set_random_seed(0)
+    net = build_summary_network(kind, summary_dim=4, **kwargs)
+    net(x)  # builds
+    res = []
+    for many in (in_turn, side_by_side):
+        backends.gru_many = many
+        with torch.enable_grad():
+            y = net(x, training=False)
+            grads = torch.autograd.grad(y.square().sum(), [v.value for v in net.trainable_variables])
+        res.append((y.detach().numpy(), [g.numpy() for g in grads]))
+    backends.gru_many = side_by_side
+    (y1, g1), (y2, g2) = res
+    out[f"{kind} {kwargs}"] = {"out_err": float(np.abs(y1 - y2).max()), "out_scale": float(np.abs(y1).max()),
+                               "grad_err": max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)) for a, b in zip(g1, g2))}
+from lif_sbi.backends import torch as tb
+out["threaded"] = bool(tb._POOLS)
+print(json.dumps(out))
+"""
+    res = run_script("torch", code)
+    assert res.pop("threaded")
+    assert len(res) == 3
+    for case, r in res.items():
+        assert r["out_err"] <= 1e-6 * max(1.0, r["out_scale"]), (case, r)
+        assert r["grad_err"] < 1e-5, (case, r)
+
+
 def test_fast_gru_config_roundtrip():
     layer = FastGRU(5, return_sequences=True, dropout=0.1, seed=3, name="g")
     clone = FastGRU.from_config(layer.get_config())
