@@ -6,6 +6,7 @@ the CPU) the jax-marked tests run and ``KERAS_BACKEND=jax python -m lif_sbi.trai
 
 from __future__ import annotations
 
+import functools
 import random
 
 import jax
@@ -36,6 +37,15 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
         if initial_state is None
         else _as_array(initial_state, dtype=x.dtype)
     )
+    return _scan_gru(x, h0, kernel, recurrent_kernel, bias, return_sequences=return_sequences)
+
+
+# Jitted at module level so that an eager call (sampling, inference: Keras does not jit those
+# under JAX) compiles once per input shape. A scan over a step function created anew in each call
+# was traced and compiled again at every call: 280-300 ms per 501-step GRU call on the CPU instead
+# of ~40 ms. Inside a jitted training step this is inlined as before.
+@functools.partial(jax.jit, static_argnames=("return_sequences",))
+def _scan_gru(x, h0, kernel, recurrent_kernel, bias, *, return_sequences: bool):
     x_proj = jnp.einsum("btf,fg->tbg", x, kernel) + bias[0]  # (time, batch, 3u)
 
     def step(h, xp):

@@ -191,6 +191,24 @@ def test_posterior_sampling(benchmark, bench_data, kind, on_device):
     assert samples["theta"].shape == (SAMPLE_TRACES, SAMPLE_DRAWS, len(PARAM_NAMES))
 
 
+@pytest.mark.parametrize("kind", [k for k in SUMMARY_BENCH_KINDS if k != "stock"])
+@pytest.mark.parametrize("on_device", DEVICES, indirect=True)
+def test_posterior_one_trace(benchmark, bench_data, kind, on_device):
+    """One recording's posterior, 1 trace x 1,000 draws: the latency of inferring a user's trace
+    (the summary network's fixed cost per call, e.g. a recompilation, shows here, not in the
+    100-trace figure)."""
+    approximator = make_approximator(kind, bench_data)
+    conditions = {"x": bench_data["x"][:1]}
+
+    def run():
+        return approximator.sample(num_samples=1000, conditions=conditions)
+
+    run()  # warm-up / tracing
+    samples = benchmark.pedantic(run, rounds=7, iterations=1)
+    benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, traces=1, draws=1000)
+    assert samples["theta"].shape == (1, 1000, len(PARAM_NAMES))
+
+
 @pytest.mark.parametrize("impl", ["keras", "lif_sbi"])
 @pytest.mark.parametrize("on_device", DEVICES, indirect=True)
 def test_conv_stack_step(benchmark, impl, on_device):
