@@ -60,11 +60,11 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
         except NotImplementedError:
             pass
 
-    scan = _scan_gru if tf.executing_eagerly() else _scan_gru_eager  # inside a graph: inline, as before
+    scan = _scan_gru_graph if tf.executing_eagerly() else _scan_gru_inline  # inside a graph: inline, as before
     return scan(x, h0, kernel, recurrent_kernel, bias, return_sequences)
 
 
-def _scan_gru_eager(x, h0, kernel, recurrent_kernel, bias, return_sequences: bool):
+def _scan_gru_inline(x, h0, kernel, recurrent_kernel, bias, return_sequences: bool):
     # (time, batch, 3u): input projection of all steps at once
     x_proj = tf.einsum("btf,fg->tbg", x, kernel) + bias[0]
     b_rec = bias[1]
@@ -90,7 +90,7 @@ def _scan_gru_eager(x, h0, kernel, recurrent_kernel, bias, return_sequences: boo
 # (bench/bench_training.py -k test_posterior_one_trace). Inside a graph (the tf.function or XLA
 # training step) the scan is inlined as before: XLA needs the static shapes that the relaxed
 # shapes of reduce_retracing would take away.
-_scan_gru = tf.function(_scan_gru_eager, reduce_retracing=True)
+_scan_gru_graph = tf.function(_scan_gru_inline, reduce_retracing=True)
 
 
 gru_many = gru_many_in_turn(gru)
