@@ -160,7 +160,8 @@ class _ConcurrentGRUs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, n_grus, *flat):
         leaves = [t.detach().requires_grad_(need) for t, need in zip(flat, ctx.needs_input_grad[1:])]
-        groups = [leaves[6 * i : 6 * i + 6] for i in range(n_grus)]
+        per_gru = len(flat) // n_grus  # x, h0 and the four PyTorch parameters
+        groups = [leaves[per_gru * i : per_gru * (i + 1)] for i in range(n_grus)]
         results = _side_by_side([_gru_task(g[0], g[1], g[2:], grad=True) for g in groups])
         ctx.graphs = list(zip(groups, results))
         return tuple(t.detach() for pair in results for t in pair)

@@ -258,8 +258,9 @@ print(json.dumps(out))
 def test_jax_gru_called_eagerly_compiles_once_per_shape():
     """Under JAX, Keras runs inference (sampling, lif_sbi.infer) eagerly. A FastGRU called again on
     inputs of the same shape must reuse its compiled scan: the scan over a step function created
-    anew in every call compiled again each time (346 ms vs 8.7 ms per one-trace reference summary
-    on the CPU, ad hoc). Counts XLA backend compilations with jax.monitoring."""
+    anew in every call compiled again each time (one recording's posterior with the reference
+    network: 458 vs 64 ms on the CPU, bench/bench_training.py -k test_posterior_one_trace).
+    Counts XLA backend compilations with jax.monitoring."""
     code = """
 import json, jax.monitoring, keras, numpy as np
 from lif_sbi.networks import FastGRU, build_summary_network
