@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from ._common import gru_many_in_turn, seed_keras
+from ._common import seed_keras
 
 name = "jax"
 
@@ -37,7 +37,13 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
         if initial_state is None
         else _as_array(initial_state, dtype=x.dtype)
     )
-    return _scan_gru(x, h0, kernel, recurrent_kernel, bias, return_sequences=return_sequences)
+    return _scan_gru(x, h0, kernel, recurrent_kernel, bias, return_sequences=return_sequences, unroll=SCAN_UNROLL)
+
+
+#: Time steps per iteration of the GRU's ``lax.scan`` loop (its ``unroll``). Unrolling trades
+#: compile time for fewer loop iterations; bench/bench_training.py::test_jax_gru_scan_unroll
+#: measures it per device (read at each call, so a benchmark can set it).
+SCAN_UNROLL = 1
 
 
 # Jitted at module level so that an eager call (sampling, inference: Keras does not jit those
@@ -45,25 +51,57 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
 # was traced and compiled again at every call: one recording's posterior with the reference
 # network took 458 ms on the CPU, now 64 ms (bench/bench_training.py -k test_posterior_one_trace).
 # Inside a jitted training step this is inlined as before.
-@functools.partial(jax.jit, static_argnames=("return_sequences",))
-def _scan_gru(x, h0, kernel, recurrent_kernel, bias, *, return_sequences: bool):
-    x_proj = jnp.einsum("btf,fg->tbg", x, kernel) + bias[0]  # (time, batch, 3u)
+@functools.partial(jax.jit, static_argnames=("return_sequences", "unroll"))
+def _scan_gru(x, h0, kernel, recurrent_kernel, bias, *, return_sequences: bool, unroll: int):
+    """One GRU: x (batch, time, in), h0 (batch, u), Keras weights; see ``_scan_grus``."""
+    out = _scan_grus(x[None], h0[None], kernel[None], recurrent_kernel[None], bias[None], return_sequences=return_sequences, unroll=unroll)
+    return out[0]
+
+
+@functools.partial(jax.jit, static_argnames=("return_sequences", "unroll"))
+def _scan_grus(x, h0, kernel, recurrent_kernel, bias, *, return_sequences: bool, unroll: int):
+    """G independent GRUs of one shape in one ``lax.scan``: x (G, batch, time, in), h0 (G, batch,
+    u), kernel (G, in, 3u), recurrent_kernel (G, u, 3u), bias (G, 2, 3u) -> (G, batch, time, u)
+    or (G, batch, u). Written by hand (Keras' JAX GRU is one layer's scan): each time step is one
+    batched product for all G GRUs, so G GRUs take as many sequential steps as one."""
+    x_proj = jnp.einsum("gbtf,gfv->tgbv", x, kernel) + bias[None, :, None, 0]  # (time, G, batch, 3u)
+    b_h = bias[:, None, 1]  # (G, 1, 3u)
 
     def step(h, xp):
-        hp = h @ recurrent_kernel + bias[1]
+        hp = jnp.einsum("gbu,guv->gbv", h, recurrent_kernel) + b_h
         x_z, x_r, x_h = jnp.split(xp, 3, axis=-1)
         h_z, h_r, h_h = jnp.split(hp, 3, axis=-1)
         z = jax.nn.sigmoid(x_z + h_z)
         r = jax.nn.sigmoid(x_r + h_r)
         hh = jnp.tanh(x_h + r * h_h)
         h = z * h + (1.0 - z) * hh
-        return h, h
+        return h, h if return_sequences else None
 
-    last, states = jax.lax.scan(step, h0, x_proj)
-    return jnp.transpose(states, (1, 0, 2)) if return_sequences else last
+    last, states = jax.lax.scan(step, h0, x_proj, unroll=unroll)
+    return jnp.moveaxis(states, 0, 2) if return_sequences else last
 
 
-gru_many = gru_many_in_turn(gru)
+def gru_many(calls, *, return_sequences: bool):
+    """Independent GRUs (see lif_sbi.backends): those of one input and weight shape run together
+    in one scan (``_scan_grus``), the reference network's two directions in 501 sequential steps
+    instead of 1,002; the others one after the other."""
+    calls = [tuple(_as_array(a) for a in call) for call in calls]
+    groups: dict = {}  # (shape, dtype) of the four arrays -> indices of the calls
+    for i, call in enumerate(calls):
+        groups.setdefault(tuple((a.shape, a.dtype) for a in call), []).append(i)
+    results = [None] * len(calls)
+    for members in groups.values():
+        if len(members) == 1:
+            (i,) = members
+            results[i] = gru(*calls[i], return_sequences=return_sequences)
+            continue
+        x, kernel, recurrent_kernel, bias = (jnp.stack([calls[i][j] for i in members]) for j in range(4))
+        x = x.astype(kernel.dtype)
+        h0 = jnp.zeros(x.shape[:2] + (recurrent_kernel.shape[1],), dtype=x.dtype)
+        out = _scan_grus(x, h0, kernel, recurrent_kernel, bias, return_sequences=return_sequences, unroll=SCAN_UNROLL)
+        for k, i in enumerate(members):
+            results[i] = out[k]
+    return results
 
 
 def conv1d(inputs, kernel, *, strides: int, padding: str):

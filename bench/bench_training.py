@@ -151,6 +151,23 @@ if os.environ.get("LIF_SBI_BENCH_JIT"):
 @pytest.mark.parametrize("on_device", DEVICES, indirect=True)
 def test_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device):
     """One optimizer step, batch 64, CouplingFlow + summary network (forward, backward, update)."""
+    _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("unroll", [1, 4, 16])
+@pytest.mark.parametrize("on_device", DEVICES, indirect=True)
+def test_jax_gru_scan_unroll(benchmark, bench_data, unroll, on_device, monkeypatch):
+    """The reference network's training step under JAX with the GRU scan's ``unroll`` at 1, 4, 16
+    time steps per loop iteration (backends/jax.py, SCAN_UNROLL): which one each device wants."""
+    if backends.name != "jax":
+        pytest.skip("the GRU scan's unroll is JAX's")
+    monkeypatch.setattr(backends.module, "SCAN_UNROLL", unroll)
+    _time_training_step(benchmark, bench_data, "reference", "mlp", "auto", on_device)
+    benchmark.extra_info.update(scan_unroll=unroll)
+
+
+def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device):
     approximator = make_approximator(kind, bench_data, subnet=subnet, jit_compile=jit_compile)
     step = backends.train_step_function(approximator)
     batches = [adapted_batch(approximator, bench_data, slice(i, i + BATCH_SIZE)) for i in range(0, 512, BATCH_SIZE)]

@@ -153,7 +153,8 @@ print(json.dumps(out))
 def test_gru_many_is_one_gru_after_another(backend):
     """backends.gru_many gives what one backends.gru after another gives: outputs and gradients
     (inputs and weights), with and without return_sequences; under torch it runs the GRUs side by
-    side on threads (checked), for training and for inference, and leaves the thread count as it was."""
+    side on threads (checked), for training and for inference, and leaves the thread count as it was;
+    under JAX the GRUs of one shape share one scan (checked)."""
     code = (
         GRAD_HELPERS
         + """
@@ -236,6 +237,10 @@ if backends.name == "torch":
     ref = [backends.gru(*[torch.tensor(a) for a in c], return_sequences=True) for c in calls]
     out["one_thread_err"] = max(float((a - b).abs().max()) for a, b in zip(ys, ref))
     out["one_thread_threaded"] = bool(tb._POOLS)
+if backends.name == "jax":  # the two GRUs of one shape share one scan: two XLA while loops, not three
+    import jax, jax.numpy as jnp
+    many = jax.jit(lambda flat: backends.gru_many([flat[4 * i: 4 * i + 4] for i in range(3)], return_sequences=False))
+    out["loops"] = many.lower([jnp.asarray(a) for c in calls for a in c]).compile().as_text().count(" while(")
 print(json.dumps(out))
 """
     )
@@ -251,6 +256,8 @@ print(json.dumps(out))
         assert res["no_grad_err"] < 1e-6
         assert res["partial_grads"] == [[False, True, False, False]] * 3
         assert res["one_thread_err"] == 0 and not res["one_thread_threaded"], res
+    if backend == "jax":
+        assert res["loops"] == 2, res
 
 
 @pytest.mark.jax
