@@ -12,8 +12,9 @@
 # its model file). The summary table is printed last. Figures from it go to bench/RESULTS.md, "GPU".
 #
 # A whole `reference` run needs about 500 s on its own (JAX on an H100, estimated), more than the
-# budget leaves after the tests and benchmarks. REF_ONLY="<backend> <jit_compile>" (for example
-# REF_ONLY="jax auto" or REF_ONLY="torch true") skips them and spends the budget on that run.
+# budget leaves after the tests and benchmarks, so it is not part of the default plan:
+# REF_ONLY="<backend> <jit_compile>" (for example REF_ONLY="jax auto" or REF_ONLY="torch true")
+# skips the tests and benchmarks and spends the budget on that run.
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 WORK=${WORK:-/tmp/gpu_session}
@@ -71,69 +72,47 @@ EOF
 cat "$WORK/environment.txt"
 
 if [ -z "${REF_ONLY:-}" ]; then
-# --- 1. CUDA tests: the simulator on CUDA vs the float64 reference and the CPU; parity level 3 ---
-step gpu_tests 100 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
-  tests/test_simulator.py tests/test_parity.py tests/test_dataset.py
-# the native-kernel GRU (eager and as torch.compile's opaque op) vs keras.layers.GRU, and the
-# backend interface, on the GPU under torch and JAX
-step backend_tests 80 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
-
-# --- 2. training-step benchmarks on the GPU, torch (eager and torch.compile) then JAX ---------------
-# LIF_SBI_BENCH_JIT=1 adds the steps compiled with jit_compile=True (torch.compile of the whole step)
+# Steps in order of what is least known; each one's figures are packed as soon as it ends.
 STEP_K="cuda and (reference-mlp or conv_pool-mlp) and not fused"
-SAMPLE_K="cuda and (reference or conv_pool) and not gru"
-step bench_torch 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-  -k "test_training_step and $STEP_K" --benchmark-json="$WORK/bench_training_torch.json"
-# compiled separately: pytest-benchmark writes its JSON at the end, and on the H100 (2026-11-26)
-# the reference step alone compiled for over 100 s, so a shared step lost the eager figures
-step bench_torch_jit 200 env KERAS_BACKEND=torch LIF_SBI_BENCH_JIT=1 python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-  -k "test_training_step and $STEP_K and jit" --benchmark-json="$WORK/bench_training_torch_jit.json"
-step bench_jax_steps 70 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-  -k "test_training_step and $STEP_K" --benchmark-json="$WORK/bench_training_jax.json"
+SAMPLE_K="(test_posterior_sampling or test_posterior_one_trace) and cuda and (reference or conv_pool) and not gru"
+# --- 1. the backend interface on the GPU under torch and JAX: the native-kernel GRU (cuDNN, and as
+# torch.compile's opaque op) vs keras.layers.GRU, gru_many, Conv1D, two training steps ----------------
+step backend_tests 110 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
 
-# --- 3. the reference configuration end to end, under the variant expected to finish first -------
-# Expected training time: 100 epochs x 125 steps at the step's median, plus three first calls (a
-# compiled step traces once per batch shape: training, validation, the partial last validation
-# batch). On the H100 torch.compile of the reference step took over 100 s, so its step time alone
-# does not decide.
+# --- 2. JAX steps: the reference network with its GRUs sharing one scan (gru_many), the scan's
+# unroll, conv_pool; then the reference step with session 8's backends/jax.py (one scan per GRU) ----
+step bench_jax_steps 110 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+  -k "(test_training_step and $STEP_K) or (test_jax_gru_scan_unroll and cuda)" --benchmark-json="$WORK/bench_training_jax.json"
+if git show 2fd4f49:backends/jax.py >"$WORK/jax_session8.py" 2>/dev/null; then
+  cp backends/jax.py "$WORK/jax_now.py" && cp "$WORK/jax_session8.py" backends/jax.py
+  step bench_jax_steps_session8 50 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+    -k "test_training_step and cuda and reference-mlp and not fused" --benchmark-json="$WORK/bench_training_jax_session8.json"
+  cp "$WORK/jax_now.py" backends/jax.py
 fi
+
+# --- 3. torch eager: steps, sampling, one recording's posterior ------------------------------------
+step bench_torch 70 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+  -k "(test_training_step and $STEP_K) or ($SAMPLE_K)" --benchmark-json="$WORK/bench_training_torch.json"
+# --- 4. JAX sampling and one recording's posterior (session 7: 722 ms for the reference sampling,
+# before the scan was jitted at module level) ------------------------------------------------------
+step bench_jax_sampling 60 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+  -k "$SAMPLE_K" --benchmark-json="$WORK/bench_sampling_jax.json"
+# --- 5. CUDA correctness: the simulator vs the float64 reference and the CPU; parity level 3 -------
+step gpu_tests 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
+  tests/test_simulator.py tests/test_parity.py tests/test_dataset.py
+# --- 6. torch.compile of the whole step (jit_compile=True) with inductor's CUDA graphs, conv_pool
+# first; `steps` prints each network's figures as soon as it has them (compilation: 100 s or more).
+# TORCH_LOGS=perf_hints logs it when inductor skips the CUDA graphs, and why. ------------------------
+step torch_jit_cudagraphs 400 env KERAS_BACKEND=torch TORCHINDUCTOR_CUDAGRAPHS=1 TORCH_LOGS=perf_hints python3 bench/bench_training.py \
+  steps --kinds conv_pool reference --steps 25 --jit
+fi
+
+# --- the reference configuration end to end: its own call (about 500 s), REF_ONLY="<backend> <jit>" --
 if [ -n "${REF_ONLY:-}" ]; then
   read -r REF_BACKEND REF_JIT <<<"$REF_ONLY"
-else
-read -r REF_BACKEND REF_JIT < <(python3 - "$WORK" <<'EOF'
-import json, pathlib, sys
-best = ("torch", "auto", float("inf"))
-for b, f in (("torch", "torch"), ("torch", "torch_jit"), ("jax", "jax")):
-    p = pathlib.Path(sys.argv[1]) / f"bench_training_{f}.json"
-    try:
-        runs = json.loads(p.read_text())["benchmarks"]
-    except (OSError, ValueError):  # a step that timed out leaves no or an empty file
-        continue
-    for r in runs:
-        for name, jit in (("test_training_step[cuda-reference-mlp]", "auto"), ("test_training_step[cuda-reference-mlp-jit]", "true")):
-            if r["name"] == name:
-                expected = 12_500 * r["stats"]["median"] + 3 * (r["extra_info"].get("first_call_s") or 0.0)
-                print(f"  {b} jit_compile={jit}: expected {expected:.0f} s of training", file=sys.stderr)
-                if expected < best[2]:
-                    best = (b, jit, expected)
-print(best[0], best[1])
-EOF
-)
-fi
-echo "== reference run under $REF_BACKEND, training.jit_compile=$REF_JIT" | tee -a "$WORK/summary.txt"
-step "train_${REF_CONFIG}_${REF_BACKEND}" 600 env KERAS_BACKEND="$REF_BACKEND" python3 -m lif_sbi.train \
-  --config "$REF_CONFIG" --set "training.jit_compile=$REF_JIT" --results-dir "$WORK/results"
-
-if [ -z "${REF_ONLY:-}" ]; then
-# --- 4. sampling and simulator throughput, if time is left ------------------------------------------
-step bench_torch_sampling 40 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-  -k "test_posterior_sampling and $SAMPLE_K" --benchmark-json="$WORK/bench_sampling_torch.json"
-step bench_simulator 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_simulator.py \
-  -k test_cuda --benchmark-json="$WORK/bench_simulator_cuda.json"
-
-# --- 5. JAX sampling, if time is left ---------------------------------------------------------------
-step bench_jax_sampling 60 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-  -k "test_posterior_sampling and $SAMPLE_K" --benchmark-json="$WORK/bench_sampling_jax.json"
+  echo "== reference run under $REF_BACKEND, training.jit_compile=$REF_JIT" | tee -a "$WORK/summary.txt"
+  step "train_${REF_CONFIG}_${REF_BACKEND}" 600 env KERAS_BACKEND="$REF_BACKEND" python3 -m lif_sbi.train \
+    --config "$REF_CONFIG" --set "training.jit_compile=$REF_JIT" --results-dir "$WORK/results"
 fi
 
 pack

@@ -246,10 +246,10 @@ print(json.dumps(out))
     )
     res = run_script(backend, code)
     assert [c["shapes"] for c in res["cases"]] == [[[6, 41, 8], [6, 41, 8], [6, 11, 8]], [[6, 8]] * 3]
-    for case in res["cases"]:
+    for case in res["cases"]:  # 1e-5: float32 rounding of one batched product vs two (JAX, GPU)
         assert case["n_grads"] == 12
-        assert case["out_err"] < 1e-6, case
-        assert case["grad_err"] < 1e-6, case
+        assert case["out_err"] < 1e-5, case
+        assert case["grad_err"] < 1e-5, case
     if backend == "torch":
         assert res["threaded"] and res["no_grad_threaded"], res
         assert res["threads_after"] == 2
