@@ -171,6 +171,9 @@ calls = [
 if backends.name == "torch":
     import torch
     torch.set_num_threads(2)  # the side-by-side path needs two intra-op threads, whatever the machine has
+    # the side-by-side path is the CPU's: keep the GRUs there on a GPU machine too (Keras would move
+    # the tensors to CUDA, where gru_many runs one GRU after the other; H100, 2026-11-26)
+    keras.device("cpu:0").__enter__()
 
 def run(many, return_sequences):
     if backends.name == "torch":
