@@ -43,10 +43,11 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
 #: Time steps per iteration of the GRU's ``lax.scan`` loop (its ``unroll``), read at each call
 #: (a benchmark can set it). On a GPU each loop iteration costs a fixed overhead that unrolling
 #: removes; on the CPU it only costs compile time. bench/bench_training.py::test_jax_gru_scan_unroll,
-#: reference network's step: H100 (2026-11-26) 23.1 / 13.6 / 13.4 ms at unroll 1 / 4 / 16; 2-core
-#: CPU 672 / 736 / 1,046 ms. Chosen by JAX's default device (a computation placed elsewhere by hand
-#: keeps this choice).
-SCAN_UNROLL = 1 if jax.default_backend() == "cpu" else 16
+#: reference network's step at unroll 1 / 4 / 16: H100 (2026-11-26) 23.1 / 13.6 / 13.4 ms, its
+#: first call (compilation) 8.7 / 9.2 / 12.0 s; 2-core CPU 672 / 736 / 1,046 ms. 4 on an
+#: accelerator: 16 saves 0.2 ms a step for 3 s more per compilation. Chosen by JAX's default
+#: device (a computation placed elsewhere by hand keeps this choice).
+SCAN_UNROLL = 1 if jax.default_backend() == "cpu" else 4
 
 
 # Jitted at module level so that an eager call (sampling, inference: Keras does not jit those

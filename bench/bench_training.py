@@ -226,6 +226,22 @@ def test_posterior_one_trace(benchmark, bench_data, kind, on_device):
     assert samples["theta"].shape == (1, 1000, len(PARAM_NAMES))
 
 
+@pytest.mark.parametrize("writer", ["keras_hdf5", "npz"])
+def test_checkpoint_weights_write(benchmark, bench_data, writer, tmp_path):
+    """The reference model's weights written once, as every epoch's checkpoint (and each new best
+    epoch's weights) are: Keras' HDF5 ``save_weights`` (until 2026-11-26) vs one .npz of
+    ``get_weights()`` (lif_sbi.runner since)."""
+    from lif_sbi import runner
+
+    approximator = make_approximator("reference", bench_data)
+    if writer == "keras_hdf5":
+        run = lambda: approximator.save_weights(str(tmp_path / "w.weights.h5"))  # noqa: E731
+    else:
+        run = lambda: runner._save_weights_npz(approximator, tmp_path / "w.weights.npz")  # noqa: E731
+    benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(backend=backends.name, weights=len(approximator.weights))
+
+
 @pytest.mark.parametrize("impl", ["keras", "lif_sbi"])
 @pytest.mark.parametrize("on_device", DEVICES, indirect=True)
 def test_conv_stack_step(benchmark, impl, on_device):
