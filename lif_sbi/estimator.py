@@ -148,8 +148,15 @@ def sample_posterior(
     def draw(idx, k, round_seed):
         nonlocal state
         x = obs[idx]
-        out = approximator.sample(num_samples=k, conditions={"observables": x}, batch_size=batch_size, seed=round_seed)
-        d = np.asarray(out["parameters"], dtype=np.float64)
+        # BayesFlow samples `batch_size` traces at a time. Batches of one size (the last one padded
+        # with copies of the last trace, whose draws are dropped: fewer than one per batch) give
+        # one input shape per call, so JAX, whose eager operations compile once per shape,
+        # compiles once per call instead of twice.
+        n_batches = max(1, -(-len(x) // batch_size))
+        per_batch = max(1, -(-len(x) // n_batches))
+        padded = np.concatenate([x, np.repeat(x[-1:], n_batches * per_batch - len(x), axis=0)]) if len(x) > batch_size else x
+        out = approximator.sample(num_samples=k, conditions={"observables": padded}, batch_size=per_batch, seed=round_seed)
+        d = np.asarray(out["parameters"], dtype=np.float64)[: len(x)]
         if d.shape != (len(x), k, N_PARAMS):
             raise RuntimeError(f"unexpected posterior draw shape {d.shape}")
         if width_scale is not None:

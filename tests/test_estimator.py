@@ -48,6 +48,32 @@ def test_draws_of_an_untrained_flow_stay_within_the_widened_bounds_and_then_the_
 
 
 @pytest.mark.torch
+def test_every_sample_call_asks_for_batches_of_one_size():
+    """sample_posterior pads each call's traces so that BayesFlow's batches all have one size (JAX
+    compiles its eager operations once per shape), and the padding's draws are dropped: 7 traces at
+    batch_size 3 are sampled as 3 batches of 3, and the first 7 rows are returned."""
+    approximator = estimator.build_approximator(ModelConfig(summary_network="conv_pool", flow_depth=2))
+    data = simulate_batch(7, seed=5)
+    approximator.build_from_data(approximator.adapter({"parameters": data["parameters"], "observables": data["observables"]}))
+    calls, outputs = [], []
+    sample = approximator.sample
+
+    def recording(**kwargs):
+        out = sample(**kwargs)
+        calls.append((len(kwargs["conditions"]["observables"]), kwargs["batch_size"]))
+        outputs.append(np.asarray(out["parameters"], dtype=np.float64))
+        return out
+
+    approximator.sample = recording
+    draws = estimator.sample_posterior(approximator, data["observables"], 50, batch_size=3, seed=1, within_prior=False)
+    assert calls == [(9, 3)]
+    assert draws.shape == (7, 50, 6)
+    np.testing.assert_array_equal(draws, outputs[0][:7])  # the real traces' draws, in order
+    estimator.sample_posterior(approximator, data["observables"][:6], 50, batch_size=3, seed=1, within_prior=False)
+    assert calls[-1] == (6, 3)  # nothing to pad
+
+
+@pytest.mark.torch
 def test_student_t_base_is_built_trains_its_log_density_and_survives_save_and_load(tmp_path):
     import bayesflow as bf
 
