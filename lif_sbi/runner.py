@@ -50,10 +50,11 @@ def _atomic_keras_save(model, path: Path) -> None:
 
 
 # Checkpoint weights as one NumPy archive of `model.get_weights()`, written by hand: Keras'
-# save_weights (HDF5, one dataset per variable) took 150 ms for the reference model against 10 ms
-# for this on a 2-core CPU, and about 0.3 s per epoch on the H100 machine's disk, with a checkpoint
-# and often a best-weights file each epoch (a quarter of the reference run's training time there).
-# The final model.keras is still Keras' own format.
+# save_weights (HDF5, one dataset per variable) took 149 ms for the reference model against 8 ms
+# for this on a 2-core CPU (bench/bench_training.py -k checkpoint_weights). In the reference run on
+# an H100 its 100 checkpoints and 37 best-weights files took about 57 s, a quarter of the training
+# time (bench/RESULTS.md, "GPU: NVIDIA H100 (2026-11-26, session 9)"). The final model.keras is
+# still Keras' own format.
 def _save_weights_npz(model, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
