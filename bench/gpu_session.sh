@@ -57,7 +57,10 @@ export LIF_SBI_BENCH_CACHE=$WORK/bench_cache
 {
   date -u +%FT%TZ
   nvidia-smi -L 2>&1
-  git rev-parse --short HEAD 2>/dev/null || echo "(no git)"
+  # The device copy's HEAD can lag the working tree it carries (session 9: it printed the session's
+  # base commit), so also print the tree's hash: compare with `git rev-parse <commit>^{tree}` here.
+  echo "HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)')"
+  echo "working tree $(cp .git/index /tmp/gpu_session_index 2>/dev/null; GIT_INDEX_FILE=/tmp/gpu_session_index git add -A . >/dev/null 2>&1; GIT_INDEX_FILE=/tmp/gpu_session_index git write-tree 2>/dev/null || echo '(no git)')"
   python3 - <<'EOF'
 import importlib, platform
 print("python", platform.python_version())
