@@ -190,3 +190,16 @@ def test_checkpoint_weights_load_from_npz_and_from_earlier_hdf5(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), loaded.get_weights()))
     with pytest.raises(runner.ResumeError, match="do not match this model"):
         runner._load_weights(model(width=5), tmp_path / "model.weights.npz")
+
+
+def test_validation_batches_are_whole_where_a_close_batch_size_allows():
+    """No partial last validation batch (one more shape to compile) where a batch size of at least
+    half the training batch divides the validation set; else the training batch size."""
+    from lif_sbi.runner import validation_batch_size
+
+    assert validation_batch_size(2000, 64) == 50  # default and reference: 40 batches of 50
+    assert validation_batch_size(128, 64) == 64  # ci: already whole
+    assert validation_batch_size(150, 64) == 50
+    assert validation_batch_size(1999, 64) == 64  # a prime: no close divisor, one partial batch
+    assert validation_batch_size(24, 64) == 24  # one batch
+    assert validation_batch_size(1, 64) == 1
