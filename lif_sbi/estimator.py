@@ -154,7 +154,7 @@ def sample_posterior(
         # compiles once per call instead of twice.
         n_batches = max(1, -(-len(x) // batch_size))
         per_batch = max(1, -(-len(x) // n_batches))
-        padded = np.concatenate([x, np.repeat(x[-1:], n_batches * per_batch - len(x), axis=0)]) if len(x) > batch_size else x
+        padded = np.concatenate([x, np.repeat(x[-1:], n_batches * per_batch - len(x), axis=0)])
         out = approximator.sample(num_samples=k, conditions={"observables": padded}, batch_size=per_batch, seed=round_seed)
         d = np.asarray(out["parameters"], dtype=np.float64)[: len(x)]
         if d.shape != (len(x), k, N_PARAMS):
