@@ -16,3 +16,6 @@ case "${1:-}" in
   "")   "${PIP[@]}" install -e . ;;
   *)    echo "error: unknown argument '$1': expected nothing or 'test'" >&2; exit 2 ;;
 esac
+# Build the torch backend's fused CPU GRU kernel now (about 25 s, once; cached by torch) rather
+# than during the first training step. Where it cannot be built, training uses PyTorch's native GRU.
+KERAS_BACKEND=torch .venv/bin/python -c 'from lif_sbi.backends import torch as t; t._cpu_kernel()'

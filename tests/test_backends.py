@@ -380,6 +380,87 @@ print(json.dumps(out))
 
 
 @pytest.mark.torch
+def test_torch_fused_cpu_gru_matches_native_gru():
+    """Under torch on the CPU in float32, eager GRUs run on the fused kernel (backends/gru_cpu.cpp),
+    which builds here, and it agrees with PyTorch's native GRU: outputs within 1e-5, gradients
+    (inputs, initial state, weights, biases) within 1e-5 relative, for a long sequence, a single
+    step and one unit; without autograd too. LIF_SBI_NATIVE_GRU=1 turns it off."""
+    code = """
+import json, keras, numpy as np, torch
+from lif_sbi import backends
+tb = backends.module
+torch.manual_seed(0)
+keras.device("cpu:0").__enter__()  # the fused kernel is the CPU's; keep a GPU machine's tensors there
+out = {"built": tb._cpu_kernel() is not None, "cases": []}
+for b, t, d, h in [(16, 301, 32, 64), (4, 1, 3, 5), (2, 9, 1, 1)]:
+    x, h0 = torch.randn(b, t, d), 0.5 * torch.randn(1, b, h)
+    params = [0.3 * torch.randn(3 * h, d), 0.3 * torch.randn(3 * h, h), 0.3 * torch.randn(3 * h), 0.3 * torch.randn(3 * h)]
+    fused_in = [a.clone().requires_grad_() for a in (x, h0, *params)]
+    native_in = [a.clone().requires_grad_() for a in (x, h0, *params)]
+    with torch.enable_grad():
+        y, last = tb._eager_gru(fused_in[0], fused_in[1], fused_in[2:], True)
+        y_ref, last_ref = tb._native_gru(native_in[0], native_in[1], native_in[2:], True)
+        gy, gl = torch.randn_like(y_ref), torch.randn_like(last_ref)
+        g = torch.autograd.grad((y, last), fused_in, (gy, gl))
+        g_ref = torch.autograd.grad((y_ref, last_ref), native_in, (gy, gl))
+    with torch.no_grad():
+        y_nograd, last_nograd = tb._eager_gru(x, h0, params, False)
+    out["cases"].append({
+        "node": type(y.grad_fn).__name__,
+        "shapes": [list(y.shape), list(last.shape)],
+        "out_err": max(float((y - y_ref).abs().max()), float((last - last_ref).abs().max())),
+        "nograd_err": max(float((y_nograd - y_ref).abs().max()), float((last_nograd - last_ref).abs().max())),
+        "grad_err": [float((a - r).abs().max() / r.abs().max().clamp_min(1e-30)) for a, r in zip(g, g_ref)],
+        "grad_scale": [float(r.abs().max()) for r in g_ref],
+    })
+print(json.dumps(out))
+"""
+    res = run_script("torch", code)
+    assert res["built"], res
+    assert [c["shapes"] for c in res["cases"]] == [[[16, 301, 64], [1, 16, 64]], [[4, 1, 5], [1, 4, 5]], [[2, 9, 1], [1, 2, 1]]]
+    for case in res["cases"]:
+        assert case["node"] == "_FusedCpuGRUBackward", case  # the fused kernel ran, not the native one
+        assert case["out_err"] < 1e-5 and case["nograd_err"] < 1e-5, case
+        assert len(case["grad_err"]) == 6 and max(case["grad_err"]) < 1e-5, case
+        assert min(case["grad_scale"]) > 1e-3, case
+    off = run_script("torch", """
+import json, os
+os.environ["LIF_SBI_NATIVE_GRU"] = "1"
+from lif_sbi import backends
+print(json.dumps({"kernel": repr(backends.module._cpu_kernel())}))
+""")
+    assert off["kernel"] == "None", off
+
+
+@pytest.mark.torch
+def test_torch_gru_falls_back_to_the_native_kernel_where_the_fused_one_cannot_be_built():
+    """No C++ compiler (here: cpp_extension.load fails): one warning naming the reason, and the
+    GRU runs on PyTorch's native kernel with the same values."""
+    code = """
+import json, warnings, torch
+from torch.utils import cpp_extension
+def no_compiler(*args, **kwargs):
+    raise RuntimeError("Ninja is required to load C++ extensions")
+cpp_extension.load = no_compiler
+from lif_sbi import backends
+tb = backends.module
+x, h0 = torch.randn(3, 7, 2), torch.zeros(1, 3, 4)
+params = [torch.randn(12, 2), torch.randn(12, 4), torch.randn(12), torch.randn(12)]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    y, _ = tb._eager_gru(x, h0, params, False)
+    y2, _ = tb._eager_gru(x, h0, params, False)
+ref, _ = tb._native_gru(x, h0, params, False)
+print(json.dumps({"messages": [str(w.message) for w in caught], "err": float((y - ref).abs().max()),
+                  "kernel": repr(tb._cpu_kernel())}))
+"""
+    res = run_script("torch", code)
+    assert res["kernel"] == "None" and res["err"] == 0, res
+    assert len(res["messages"]) == 1, res  # once per process, not per call
+    assert "could not be built (Ninja is required" in res["messages"][0] and "native GRU" in res["messages"][0], res
+
+
+@pytest.mark.torch
 def test_torch_gru_backward_op_never_returns_aliased_tensors():
     """A custom op's outputs may alias neither its inputs nor each other (torch checks this when
     the op runs; it failed on an H100, most likely on cuDNN's weight gradients, views of one flat
