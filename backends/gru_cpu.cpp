@@ -48,7 +48,11 @@ std::vector<torch::Tensor> gru_forward(torch::Tensor x, torch::Tensor h0, torch:
   w_hh = w_hh.contiguous();
   const int64_t B = x.size(0), T = x.size(1), D = x.size(2), H = h0.size(1);
   auto x_tm = x.transpose(0, 1).contiguous();
-  auto ig = at::addmm(b_ih, x_tm.view({T * B, D}), w_ih.t());  // (T*B, 3H): every step's input part
+  // the input part W_i x + b_i of a block of kBlock steps at a time (one buffer for all of T
+  // would be over 32 MB at the reference size: see above)
+  const int64_t L = std::min(kBlock, T);
+  auto ig = torch::empty({L * B, 3 * H}, h0.options());
+  auto w_ih_t = w_ih.t();
   auto hs = torch::empty({T + 1, B, H}, h0.options());
   hs[0].copy_(h0);
   std::vector<torch::Tensor> saved;
@@ -57,7 +61,7 @@ std::vector<torch::Tensor> gru_forward(torch::Tensor x, torch::Tensor h0, torch:
   }
   auto hg = torch::empty({B, 3 * H}, h0.options());
   auto w_hh_t = w_hh.t();
-  const float* ig_all = ig.data_ptr<float>();
+  const float* ig_all = ig.data_ptr<float>();  // (s % L) * B + b: step s of the current block
   float* hs_all = hs.data_ptr<float>();
   float* r_all = save ? saved[0].data_ptr<float>() : nullptr;
   float* z_all = save ? saved[1].data_ptr<float>() : nullptr;
@@ -65,9 +69,14 @@ std::vector<torch::Tensor> gru_forward(torch::Tensor x, torch::Tensor h0, torch:
   float* hn_all = save ? saved[3].data_ptr<float>() : nullptr;
   const float* hgp = hg.data_ptr<float>();
   for (int64_t s = 0; s < T; ++s) {
+    if (s % L == 0) {
+      const int64_t len = std::min(L, T - s);
+      auto ig_block = ig.narrow(0, 0, len * B);
+      at::addmm_out(ig_block, b_ih, x_tm.narrow(0, s, len).view({len * B, D}), w_ih_t);
+    }
     at::addmm_out(hg, b_hh, hs[s], w_hh_t);
     for (int64_t b = 0; b < B; ++b) {
-      const float* igb = ig_all + (s * B + b) * 3 * H;
+      const float* igb = ig_all + ((s % L) * B + b) * 3 * H;
       const float* hgb = hgp + b * 3 * H;
       const float* hp = hs_all + (s * B + b) * H;
       float* hnext = hs_all + ((s + 1) * B + b) * H;

@@ -167,6 +167,22 @@ def test_jax_gru_scan_unroll(benchmark, bench_data, unroll, on_device, monkeypat
     benchmark.extra_info.update(scan_unroll=unroll)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("kernel", ["fused", "native"])
+@pytest.mark.parametrize("on_device", DEVICES[:1], indirect=True)
+def test_torch_cpu_gru_kernel(benchmark, bench_data, kernel, on_device, monkeypatch):
+    """The reference network's training step under torch on the CPU with its GRUs on the fused
+    kernel (backends/gru_cpu.cpp, the default) vs PyTorch's native one (LIF_SBI_NATIVE_GRU=1)."""
+    if backends.name != "torch":
+        pytest.skip("the fused CPU GRU kernel is torch's")
+    if kernel == "native":
+        monkeypatch.setitem(backends.module._cpu_kernel_state, "module", None)
+    elif backends.module._cpu_kernel() is None:
+        pytest.skip("the fused CPU GRU kernel could not be built here")
+    _time_training_step(benchmark, bench_data, "reference", "mlp", "auto", on_device)
+    benchmark.extra_info.update(gru_kernel=kernel)
+
+
 def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device):
     approximator = make_approximator(kind, bench_data, subnet=subnet, jit_compile=jit_compile)
     step = backends.train_step_function(approximator)
