@@ -20,7 +20,8 @@ namespace {
 
 // The file is compiled with -ffast-math so that GCC calls glibc's vectorised expf in the gate
 // loops. That option assumes finite values, so exp's argument is clamped first (sigmoid and
-// tanh are saturated, in float32, well inside the clamp).
+// tanh are saturated, in float32, well inside the clamp), and gru_forward checks its inputs:
+// the clamp would turn a NaN into a saturated gate, where PyTorch's GRU propagates it.
 inline float sigmoid(float x) {
   x = std::fmin(std::fmax(x, -80.0f), 80.0f);
   return 1.0f / (1.0f + std::exp(-x));
@@ -47,6 +48,16 @@ std::vector<torch::Tensor> gru_forward(torch::Tensor x, torch::Tensor h0, torch:
   TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat32 && x.device().is_cpu(), "gru_cpu: x must be a (B, T, D) float32 CPU tensor");
   w_hh = w_hh.contiguous();
   const int64_t B = x.size(0), T = x.size(1), D = x.size(2), H = h0.size(1);
+  bool finite = true;
+  for (const auto& t : {x, h0, w_ih, w_hh, b_ih, b_hh}) finite = finite && at::isfinite(t).all().item<bool>();
+  if (!finite) {  // NaN or inf in: NaN out (and NaN gradients), never a silently finite result
+    std::vector<torch::Tensor> out = {torch::full({T + 1, B, H}, NAN, h0.options())};
+    if (save) {
+      out.push_back(x.transpose(0, 1).contiguous());
+      for (int k = 0; k < 4; ++k) out.push_back(torch::full({T, B, H}, NAN, h0.options()));
+    }
+    return out;
+  }
   auto x_tm = x.transpose(0, 1).contiguous();
   // the input part W_i x + b_i of a block of kBlock steps at a time (one buffer for all of T
   // would be over 32 MB at the reference size: see above)

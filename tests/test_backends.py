@@ -384,7 +384,8 @@ def test_torch_fused_cpu_gru_matches_native_gru():
     """Under torch on the CPU in float32, eager GRUs run on the fused kernel (backends/gru_cpu.cpp),
     which builds here, and it agrees with PyTorch's native GRU: outputs within 1e-5, gradients
     (inputs, initial state, weights, biases) within 1e-5 relative, for a long sequence, a single
-    step and one unit; without autograd too. LIF_SBI_NATIVE_GRU=1 turns it off."""
+    step and one unit; without autograd too; a NaN in the input gives NaN out, as the native GRU's
+    does. LIF_SBI_NATIVE_GRU=1 turns it off."""
     code = """
 import json, keras, numpy as np, torch
 from lif_sbi import backends
@@ -405,7 +406,11 @@ for b, t, d, h in [(16, 301, 32, 64), (4, 1, 3, 5), (2, 9, 1, 1)]:
         g_ref = torch.autograd.grad((y_ref, last_ref), native_in, (gy, gl))
     with torch.no_grad():
         y_nograd, last_nograd = tb._eager_gru(x, h0, params, False)
+        x_nan = x.clone()
+        x_nan[0, 0, 0] = float("nan")  # the kernel saturates its gates: a NaN must not vanish there
+        nan_out = bool(torch.isnan(tb._eager_gru(x_nan, h0, params, False)[1]).any())
     out["cases"].append({
+        "nan_out": nan_out,
         "node": type(y.grad_fn).__name__,
         "shapes": [list(y.shape), list(last.shape)],
         "out_err": max(float((y - y_ref).abs().max()), float((last - last_ref).abs().max())),
@@ -420,6 +425,7 @@ print(json.dumps(out))
     assert [c["shapes"] for c in res["cases"]] == [[[16, 301, 64], [1, 16, 64]], [[4, 1, 5], [1, 4, 5]], [[2, 9, 1], [1, 2, 1]]]
     for case in res["cases"]:
         assert case["node"] == "_FusedCpuGRUBackward", case  # the fused kernel ran, not the native one
+        assert case["nan_out"], case
         assert case["out_err"] < 1e-5 and case["nograd_err"] < 1e-5, case
         assert len(case["grad_err"]) == 6 and max(case["grad_err"]) < 1e-5, case
         assert min(case["grad_scale"]) > 1e-3, case
