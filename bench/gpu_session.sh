@@ -4,7 +4,7 @@
 # Written for this workplace's device machine (one H100/H200, PyTorch and JAX installed, no Keras,
 # BayesFlow or TensorFlow, no network), run from the repository root:
 #
-#   bash bench/gpu_session.sh        # with .whl/ holding keras, bayesflow, namex, optree wheels
+#   bash bench/gpu_session.sh        # with .whl/ holding keras, bayesflow, namex, optree (and ninja) wheels
 #
 # Every step has its own time limit inside an overall budget (BUDGET_S, default 560 s), so a slow
 # step cannot take the rest down with it. Everything lands in $WORK and is packed after each step
