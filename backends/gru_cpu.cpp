@@ -32,8 +32,28 @@ inline float tanh_(float x) {
   return 2.0f / (1.0f + std::exp(-2.0f * x)) - 1.0f;
 }
 
-// time steps per block of the backward pass's weight-gradient products
+// time steps per block of the input projection and of the backward pass's weight gradients
 constexpr int64_t kBlock = 64;
+
+// One batch row of one time step: the gates from the input part igb (3H) and the recurrent part
+// hgb (3H), the new state from the old one hp (H); with Save, r, z, n and hgb's n part too.
+template <bool Save>
+inline void gate_row(const float* igb, const float* hgb, const float* hp, float* hnext, float* rs, float* zs,
+                     float* ns, float* hns, int64_t H) {
+#pragma GCC ivdep
+  for (int64_t j = 0; j < H; ++j) {
+    const float r = sigmoid(igb[j] + hgb[j]);
+    const float z = sigmoid(igb[H + j] + hgb[H + j]);
+    const float n = tanh_(igb[2 * H + j] + r * hgb[2 * H + j]);
+    hnext[j] = n + z * (hp[j] - n);
+    if constexpr (Save) {
+      rs[j] = r;
+      zs[j] = z;
+      ns[j] = n;
+      hns[j] = hgb[2 * H + j];
+    }
+  }
+}
 
 }  // namespace
 
@@ -91,28 +111,11 @@ std::vector<torch::Tensor> gru_forward(torch::Tensor x, torch::Tensor h0, torch:
       const float* hgb = hgp + b * 3 * H;
       const float* hp = hs_all + (s * B + b) * H;
       float* hnext = hs_all + ((s + 1) * B + b) * H;
+      const int64_t o = (s * B + b) * H;
       if (save) {
-        const int64_t o = (s * B + b) * H;
-        float *rs = r_all + o, *zs = z_all + o, *ns = n_all + o, *hns = hn_all + o;
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          const float r = sigmoid(igb[j] + hgb[j]);
-          const float z = sigmoid(igb[H + j] + hgb[H + j]);
-          const float n = tanh_(igb[2 * H + j] + r * hgb[2 * H + j]);
-          hnext[j] = n + z * (hp[j] - n);
-          rs[j] = r;
-          zs[j] = z;
-          ns[j] = n;
-          hns[j] = hgb[2 * H + j];
-        }
+        gate_row<true>(igb, hgb, hp, hnext, r_all + o, z_all + o, n_all + o, hn_all + o, H);
       } else {
-#pragma GCC ivdep
-        for (int64_t j = 0; j < H; ++j) {
-          const float r = sigmoid(igb[j] + hgb[j]);
-          const float z = sigmoid(igb[H + j] + hgb[H + j]);
-          const float n = tanh_(igb[2 * H + j] + r * hgb[2 * H + j]);
-          hnext[j] = n + z * (hp[j] - n);
-        }
+        gate_row<false>(igb, hgb, hp, hnext, nullptr, nullptr, nullptr, nullptr, H);
       }
     }
   }
