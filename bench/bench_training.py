@@ -183,6 +183,41 @@ def test_torch_cpu_gru_kernel(benchmark, bench_data, kernel, on_device, monkeypa
     benchmark.extra_info.update(gru_kernel=kernel)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("kernel", ["fused", "native"])
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "forward_backward"])
+def test_torch_cpu_gru_pass(benchmark, kernel, grad, monkeypatch):
+    """One GRU the size of the reference network's (batch 64, 501 steps, 32 inputs, 128 units) on
+    one CPU thread, under torch: the forward pass without autograd (sampling) or forward and
+    backward (training), on the fused kernel vs PyTorch's native one."""
+    if backends.name != "torch":
+        pytest.skip("the fused CPU GRU kernel is torch's")
+    import torch
+
+    if kernel == "native":
+        monkeypatch.setitem(backends.module._cpu_kernel_state, "module", None)
+    elif backends.module._cpu_kernel() is None:
+        pytest.skip("the fused CPU GRU kernel could not be built here")
+    gen = torch.Generator().manual_seed(0)
+    x, h0 = torch.randn(BATCH_SIZE, 501, 32, generator=gen), torch.zeros(1, BATCH_SIZE, 128)
+    params = [0.1 * torch.randn(*shape, generator=gen) for shape in ((384, 32), (384, 128), (384,), (384,))]
+    inputs = [t.requires_grad_(grad) for t in (x, h0, *params)]
+
+    def run():
+        with torch.set_grad_enabled(grad):
+            outputs, last = backends.module._eager_gru(inputs[0], inputs[1], inputs[2:], grad)
+            if grad:
+                torch.autograd.grad(outputs.sum() + last.sum(), inputs)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each GRU of gru_many runs on a 2-core CPU
+    try:
+        benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
+    finally:
+        torch.set_num_threads(threads)
+    benchmark.extra_info.update(backend=backends.name, gru_kernel=kernel, grad=grad)
+
+
 def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device):
     approximator = make_approximator(kind, bench_data, subnet=subnet, jit_compile=jit_compile)
     step = backends.train_step_function(approximator)
