@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -213,8 +215,8 @@ def _eager_gru(x, h0, params, grad: bool):
 
 # The fused CPU kernel (backends/gru_cpu.cpp; why it exists is said there). Compiled with
 # torch.utils.cpp_extension on first use in a process: about 25 s on a 2-core CPU the first
-# time, then loaded from torch's extension cache (TORCH_EXTENSIONS_DIR, by default
-# ~/.cache/torch_extensions) in well under a second. Where it cannot be built (no C++ compiler
+# time, then loaded from torch's extension cache (under TORCH_EXTENSIONS_DIR, by default
+# ~/.cache/torch_extensions, in a folder per Python and torch version) in well under a second. Where it cannot be built (no C++ compiler
 # or ninja) the native kernel is used, with one warning. LIF_SBI_NATIVE_GRU=1 turns it off.
 _CPU_KERNEL_LOCK = threading.Lock()
 _cpu_kernel_state: dict = {}
@@ -247,14 +249,39 @@ def _build_cpu_kernel():
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
+    build_dir = _cpu_kernel_build_dir()
+    name = os.path.basename(build_dir)
     try:
+        os.makedirs(build_dir, exist_ok=True)
+        _remove_stale_build_lock(os.path.join(build_dir, "lock"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cpp_extension's notes about compiler versions
-            return cpp_extension.load(f"lif_sbi_gru_cpu_{capability.lower()}", [source], extra_cflags=flags)
+            return cpp_extension.load(name, [source], extra_cflags=flags, build_directory=build_dir)
     except Exception as error:  # noqa: BLE001 - any build failure means: use the native kernel
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(f"lif_sbi: the fused CPU GRU kernel could not be built ({reason}); using PyTorch's native GRU, about 2x slower to train", stacklevel=3)
         return None
+
+
+def _cpu_kernel_build_dir() -> str:
+    """Where the fused kernel is built and cached: per Python and torch version, per CPU capability."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    version = f"lif_sbi_py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}"
+    return os.path.join(root, version, f"lif_sbi_gru_cpu_{torch.backends.cpu.get_cpu_capability().lower()}")
+
+
+def _remove_stale_build_lock(path: str, max_age_s: float = 600.0) -> None:
+    """cpp_extension holds a lock file while it builds or loads an extension, and every other
+    process waits, silently and without end, while that file exists. A process killed meanwhile
+    (SIGKILL, a CI timeout) leaves it behind. A build takes about 25 s and a load well under one,
+    so a lock older than `max_age_s` is stale: removed."""
+    try:
+        if time.time() - os.path.getmtime(path) > max_age_s:
+            os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 class _FusedCpuGRU(torch.autograd.Function):

@@ -467,6 +467,29 @@ print(json.dumps({"messages": [str(w.message) for w in caught], "err": float((y 
 
 
 @pytest.mark.torch
+def test_torch_fused_gru_kernel_builds_past_a_stale_lock(tmp_path, monkeypatch):
+    """A process killed while it built or loaded the kernel leaves cpp_extension's lock file,
+    and every later process would wait on it forever. A lock older than ten minutes is removed;
+    here the kernel is built from scratch in an empty TORCH_EXTENSIONS_DIR that holds one."""
+    code = """
+import json, os, time
+from lif_sbi import backends
+tb = backends.module
+lock = os.path.join(tb._cpu_kernel_build_dir(), "lock")
+os.makedirs(os.path.dirname(lock), exist_ok=True)
+open(lock, "w").close()
+os.utime(lock, (time.time() - 3600, time.time() - 3600))  # left by a process killed an hour ago
+t0 = time.perf_counter()
+kernel = tb._cpu_kernel()
+print(json.dumps({"built": kernel is not None, "lock_left": os.path.exists(lock), "seconds": time.perf_counter() - t0,
+                  "in_tmp": tb._cpu_kernel_build_dir().startswith(os.environ["TORCH_EXTENSIONS_DIR"])}))
+"""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # run_script passes os.environ on
+    res = run_script("torch", code, timeout=300)  # a build takes ~25 s; without the fix this waits forever
+    assert res["built"] and res["in_tmp"] and not res["lock_left"], res
+
+
+@pytest.mark.torch
 def test_torch_gru_backward_op_never_returns_aliased_tensors():
     """A custom op's outputs may alias neither its inputs nor each other (torch checks this when
     the op runs; it failed on an H100, most likely on cuDNN's weight gradients, views of one flat
