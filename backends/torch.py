@@ -6,9 +6,10 @@ training step for the reference network). Here the Keras weights are permuted fr
 order (z, r, h) to PyTorch's (r, z, n) and transposed with differentiable ops, so gradients flow
 back to the Keras variables. PyTorch's n-gate, n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),
 is Keras' ``reset_after=True`` formula. On the CPU in float32, eager, the GRU runs on this
-project's own kernel (``gru_cpu.cpp``, built on first use; see ``_cpu_kernel``), about 2x faster
-than the native one to train; elsewhere on the native kernel. Under torch.compile (``training.jit_compile = true``)
-the same kernel is called as one opaque custom op, ``lif_sbi::gru`` (see below). Independent
+project's own kernel (``gru_cpu.cpp``, built on first use; see ``_cpu_kernel``), which trains in
+about half the native kernel's time; elsewhere on the native kernel. Under torch.compile
+(``training.jit_compile = true``) the native kernel is called as one opaque custom op,
+``lif_sbi::gru`` (see below). Independent
 GRUs (``gru_many``) run side by side on the CPU, one Python thread each. Importing this module
 turns on flush-to-zero for denormal floats (see below).
 """
@@ -215,9 +216,10 @@ def _eager_gru(x, h0, params, grad: bool):
 
 # The fused CPU kernel (backends/gru_cpu.cpp; why it exists is said there). Compiled with
 # torch.utils.cpp_extension on first use in a process: about 25 s on a 2-core CPU the first
-# time, then loaded from torch's extension cache (under TORCH_EXTENSIONS_DIR, by default
-# ~/.cache/torch_extensions, in a folder per Python and torch version) in well under a second. Where it cannot be built (no C++ compiler
-# or ninja) the native kernel is used, with one warning. LIF_SBI_NATIVE_GRU=1 turns it off.
+# time (setup.sh does it), then loaded from the extension cache in well under a second (under
+# TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions, a folder per Python and torch
+# version). Where it cannot be built (no C++ compiler, no writable cache) the native kernel is
+# used, with one warning. LIF_SBI_NATIVE_GRU=1 turns it off.
 _CPU_KERNEL_LOCK = threading.Lock()
 _cpu_kernel_state: dict = {}
 
