@@ -167,18 +167,24 @@ def test_jax_gru_scan_unroll(benchmark, bench_data, unroll, on_device, monkeypat
     benchmark.extra_info.update(scan_unroll=unroll)
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("kernel", ["fused", "native"])
-@pytest.mark.parametrize("on_device", DEVICES[:1], indirect=True)
-def test_torch_cpu_gru_kernel(benchmark, bench_data, kernel, on_device, monkeypatch):
-    """The reference network's training step under torch on the CPU with its GRUs on the fused
-    kernel (backends/gru_cpu.cpp, the default) vs PyTorch's native one (LIF_SBI_NATIVE_GRU=1)."""
+def _use_torch_gru_kernel(kernel: str, monkeypatch) -> None:
+    """Run this benchmark's eager torch GRUs on the fused CPU kernel or on PyTorch's native one
+    (as LIF_SBI_NATIVE_GRU=1 does); skip under other backends or where the kernel is not built."""
     if backends.name != "torch":
         pytest.skip("the fused CPU GRU kernel is torch's")
     if kernel == "native":
         monkeypatch.setitem(backends.module._cpu_kernel_state, "module", None)
     elif backends.module._cpu_kernel() is None:
         pytest.skip("the fused CPU GRU kernel could not be built here")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kernel", ["fused", "native"])
+@pytest.mark.parametrize("on_device", DEVICES[:1], indirect=True)
+def test_torch_cpu_gru_kernel(benchmark, bench_data, kernel, on_device, monkeypatch):
+    """The reference network's training step under torch on the CPU with its GRUs on the fused
+    kernel (backends/gru_cpu.cpp, the default) vs PyTorch's native one (LIF_SBI_NATIVE_GRU=1)."""
+    _use_torch_gru_kernel(kernel, monkeypatch)
     _time_training_step(benchmark, bench_data, "reference", "mlp", "auto", on_device)
     benchmark.extra_info.update(gru_kernel=kernel)
 
@@ -190,14 +196,9 @@ def test_torch_cpu_gru_pass(benchmark, kernel, grad, monkeypatch):
     """One GRU the size of the reference network's (batch 64, 501 steps, 32 inputs, 128 units) on
     one CPU thread, under torch: the forward pass without autograd (sampling) or forward and
     backward (training), on the fused kernel vs PyTorch's native one."""
-    if backends.name != "torch":
-        pytest.skip("the fused CPU GRU kernel is torch's")
+    _use_torch_gru_kernel(kernel, monkeypatch)
     import torch
 
-    if kernel == "native":
-        monkeypatch.setitem(backends.module._cpu_kernel_state, "module", None)
-    elif backends.module._cpu_kernel() is None:
-        pytest.skip("the fused CPU GRU kernel could not be built here")
     gen = torch.Generator().manual_seed(0)
     x, h0 = torch.randn(BATCH_SIZE, 501, 32, generator=gen), torch.zeros(1, BATCH_SIZE, 128)
     params = [0.1 * torch.randn(*shape, generator=gen) for shape in ((384, 32), (384, 128), (384,), (384,))]
