@@ -256,6 +256,8 @@ def _build_cpu_kernel():
     try:
         os.makedirs(build_dir, exist_ok=True)
         _remove_stale_build_lock(os.path.join(build_dir, "lock"))
+        if not os.path.exists(os.path.join(build_dir, name + ".so")):
+            print("lif_sbi: building the fused CPU GRU kernel (once per machine, about 25 s)", file=sys.stderr, flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cpp_extension's notes about compiler versions
             return cpp_extension.load(name, [source], extra_cflags=flags, build_directory=build_dir)
