@@ -9,7 +9,8 @@
 // (torch.nn.GRU, gate order r, z, n), which is Keras' GRU with reset_after=True:
 //   r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)      z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
 //   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))   h' = n + z * (h - n)
-// Shapes: B batch, T time steps, D input features, H units. All tensors are contiguous float32.
+// Shapes: B batch, T time steps, D input features, H units. Float32 throughout; the inputs read
+// through raw pointers are made contiguous first, every buffer made here is.
 #include <torch/extension.h>
 
 #include <algorithm>
