@@ -21,6 +21,10 @@ FLOW_SUBNETS: tuple[str, ...] = ("mlp", "fused")
 DATA_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
+#: the file, beside model.keras, holding the weights a run started from (`training.initial_weights`)
+INITIAL_WEIGHTS = "initial.weights.npz"
+
+
 class ConfigError(ValueError):
     """A configuration problem, reported to people as one line."""
 
@@ -122,6 +126,13 @@ class TrainingConfig:
     # torch.compile of the whole step (on a 2-core CPU 138 s of compilation, then 49 instead of
     # 60 ms per default-network step; bench/RESULTS.md, "torch.compile"), false is eager everywhere.
     jit_compile: bool | str = "auto"
+    # Start from these weights instead of the backend's random initialisation: the
+    # `initial.weights.npz` an earlier run of the same model configuration wrote (every run saves
+    # the weights it started from; its checkpoints' `.weights.npz` files also fit). Keras draws
+    # initial weights from each backend's own random stream, so one `seed` gives different networks
+    # under torch, TensorFlow and JAX; with this, two backends train from the same start
+    # (lif_sbi.parity, level 2). "" = random from `seed`.
+    initial_weights: str = ""
 
     def __post_init__(self):
         _require(isinstance(self.epochs, int) and self.epochs >= 1, "training.epochs", "an integer >= 1", self.epochs)
@@ -142,6 +153,9 @@ class TrainingConfig:
         _require(isinstance(self.calibrate_widths, bool), "training.calibrate_widths", "true or false", self.calibrate_widths)
         _require(self.jit_compile in (True, False, "auto") and type(self.jit_compile) in (bool, str),
                  "training.jit_compile", 'true, false or "auto"', self.jit_compile)
+        _require(isinstance(self.initial_weights, str) and (self.initial_weights == "" or self.initial_weights.endswith(".weights.npz")),
+                 "training.initial_weights", 'a .weights.npz file a run wrote (results/<run_id>/initial.weights.npz) or "" (random from training.seed)',
+                 self.initial_weights)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import calibration
-from .config import Config, ConfigError, available_configs, load_config
+from .config import INITIAL_WEIGHTS, Config, ConfigError, available_configs, load_config
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, PARAM_NAMES
 
 RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
@@ -151,7 +151,12 @@ class Check:
         fig = "n/a" if self.figure is None else _fmt(self.figure)
         thr = "" if self.threshold is None else f"{self.op} {_fmt(self.threshold)}"
         status = "pass" if self.passed else "**FAIL**"
-        return f"| {self.level} | {self.comparison} | {self.quantity} | {fig} | {thr} | {status} | {self.note} |"
+        return f"| {self.level} | {self.comparison} | {_cell(self.quantity)} | {fig} | {thr} | {status} | {_cell(self.note)} |"
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a bare | (as in |Δr|) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _fmt(x: float) -> str:
@@ -372,8 +377,39 @@ def _task_compare_posteriors(args: dict) -> dict:
                     cross_validation_splits=int(args.get("c2st_splits", 5)), patience=5, max_epochs=200,
                 )
                 accs.append(float(acc))
-            out["pairs"][f"{a}|{b}"] = {"c2st": accs, "c2st_s": round(time.perf_counter() - t0, 1)}
+            out["pairs"][f"{a}|{b}"] = {"c2st": accs, "c2st_s": round(time.perf_counter() - t0, 1),
+                                        "separation": separation(draws[a][:n_c2st], draws[b][:n_c2st])}
     return out
+
+
+def separation(a: np.ndarray, b: np.ndarray) -> dict[str, dict[str, float]]:
+    """Where two posteriors differ, per parameter: draws a, b (traces, draws, 6) of the same traces.
+
+    For each parameter, over the traces: the mean two-sample Kolmogorov-Smirnov distance (SciPy;
+    for identical posteriors about 0.87/√(n_a n_b/(n_a + n_b)), see `ks_null_mean`), the mean
+    |Δ posterior mean| in pooled posterior sds, and the median ratio of posterior sds a/b. The
+    C2ST gives one accuracy for all six parameters; these say which of them the classifier can use.
+    """
+    from scipy import stats
+
+    out = {}
+    for j, p in enumerate(PARAM_NAMES):
+        x, y = a[:, :, j].astype(np.float64), b[:, :, j].astype(np.float64)
+        sd_x, sd_y = x.std(axis=1), y.std(axis=1)
+        pooled = np.sqrt(0.5 * (sd_x**2 + sd_y**2))
+        ok = pooled > 0
+        out[p] = {
+            "ks_mean": float(np.mean([stats.ks_2samp(x[k], y[k]).statistic for k in range(len(x))])),
+            "mean_shift_sd": float(np.mean(np.abs(x.mean(axis=1) - y.mean(axis=1))[ok] / pooled[ok])) if ok.any() else float("nan"),
+            "sd_ratio_median": float(np.median(sd_x[ok] / np.where(sd_y[ok] > 0, sd_y[ok], np.nan))) if ok.any() else float("nan"),
+        }
+    return out
+
+
+def ks_null_mean(n_a: int, n_b: int) -> float:
+    """The mean two-sample KS distance between samples of n_a and n_b draws of one distribution
+    (Kolmogorov's limit: E sup|B| = √(π/2)·ln 2 ≈ 0.8687, over √(n_a n_b / (n_a + n_b)))."""
+    return math.sqrt(math.pi / 2) * math.log(2) / math.sqrt(n_a * n_b / (n_a + n_b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,10 +535,15 @@ def new_run_dir(results_dir: Path, config: Config) -> Path:
 
 def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: Path = RESULTS_DIR, *,
                backends: list[str] | None = None, say=print, c2st_splits: int | None = None,
-               baseline: str | None = None) -> ParityRun:
+               baseline: str | None = None, shared_init: bool = True) -> ParityRun:
     """Levels 1-3 for every backend; with `baseline` = a backend name, level 2 compares two trainings
     under that one backend that differ only in training.seed (the seed-to-seed spread the level-2
-    thresholds must allow), and level 1 checks only each model's own save."""
+    thresholds must allow), and level 1 checks only each model's own save.
+
+    shared_init: every backend after the first trains from the weights the first one started from
+    (`training.initial_weights`), so that level 2 compares the backends' training rather than two
+    random initialisations (Keras draws them from each backend's own random stream). False: each
+    backend initialises from `training.seed` itself. The baseline's two seeds always start apart."""
     config = load_config(config_name, list(overrides))
     size = size_of(config)
     th = THRESHOLDS[size]
@@ -533,10 +574,15 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
 
     # Train every model (this is also level 2's independent training)
     models = {}
+    shared_init = shared_init and not baseline and not config.training.initial_weights
+    info["shared_init"] = shared_init
+    start = []  # --set training.initial_weights=<the first model's start>, once it exists
     for m, (b, ov) in variants.items():
         t0 = time.perf_counter()
-        say(f"training '{config.name}' under {b}{'' if m == b else f' ({m})'} ...")
-        models[m] = train(b, config_name, ov, run_dir / "models" / m) / "model.keras"
+        say(f"training '{config.name}' under {b}{'' if m == b else f' ({m})'}{' from the same initial weights' if start else ''} ...")
+        models[m] = train(b, config_name, ov + start, run_dir / "models" / m) / "model.keras"
+        if shared_init and not start:
+            start = [f"training.initial_weights={models[m].parent / INITIAL_WEIGHTS}"]
         info["timings_s"][f"train {m}"] = round(time.perf_counter() - t0, 1)
         factors = calibration.load_for(models[m])
         if factors is not None:
@@ -642,6 +688,8 @@ def write_report(run: ParityRun) -> Path:
         "Level 1: each backend trains and saves the model; every backend loads every save and evaluates",
         f"{L1_N_TRACES} fixed traces (seed {L1_SEED}) with {L1_N_Z} fixed base draws z each; `A → B` compares B's",
         "numbers for A's save against A's own. Level 2: the independently trained models' posteriors",
+        *([f"(every backend trained from the initial weights {run.backends[0]}'s run started from: `training.initial_weights`)"]
+          if run.info.get("shared_init") else []),
         f"({run.config.diagnostics.n_draws} draws, each model with the width factors its own run fitted, if any) on the",
         "same fresh test traces. Level 3: simulator CPU vs CUDA.",
         "",
@@ -649,6 +697,7 @@ def write_report(run: ParityRun) -> Path:
         "|---|---|---|---|---|---|---|",
         *[c.row() for c in run.checks],
         "",
+        *_separation_lines(run),
         "Thresholds in force:",
         "",
         "```",
@@ -667,6 +716,22 @@ def write_report(run: ParityRun) -> Path:
          "checks": [dataclasses.asdict(c) for c in run.checks], "info": run.info}, indent=2, default=str) + "\n")
     _atomic_text(path, "\n".join(lines))
     return path
+
+
+def _separation_lines(run: ParityRun) -> list[str]:
+    """The per-parameter separation of each level-2 pair (`separation`): information, not a check."""
+    lines = []
+    n = run.config.diagnostics.n_draws
+    for pair, res in run.info.get("level2", {}).get("pairs", {}).items():
+        sep = res.get("separation")
+        if not sep:
+            continue
+        a, b = pair.split("|")
+        lines += [f"Where the posteriors of {a} and {b} differ, per parameter, on the {len(res['c2st'])} C2ST test traces",
+                  f"(information, not a check; KS distance of identical posteriors ≈ {ks_null_mean(n, n):.3f}):", "",
+                  "| parameter | mean KS distance | mean \\|Δ posterior mean\\| / posterior sd | median sd ratio |", "|---|---|---|---|",
+                  *[f"| {p} | {_fmt(v['ks_mean'])} | {_fmt(v['mean_shift_sd'])} | {_fmt(v['sd_ratio_median'])} |" for p, v in sep.items()], ""]
+    return lines
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -701,6 +766,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where the run folder is created (default: results/)")
     p.add_argument("--backends", nargs="+", metavar="BACKEND", default=None,
                    help="compare only these installed backends (at least two; default: every installed one)")
+    p.add_argument("--own-init", action="store_true",
+                   help="let each backend draw its own initial weights from training.seed (default: every backend starts from the first one's)")
     p.add_argument("--baseline", metavar="BACKEND", default=None,
                    help="instead of comparing backends, train twice under BACKEND with two training seeds and compare those (level 2's seed-to-seed baseline)")
 
@@ -751,7 +818,7 @@ def main(argv=None) -> int:
             print(f"error: --backends {' '.join(args.backends)}: {why}; installed: {', '.join(installed_backends())}", file=sys.stderr)
             return 2
     try:
-        run = run_parity(args.config, args.overrides, results, baseline=args.baseline,
+        run = run_parity(args.config, args.overrides, results, baseline=args.baseline, shared_init=not args.own_init,
                          backends=None if args.backends is None else list(dict.fromkeys(args.backends)))
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)

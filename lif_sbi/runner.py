@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from . import __version__, backends, calibration, dataset, diagnostics, estimator, report
-from .config import Config
+from .config import INITIAL_WEIGHTS, Config, ConfigError
 from .diagnostics import atomic_write_text
 from .priors import PARAMETERS
 
@@ -285,6 +285,9 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     # before anything is written: "auto" becomes the device used, saved as such in config.toml
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, device=dataset.resolve_device(config.data.device)))
     backends.set_seed(config.training.seed)
+    start_from = Path(config.training.initial_weights) if config.training.initial_weights and not resuming else None
+    if start_from is not None and not start_from.is_file():
+        raise ConfigError(f"training.initial_weights = {str(start_from)!r}: no such file")
     if resuming:
         ckpt_path, state = load_checkpoint(run_dir / CHECKPOINTS)
         say(f"resuming {run_dir} after epoch {state['epoch']}")
@@ -327,6 +330,14 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         learning_rate = tc.learning_rate
     approximator.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=tc.jit_compile)
     approximator.build_from_data(train_ds[0])
+    if state is None:
+        if start_from is not None:
+            try:
+                _load_weights(approximator, start_from)
+            except Exception as exc:  # a user's file: whatever NumPy or the shape check says, it is bad input
+                _rmtree(run_dir)  # nothing half-written: the run had not started
+                raise ConfigError(f"training.initial_weights = {str(start_from)!r}: not initial weights of this model configuration ({exc})") from None
+        _save_weights_npz(approximator, run_dir / INITIAL_WEIGHTS)
 
     rows: list[dict] = []
     best = float("inf")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,8 @@ def test_jit_compile_values_and_round_trip(text, value):
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
         (["data.device=gpu"], "data.device .* auto, cpu, cuda"),
+        (["training.initial_weights=results/run/model.keras"], "training.initial_weights .*weights.npz"),
+        (["training.initial_weights=3"], "training.initial_weights"),
         (["epochs"], "malformed"),
     ],
 )
@@ -106,6 +109,24 @@ def test_cli_errors_are_one_line_exit_2(args, match, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert __import__("re").search(match, lines[0]), lines[0]
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("content", [None, "not numpy", "other model"])
+def test_initial_weights_that_do_not_fit_are_one_line_exit_2(content, tmp_path):
+    """A missing file, a file NumPy cannot read, and another model's weights: one line, exit 2, no run folder."""
+    path = tmp_path / "initial.weights.npz"
+    if content == "not numpy":
+        path.write_text("not an archive")
+    elif content == "other model":
+        np.savez(path, np.zeros((3, 4), "float32"), np.zeros(4, "float32"))
+    results = tmp_path / "results"
+    proc = _cli("--config", "ci", "--set", f"training.initial_weights={path}", "--set", "data.cache=false", "--results-dir", str(results))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"error: training.initial_weights = '{path}'"), lines[0]
+    assert ("no such file" if content is None else "not initial weights of this model") in lines[0], lines[0]
+    assert not results.exists() or list(results.iterdir()) == []  # nothing half-written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")

@@ -131,6 +131,28 @@ def test_level2_full_size(tmp_path):
     assert run.size == "full" and run.passed, _rows([c for c in run.checks if not c.passed])
 
 
+def test_separation_names_the_parameter_that_differs():
+    """Per-parameter separation of two sets of draws: a 1-sd shift and a 2x width in one parameter
+    each are found there; the other parameters sit at the KS distance of identical posteriors."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((20, 1000, 6)), rng.standard_normal((20, 1000, 6))
+    b[:, :, 4] += 1.0  # V_res shifted by one sd
+    b[:, :, 1] *= 2.0  # g_L twice as wide
+    sep = parity.separation(a, b)
+    null = parity.ks_null_mean(1000, 1000)
+    assert abs(null - 0.0389) < 1e-3
+    assert abs(sep["V_res"]["mean_shift_sd"] - 1.0) < 0.1 and abs(sep["V_res"]["ks_mean"] - 0.383) < 0.03
+    assert abs(sep["g_L"]["sd_ratio_median"] - 0.5) < 0.02 and sep["g_L"]["ks_mean"] > 3 * null
+    for p in ("C_m", "E_L", "V_th", "t_ref"):
+        assert abs(sep[p]["ks_mean"] - null) < 0.01 and sep[p]["mean_shift_sd"] < 0.1 and abs(sep[p]["sd_ratio_median"] - 1) < 0.02
+
+
+def test_report_cells_escape_bars():
+    row = parity.Check(2, "torch vs tensorflow", "C_m: |Δ Pearson r|", 0.01, 0.02, "≤", True, "r = |x|").row()
+    assert row.count("|") - row.count("\\|") == 8  # 7 cells
+    assert "\\|Δ Pearson r\\|" in row
+
+
 def test_thresholds_are_the_promised_ones():
     full = parity.THRESHOLDS["full"]
     assert (full.summary_rel, full.log_prob_rel, full.draws_rel) == (1e-5, 1e-4, 1e-3)
@@ -174,6 +196,23 @@ def test_report_lists_every_check(ci_run):
     # ci fits width factors; level 2 draws use each model's own, and the report lists them
     for m in ci_run.backends:
         assert f"Width factors of the {m} model" in text
+    assert "every backend trained from the initial weights torch's run started from" in text
+    assert "Where the posteriors of torch and tensorflow differ, per parameter" in text
+
+
+@needs_both
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_every_backend_trains_from_the_first_ones_initial_weights(ci_run):
+    """Level 2 compares the backends' training, not two random initialisations: the second backend's
+    run was given the first one's initial.weights.npz (training.initial_weights) and started there."""
+    assert ci_run.info["shared_init"] is True
+    first, second = (ci_run.models[b].parent for b in BACKENDS)
+    start = first / "initial.weights.npz"
+    assert parity.load_config(str(first / "config.toml")).training.initial_weights == ""
+    assert parity.load_config(str(second / "config.toml")).training.initial_weights == str(start)
+    with np.load(start) as a, np.load(second / "initial.weights.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 def test_cli_exit_code_1_and_numbers_on_failure(tmp_path, monkeypatch, capsys):
@@ -203,7 +242,7 @@ def test_cli_backends_picks_a_subset(tmp_path, monkeypatch):
         seen.update(k)
         run_dir = tmp_path / "parity_ci_x"
         run_dir.mkdir(exist_ok=True)
-        return parity.ParityRun(run_dir, load_config("ci"), "smoke", k["backends"], {}, {}, [], {"timings_s": {}})
+        return parity.ParityRun(run_dir, load_config("ci"), "smoke", k["backends"] or parity.installed_backends(), {}, {}, [], {"timings_s": {}})
 
     monkeypatch.setattr(parity, "run_parity", fake_run)
     installed = parity.installed_backends()
@@ -211,7 +250,9 @@ def test_cli_backends_picks_a_subset(tmp_path, monkeypatch):
         pytest.skip("needs two installed backends")
     pick = [installed[1], installed[0], installed[1]]
     assert parity.main(["--config", "ci", "--results-dir", str(tmp_path), "--backends", *pick]) == 0
-    assert seen["backends"] == [installed[1], installed[0]]
+    assert seen["backends"] == [installed[1], installed[0]] and seen["shared_init"] is True
+    assert parity.main(["--config", "ci", "--results-dir", str(tmp_path), "--own-init"]) == 0
+    assert seen["shared_init"] is False
 
 
 @pytest.mark.parametrize("args", [["--config", "no_such_config"], ["--bogus"], ["--set", "training.epochs=0"], ["--set", "nonsense"],
@@ -238,8 +279,9 @@ def test_baseline_compares_two_seeds_under_one_backend(tmp_path):
     run = parity.run_parity("ci", [], tmp_path, say=lambda *a: None, baseline="torch")
     assert run.backends == ["torch", "torch_seed43"] and run.info["baseline"]
     assert set(run.models) == {"torch", "torch_seed43"} and run.models["torch"] != run.models["torch_seed43"]
-    seeds = [parity.load_config(str(p.parent / "config.toml")).training.seed for p in run.models.values()]
-    assert seeds == [42, 43]
+    configs = [parity.load_config(str(p.parent / "config.toml")).training for p in run.models.values()]
+    assert [c.seed for c in configs] == [42, 43] and [c.initial_weights for c in configs] == ["", ""]  # each seed its own start
+    assert run.info["shared_init"] is False
     # No cross-backend level 1 (one backend); own-save checks for both models.
     assert {c.comparison for c in run.checks if c.level == 1} == {"torch → torch (own save)", "torch_seed43 → torch (own save)"}
     level2 = [c for c in run.checks if c.level == 2]
