@@ -196,7 +196,7 @@ def test_report_lists_every_check(ci_run):
     # ci fits width factors; level 2 draws use each model's own, and the report lists them
     for m in ci_run.backends:
         assert f"Width factors of the {m} model" in text
-    assert "every backend trained from the initial weights torch's run started from" in text
+    assert "every backend trained from the initial weights torch's run started from (`training.initial_weights`)" in text
     assert "Where the posteriors of torch and tensorflow differ, per parameter" in text
 
 
