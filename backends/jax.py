@@ -7,7 +7,9 @@ the CPU) the jax-marked tests run and ``KERAS_BACKEND=jax python -m lif_sbi.trai
 from __future__ import annotations
 
 import functools
+import os
 import random
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,34 @@ import numpy as np
 from ._common import seed_keras
 
 name = "jax"
+
+
+def _use_persistent_compilation_cache() -> str | None:
+    """Keep XLA's compiled programs on disk, so that a new process does not compile them again.
+
+    BayesFlow samples eagerly, and eager JAX compiles every operation once per input shape in each
+    process: one recording's posterior from a `ci` model took 3.7 s in a fresh process, of which
+    about 3.6 s compiling, and 0.03 s once compiled; with this cache a second process took 0.76 s,
+    and loading the model 2.3 instead of 5.0 s (2-core CPU, ad hoc). Training's compiled step is
+    kept as well. The cache is `LIF_SBI_JAX_CACHE`, else `jax/` in the dataset cache folder
+    (`LIF_SBI_CACHE`, else `cache/` in the project), at most 1 GB, least recently used entries
+    dropped first (JAX's own cache, with its locking). `LIF_SBI_JAX_CACHE=""` turns it off; a cache
+    folder the user gave JAX itself (`JAX_COMPILATION_CACHE_DIR`) is left as it is. Returns the
+    folder in use."""
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    folder = os.environ.get("LIF_SBI_JAX_CACHE")
+    if folder is None:
+        folder = str(Path(os.environ.get("LIF_SBI_CACHE", Path(__file__).resolve().parent.parent / "cache")) / "jax")
+    if not folder:
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # the eager ops take ~10-50 ms each
+    jax.config.update("jax_compilation_cache_max_size", 1 << 30)
+    return folder
+
+
+compilation_cache_dir = _use_persistent_compilation_cache()
 
 
 def _as_array(x, dtype=None):

@@ -18,9 +18,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(backend: str, code: str, timeout: int = 300) -> dict:
-    """Run `code` under KERAS_BACKEND=`backend`; it must print one JSON line last."""
-    env = os.environ | {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+def run_script(backend: str, code: str, timeout: int = 300, env: dict | None = None) -> dict:
+    """Run `code` under KERAS_BACKEND=`backend` (and `env`); it must print one JSON line last."""
+    env = os.environ | {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"} | (env or {})
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=ROOT,
@@ -299,6 +299,35 @@ print(json.dumps(out))
     assert res["counted_any"], res  # the listener sees compilations at all
     assert res["fast_gru_again"] == 0, res
     assert res["reference_again"] == 0, res
+
+
+@pytest.mark.jax
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_jax_keeps_compiled_programs_for_the_next_process(tmp_path):
+    """Under JAX, XLA's compiled programs go to a persistent cache (LIF_SBI_JAX_CACHE): a second
+    process running the same eager GRU loads them instead of compiling (JAX's cache-hit events).
+    LIF_SBI_JAX_CACHE="" turns the cache off; a cache folder given to JAX itself is kept."""
+    code = """
+import json, jax, jax.monitoring, numpy as np
+from lif_sbi import backends
+from lif_sbi.networks import FastGRU
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+FastGRU(8)(np.random.default_rng(0).normal(size=(3, 40, 2)).astype("float32"))
+print(json.dumps({"dir": backends.module.compilation_cache_dir, "config_dir": jax.config.jax_compilation_cache_dir,
+                  "hits": events.count("/jax/compilation_cache/cache_hits")}))
+"""
+    ours = tmp_path / "lif_sbi_jax"
+    first = run_script("jax", code, env={"LIF_SBI_JAX_CACHE": str(ours)})
+    assert first["dir"] == str(ours) and first["hits"] == 0, first
+    assert any(ours.iterdir())
+    second = run_script("jax", code, env={"LIF_SBI_JAX_CACHE": str(ours)})
+    assert second["hits"] >= 1, second
+    off = run_script("jax", code, env={"LIF_SBI_JAX_CACHE": ""})
+    assert off["dir"] is None and not off["config_dir"] and off["hits"] == 0, off
+    theirs = tmp_path / "their_own"
+    kept = run_script("jax", code, env={"LIF_SBI_JAX_CACHE": str(ours), "JAX_COMPILATION_CACHE_DIR": str(theirs)})
+    assert kept["dir"] == kept["config_dir"] == str(theirs), kept
 
 
 @pytest.mark.tensorflow
