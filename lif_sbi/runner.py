@@ -336,7 +336,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
                 _load_weights(approximator, start_from)
             except Exception as exc:  # a user's file: whatever NumPy or the shape check says, it is bad input
                 _rmtree(run_dir)  # nothing half-written: the run had not started
-                raise ConfigError(f"training.initial_weights = {str(start_from)!r}: not initial weights of this model configuration ({exc})") from None
+                raise ConfigError(f"training.initial_weights = {str(start_from)!r}: not initial weights of this model configuration ({' '.join(str(exc).split())})") from None
         _save_weights_npz(approximator, run_dir / INITIAL_WEIGHTS)
 
     rows: list[dict] = []
