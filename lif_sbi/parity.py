@@ -7,7 +7,8 @@ backend (torch, tensorflow, jax), and writes `results/<run_id>/parity.md`:
   saved; every saved model is loaded under every backend (one subprocess per backend: Keras reads
   KERAS_BACKEND once per process) and evaluated on one fixed batch of traces, parameters and
   base-distribution draws z shared through an .npz file: summary-network outputs,
-  posterior log-density, and posterior draws made from the same z. The backend that saved the
+  posterior log-density, posterior draws made from the same z, and the gradients of one training
+  step (the training loss w.r.t. every trainable variable, dropout off). The backend that saved the
   model is the reference; every other backend must reproduce it. A backend loading its own save
   is checked too (sanity): two loads agree, and the hand-made z → θ path equals BayesFlow's own
   sampling path when the base distribution is made to return z.
@@ -67,6 +68,14 @@ class Thresholds:
     # inverse multiplies by exp(scale) per layer, so errors grow a little more than for log p;
     # 1e-3 of the prior width is far below any posterior width the model can resolve.
     draws_rel: float = 1e-3
+    # One training step's gradients from the same weights on the same batch, per trainable
+    # variable: |Δ∂L/∂w| / |∂L/∂w|. The backward pass of the whole flow and summary network adds
+    # up many more roundoffs than the forward values above; a wrong backward rule (a kernel
+    # layout, a missing term) gives errors of order one. Measured on the 2-core CPU over the 32
+    # fixed traces: `default`'s trained torch and TensorFlow models under every other backend,
+    # worst variable 1.8e-4 to 1.0e-3, median 4e-5 to 1.1e-4; `ci`, all six directions of torch,
+    # TensorFlow and JAX, worst 7e-7 to 1.5e-4.
+    gradient_rel: float = 1e-2
     # --- level 2 (independent training): depends on how much the model learned.
     # |r_A − r_B| per parameter. With N test traces, r's sampling error alone is (1−r²)/√N.
     # Measured seed-to-seed spread under one backend (`--baseline torch`, default config, 2-core
@@ -267,6 +276,43 @@ def level1_numbers(approximator, x, theta, z) -> dict[str, np.ndarray]:
     return {"summaries": np.asarray(summaries, np.float64), "log_prob": np.asarray(log_prob, np.float64), "draws": draws}
 
 
+# SGD's step size for reading gradients off a training step: a power of two, so that
+# (w_before − w_after) / step is the gradient to float32 rounding even where it is far smaller than w.
+GRADIENT_STEP = 2.0**24
+
+
+def training_gradients(approximator, x, theta) -> list[np.ndarray]:
+    """The gradient of the training loss w.r.t. every trainable variable (in their order) for the
+    fixed batch x (n, 501, 1) V, theta (n, 6) SI, from the approximator's current weights.
+
+    Read off one training step as `fit` runs it (`backends.train_step_function`: the backend's own
+    autograd, compiled as `fit` compiles it) with plain SGD: w_after = w_before − step · ∂loss/∂w.
+    Written by hand because Keras has no backend-neutral gradient function. Dropout is switched
+    off first (its masks come from each backend's own random stream), so this is the gradient of
+    the loss without dropout noise. The step changes the weights, the optimizer and the dropout
+    rates: use an approximator that is thrown away afterwards.
+    """
+    import keras
+
+    from . import backends
+    from .networks import FastGRU
+    from .subnets import CouplingMLP
+
+    for layer in approximator._flatten_layers(include_self=False):  # Keras' own walk over sublayers
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+        elif isinstance(layer, (FastGRU, CouplingMLP)):
+            layer.dropout = 0.0
+
+    batch = approximator.adapter({"parameters": theta, "observables": x})
+    batch = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items() if k in ("inference_variables", "summary_variables")}
+    approximator.compile(optimizer=keras.optimizers.SGD(GRADIENT_STEP))
+    variables = approximator.trainable_variables
+    before = [keras.ops.convert_to_numpy(v).astype(np.float64) for v in variables]
+    backends.train_step_function(approximator)(batch)
+    return [(b - keras.ops.convert_to_numpy(v).astype(np.float64)) / GRADIENT_STEP for b, v in zip(before, variables)]
+
+
 def draws_from_base(approximator, x, z) -> np.ndarray:
     """Posterior draws made from given base draws z (n, S, 6), as ContinuousApproximator.sample does.
 
@@ -329,6 +375,8 @@ def _task_evaluate(args: dict) -> dict:
                                            width_scale=calibration.load_for(args["model"]))
         answer["sample_s"] = round(time.perf_counter() - t0, 2)
         numbers["posterior_draws"] = draws
+    # last, on a model of its own: the training step changes the weights
+    numbers |= {f"gradient_{i}": g for i, g in enumerate(training_gradients(estimator.load_approximator(args["model"]), x, theta))}
     np.savez(args["out"], **numbers)
     return answer
 
@@ -450,7 +498,28 @@ def compare_level1(ref: dict, cand: dict, comparison: str, th: Thresholds) -> li
     worst = int(np.argmax(per_param))
     checks.append(_le(1, comparison, "draws from same z, max |Δθ| / prior width", float(per_param[worst]), th.draws_rel,
                       f"{d_ref.shape[0]}×{d_ref.shape[1]} draws; worst {PARAM_NAMES[worst]}"))
+    g_ref, g_c = _gradients(ref), _gradients(cand)
+    if g_ref and g_c:
+        if [g.shape for g in g_ref] != [g.shape for g in g_c]:
+            return checks + [Check(1, comparison, "training gradients: variable shapes", None, None, "", False, f"{len(g_ref)} vs {len(g_c)} variables")]
+        norms = np.array([np.linalg.norm(g) for g in g_ref])
+        used = [i for i in range(len(g_ref)) if norms[i] > GRADIENT_FLOOR * norms.max()]
+        rel = [np.linalg.norm(g_c[i] - g_ref[i]) / norms[i] for i in used]
+        worst = int(np.argmax(rel)) if rel else 0
+        checks.append(_le(1, comparison, "training gradients, max over variables of |Δ∂L/∂w| / |∂L/∂w|", float(max(rel, default=np.nan)),
+                          th.gradient_rel, f"{len(used)} of {len(g_ref)} variables (|∂L/∂w| > {GRADIENT_FLOOR:g} × the largest); "
+                          f"worst #{used[worst] if used else '-'}, median {float(np.median(rel)) if rel else float('nan'):.2g}"))
     return checks
+
+
+# Gradients this much smaller than the largest one are left out of the comparison: there a
+# float32 roundoff of the loss is a relative error of order one (at initialisation whole subnets
+# have zero gradient, behind BayesFlow's zero-initialised output layers).
+GRADIENT_FLOOR = 1e-6
+
+
+def _gradients(numbers: dict) -> list[np.ndarray]:
+    return [np.asarray(numbers[f"gradient_{i}"]) for i in range(sum(k.startswith("gradient_") for k in numbers))]
 
 
 def load_npz(path) -> dict:
@@ -702,7 +771,8 @@ def write_report(run: ParityRun) -> Path:
         *[f"| {k} | {v} |" for k, v in env.items()],
         "",
         "Level 1: each backend trains and saves the model; every backend loads every save and evaluates",
-        f"{L1_N_TRACES} fixed traces (seed {L1_SEED}) with {L1_N_Z} fixed base draws z each; `A → B` compares B's",
+        f"{L1_N_TRACES} fixed traces (seed {L1_SEED}) with {L1_N_Z} fixed base draws z each, and the gradients of one",
+        "training step on them (dropout off); `A → B` compares B's",
         "numbers for A's save against A's own. Level 2: the independently trained models' posteriors",
         f"({run.config.diagnostics.n_draws} draws, each model with the width factors its own run fitted, if any) on the",
         "same fresh test traces"

@@ -46,10 +46,11 @@ def ci_run(tmp_path_factory):
 def test_level1_same_weights_same_numbers(ci_run, direction):
     checks = [c for c in ci_run.checks if c.level == 1 and c.comparison == direction]
     quantities = " ".join(c.quantity for c in checks)
-    assert len(checks) == 3 and "summary" in quantities and "log p" in quantities and "same z" in quantities, _rows(checks)
+    assert len(checks) == 4 and "summary" in quantities and "log p" in quantities and "same z" in quantities, _rows(checks)
+    assert "training gradients" in quantities, _rows(checks)
     assert all(c.passed for c in checks), _rows(checks)
     th = parity.THRESHOLDS["full"]
-    assert [c.threshold for c in checks] == [th.summary_rel, th.log_prob_rel, th.draws_rel]
+    assert [c.threshold for c in checks] == [th.summary_rel, th.log_prob_rel, th.draws_rel, th.gradient_rel]
 
 
 @needs_both
@@ -96,6 +97,14 @@ def test_compare_level1_on_synthetic_numbers():
     nan = {k: v.copy() for k, v in ref.items()}
     nan["log_prob"][0] = np.nan
     assert not parity.compare_level1(ref, nan, "a → b", th)[1].passed
+    # training gradients: compared per variable above the floor; one wrong variable fails
+    grads = {"gradient_0": rng.normal(size=(5, 3)), "gradient_1": rng.normal(size=7) * 1e-3, "gradient_2": np.full(4, 1e-12)}
+    same = parity.compare_level1(ref | grads, ref | grads, "a → a", th)
+    assert len(same) == 4 and same[3].passed and same[3].figure == 0 and "2 of 3 variables" in same[3].note, _rows(same)
+    wrong = grads | {"gradient_1": grads["gradient_1"] * 1.05, "gradient_2": np.full(4, 1e-10)}  # below the floor: ignored
+    check = parity.compare_level1(ref | grads, ref | wrong, "a → b", th)[3]
+    assert not check.passed and abs(check.figure - 0.05) < 1e-9 and "worst #1" in check.note, check.row()
+    assert not parity.compare_level1(ref | grads, ref | {"gradient_0": grads["gradient_0"]}, "a → b", th)[3].passed  # missing variables
 
 
 # ------------------------------------------------------------------------------- level 2
