@@ -281,6 +281,10 @@ def level1_numbers(approximator, x, theta, z) -> dict[str, np.ndarray]:
 # SGD's step size for reading gradients off a training step: a power of two, so that
 # (w_before − w_after) / step is the gradient to float32 rounding even where it is far smaller than w.
 GRADIENT_STEP = 2.0**24
+# Gradients this much smaller than the largest one are left out of the comparison: there a
+# float32 roundoff of the loss is a relative error of order one (at initialisation whole subnets
+# have zero gradient, behind BayesFlow's zero-initialised output layers).
+GRADIENT_FLOOR = 1e-6
 
 
 def training_gradients(approximator, x, theta) -> list[np.ndarray]:
@@ -452,9 +456,9 @@ def separation(a: np.ndarray, b: np.ndarray) -> dict[str, dict[str, float]]:
     For each parameter, over the traces: the mean two-sample Kolmogorov-Smirnov distance (SciPy;
     for independent draws of identical posteriors about 0.87/√(n_a n_b/(n_a + n_b)), see
     `ks_null_mean`; draws one backend made from the same seed share their base draws and can fall
-    below it), the mean
-    |Δ posterior mean| in pooled posterior sds, and the median ratio of posterior sds a/b. The
-    C2ST gives one accuracy for all six parameters; these say which of them the classifier can use.
+    below it), the mean |Δ posterior mean| in pooled posterior sds, and the median ratio of
+    posterior sds a/b. The C2ST gives one accuracy for all six parameters; these say which of them
+    the classifier can use.
     """
     from scipy import stats
 
@@ -512,12 +516,6 @@ def compare_level1(ref: dict, cand: dict, comparison: str, th: Thresholds) -> li
                           th.gradient_rel, f"{len(used)} of {len(g_ref)} variables (|∂L/∂w| > {GRADIENT_FLOOR:g} × the largest); "
                           f"worst #{used[worst] if used else '-'}, median {float(np.median(rel)) if rel else float('nan'):.2g}"))
     return checks
-
-
-# Gradients this much smaller than the largest one are left out of the comparison: there a
-# float32 roundoff of the loss is a relative error of order one (at initialisation whole subnets
-# have zero gradient, behind BayesFlow's zero-initialised output layers).
-GRADIENT_FLOOR = 1e-6
 
 
 def _gradients(numbers: dict) -> list[np.ndarray]:
