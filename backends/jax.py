@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import random
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,9 @@ def _use_persistent_compilation_cache() -> str | None:
         return jax.config.jax_compilation_cache_dir
     folder = os.environ.get("LIF_SBI_JAX_CACHE")
     if folder is None:
-        folder = str(Path(os.environ.get("LIF_SBI_CACHE", Path(__file__).resolve().parent.parent / "cache")) / "jax")
+        from lif_sbi.dataset import DEFAULT_CACHE_DIR  # the datasets' folder, wherever the package is installed
+
+        folder = str(DEFAULT_CACHE_DIR / "jax")
     if not folder:
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
