@@ -16,7 +16,8 @@
 # the 26 s left: more than the budget leaves after the tests and benchmarks, so it is not part of
 # the default plan:
 # REF_ONLY="<backend> <jit_compile>" (for example REF_ONLY="jax auto" or REF_ONLY="torch true")
-# skips the benchmarks and spends the budget on that run, then on the backend tests.
+# skips the benchmarks and spends the budget on that run, then on the backend and CUDA tests, then
+# on torch.compile's conv_pool step.
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 WORK=${WORK:-/tmp/gpu_session}
@@ -111,8 +112,14 @@ if [ -n "${REF_ONLY:-}" ]; then
   echo "== reference run under $REF_BACKEND, training.jit_compile=$REF_JIT" | tee -a "$WORK/summary.txt"
   step "train_${REF_CONFIG}_${REF_BACKEND}" 600 env KERAS_BACKEND="$REF_BACKEND" python3 -m lif_sbi.train \
     --config "$REF_CONFIG" --set "training.jit_compile=$REF_JIT" --results-dir "$WORK/results"
-  # then, with what is left, the backend tests (session 9 left two of them unconfirmed on a GPU)
+  # then, with what is left, the backend tests (session 9 left two of them unconfirmed on a GPU),
+  # the CUDA correctness tests, and torch.compile's conv_pool step with CUDA graphs (session 9:
+  # its compilation outlasted 192 s), each only if the budget still allows it
   step backend_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
+  step gpu_tests 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
+    tests/test_simulator.py tests/test_parity.py tests/test_dataset.py
+  step torch_jit_cudagraphs 400 env KERAS_BACKEND=torch TORCHINDUCTOR_CUDAGRAPHS=1 TORCH_LOGS=perf_hints python3 bench/bench_training.py \
+    steps --kinds conv_pool --steps 25 --jit
 fi
 
 pack
