@@ -26,6 +26,10 @@ Interface (every backend module provides it):
 - ``prepare_training(model)``: called once before the first training step (``fit`` or
   ``train_step_function``); sets up what the backend's compiled step needs so that it is traced
   once (torch with ``jit_compile``: optimizer variables and gradient buffers); a no-op elsewhere.
+- ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
+  network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted
+  XLA program per input shape instead of every eager operation compiled on its own); a no-op
+  under torch and TensorFlow, whose eager sampling already is.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import importlib
 
 import keras
 
-__all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "module"]
+__all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "compile_inference", "module"]
 
 _MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
 
@@ -55,3 +59,4 @@ set_seed = module.set_seed
 device_name = module.device_name
 train_step_function = module.train_step_function
 prepare_training = module.prepare_training
+compile_inference = module.compile_inference

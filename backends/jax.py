@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
+from bayesflow.approximators.helpers.conditions import ConditionBuilder
+from bayesflow.approximators.helpers.samplers import Sampler
+from bayesflow.utils import concatenate_valid
 
 from ._common import seed_keras
 
@@ -143,6 +146,105 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
     """1-D convolution, Keras' layout ((batch, time, in) * (k, in, out) -> (batch, time', out),
     no bias): Keras' own op, already the backend's fast path."""
     return keras.ops.conv(inputs, kernel, strides=strides, padding=padding, data_format="channels_last")
+
+
+def compile_inference(approximator) -> None:
+    """Run a BayesFlow approximator's inference-time summary network and flow sampling as jitted
+    XLA programs, one per input shape.
+
+    BayesFlow calls both eagerly, and eager JAX compiles every operation on its own for every new
+    input shape: a posterior's first draws for a new (traces x draws) shape cost 1 s (flow) and
+    0.5-0.7 s (reference summary network) of compilation on the 2-core CPU, and the `reference`
+    run's diagnostics took 96 s on an H200 (session 12), nearly all of it compiling. Jitted, each
+    is one program (about half the compile time on the CPU) that also runs faster. The draws are
+    the same as the eager ones (the same random stream, to float32 rounding) and the seed
+    generator advances as it would have. Used by `lif_sbi.estimator` on every approximator it
+    builds or loads. Replaces the approximator's `sampler` and `condition_builder` (neither is
+    saved with the model) unless they are of types other than BayesFlow's defaults; training's
+    condition resolution (`purpose="metrics"`) is BayesFlow's as before."""
+    if type(getattr(approximator, "sampler", None)) is Sampler:
+        approximator.sampler = _JitSampler()
+    if type(getattr(approximator, "condition_builder", None)) is ConditionBuilder:
+        approximator.condition_builder = _JitConditionBuilder()
+
+
+def _stateless_program(layer, fn, extra_state=()):
+    """jax.jit of ``fn(*args, **static)`` with `layer`'s variables (and the variables in
+    `extra_state`) read from the program's first argument, a list of their values, instead of
+    being baked in as constants. Returns ``program(*args, **static) -> (result, new values of the
+    non-trainable ones)``, which writes those new values (seed generator states) back.
+    Written by hand: Keras' ``stateless_call`` covers a layer's ``call`` only, not ``sample``."""
+    variables = list(layer.variables) + list(extra_state)
+    written = [v for v in variables if not v.trainable]
+
+    @functools.partial(jax.jit, static_argnames=("static",))
+    def run(values, args, static):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+            result = fn(*args, **dict(static))
+        return result, [scope.get_current_value(v) for v in written]
+
+    def program(*args, **static):
+        result, new = run([v.value for v in variables], args, tuple(sorted(static.items())))
+        for variable, value in zip(written, new):
+            variable.assign(value)
+        return result
+
+    return program
+
+
+class _JitSampler(Sampler):
+    """BayesFlow's Sampler with each batch's flow sampling one jitted program (see compile_inference)."""
+
+    def __init__(self):
+        super().__init__()
+        self._programs = {}  # (id of the inference network, seeded) -> program
+        self._seed = None  # stands in for the caller's seed generator inside the program
+
+    def _sample_batch(self, *, inference_network, num_samples, conditions, sample_shape, masking_names=(), seed=None, **kwargs):
+        seeded = isinstance(seed, keras.random.SeedGenerator)
+        if conditions is None or kwargs or not (seed is None or seeded):  # what the program does not cover: BayesFlow's own
+            return super()._sample_batch(inference_network=inference_network, num_samples=num_samples, conditions=conditions,
+                                         sample_shape=sample_shape, masking_names=masking_names, seed=seed, **kwargs)
+        conditions = self.repeat_and_flatten_conditions(conditions, num_samples)
+        batch_shape = (keras.ops.shape(conditions)[0],) + tuple(self.infer_sample_shape(conditions, sample_shape))
+        if self._seed is None:
+            self._seed = keras.random.SeedGenerator(0)
+        key = (id(inference_network), seeded)
+        if key not in self._programs:
+            own = self._seed
+
+            def sample(conditions, *, batch_shape):
+                return inference_network.sample(batch_shape, conditions=conditions, seed=own if seeded else None)
+
+            self._programs[key] = _stateless_program(inference_network, sample, [own.state])
+        if seeded:  # the caller's generator (a new one per `approximator.sample` call) through ours
+            self._seed.state.assign(seed.state.value)
+        samples = self._programs[key](conditions, batch_shape=batch_shape)
+        if seeded:
+            seed.state.assign(self._seed.state.value)
+        return self.unflatten_samples(samples, num_samples)
+
+
+class _JitConditionBuilder(ConditionBuilder):
+    """BayesFlow's ConditionBuilder with the summary network's inference-time call one jitted
+    program per batch shape (see compile_inference)."""
+
+    def __init__(self):
+        super().__init__()
+        self._programs = {}  # id of the summary network -> program
+
+    def resolve(self, summary_network, inference_conditions, summary_variables, summary_outputs, stage, purpose, batch_size, **summary_kwargs):
+        if purpose != "call" or summary_network is None or summary_outputs is not None or summary_kwargs or not keras.ops.is_tensor(summary_variables):
+            return super().resolve(summary_network=summary_network, inference_conditions=inference_conditions,
+                                   summary_variables=summary_variables, summary_outputs=summary_outputs, stage=stage,
+                                   purpose=purpose, batch_size=batch_size, **summary_kwargs)
+        program = self._programs.get(id(summary_network))
+        if program is None:
+            program = self._programs[id(summary_network)] = _stateless_program(summary_network, summary_network)
+        n = summary_variables.shape[0]
+        step = batch_size or n
+        summary_outputs = jnp.concatenate([program(summary_variables[i: i + step]) for i in range(0, n, step)])
+        return concatenate_valid((inference_conditions, summary_outputs), axis=-1), summary_outputs
 
 
 def set_seed(seed: int) -> None:

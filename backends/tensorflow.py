@@ -102,6 +102,10 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
     return keras.ops.conv(inputs, kernel, strides=strides, padding=padding, data_format="channels_last")
 
 
+def compile_inference(approximator) -> None:
+    """Nothing to do: BayesFlow's eager sampling is already the fast path (eager TensorFlow compiles nothing per shape)."""
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy, TensorFlow and Keras."""
     seed = int(seed)

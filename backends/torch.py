@@ -448,6 +448,10 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
     return y.permute(0, 2, 3, 1).squeeze(1)  # (batch, time', out)
 
 
+def compile_inference(approximator) -> None:
+    """Nothing to do: BayesFlow's eager sampling is already the fast path (eager PyTorch compiles nothing per shape)."""
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy, PyTorch (all devices) and Keras."""
     seed = int(seed)

@@ -77,7 +77,7 @@ EOF
 } >"$WORK/environment.txt" 2>&1
 cat "$WORK/environment.txt"
 
-if [ -z "${REF_ONLY:-}" ]; then
+if [ -z "${REF_ONLY:-}${SAMPLING_ONLY:-}" ]; then
 # Steps in order of what is least known; each one's figures are packed as soon as it ends.
 STEP_K="cuda and (reference-mlp or conv_pool-mlp) and not fused"
 SAMPLE_K="(test_posterior_sampling or test_posterior_one_trace) and cuda and (reference or conv_pool) and not gru"
@@ -104,6 +104,19 @@ step gpu_tests 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovid
 # TORCH_LOGS=perf_hints logs it when inductor skips the CUDA graphs, and why. ------------------------
 step torch_jit_cudagraphs 400 env KERAS_BACKEND=torch TORCHINDUCTOR_CUDAGRAPHS=1 TORCH_LOGS=perf_hints python3 bench/bench_training.py \
   steps --kinds conv_pool reference --steps 25 --jit
+fi
+
+# --- JAX sampling compiled vs eager (backends.compile_inference): SAMPLING_ONLY=1, its own short call.
+# A `reference` model trained 4 epochs (its run's diagnostics use compile_inference), then that
+# model's diagnostics sampling in fresh processes, compiled and eager, the compilation cache off.
+if [ -n "${SAMPLING_ONLY:-}" ]; then
+  step "train_${REF_CONFIG}_4_epochs" 75 env KERAS_BACKEND=jax python3 -m lif_sbi.train --config "$REF_CONFIG" \
+    --set training.epochs=4 --results-dir "$WORK/results"
+  RUN=$(ls -d "$WORK"/results/"$REF_CONFIG"_jax_* 2>/dev/null | tail -n 1)
+  for mode in compiled eager; do  # the eager one gets what is left (a lower bound if it runs out)
+    step "sampling_$mode" 80 env KERAS_BACKEND=jax LIF_SBI_JAX_CACHE= python3 bench/inference_compile.py "$RUN" \
+      $([ $mode = eager ] && echo --eager)
+  done
 fi
 
 # --- the reference configuration end to end: its own call, REF_ONLY="<backend> <jit>" ---------------

@@ -11,7 +11,7 @@ import numpy as np
 
 from bayesflow.networks.defaults import COUPLING_MLP_DEFAULTS
 
-from . import calibration, networks, quiet, subnets  # noqa: F401  (networks, subnets register their layers for loading)
+from . import backends, calibration, networks, quiet, subnets  # noqa: F401  (networks, subnets register their layers for loading)
 from .config import ModelConfig
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms
 from .stimulus import N_SAMPLES
@@ -63,7 +63,8 @@ def subnet_arguments(kind: str, dropout: float) -> dict:
 
 
 def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproximator:
-    """ContinuousApproximator = adapter + summary network + CouplingFlow, both standardised by BayesFlow."""
+    """ContinuousApproximator = adapter + summary network + CouplingFlow, both standardised by
+    BayesFlow; its sampling made the backend's fastest (`backends.compile_inference`)."""
     extra = {"trace_features": True} if model.trace_features else {}
     summary = networks.build_summary_network(model.summary_network, summary_dim=model.summary_dim, **extra)
     base = bf.distributions.DiagonalStudentT(df=model.flow_base_df) if model.flow_base_df else "normal"
@@ -71,12 +72,14 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
         depth=model.flow_depth, transform=model.flow_transform, base_distribution=base,
         **subnet_arguments(model.flow_subnet, model.flow_dropout),
     )
-    return bf.approximators.ContinuousApproximator(
+    approximator = bf.approximators.ContinuousApproximator(
         adapter=make_adapter(model.logit_bounds),
         inference_network=flow,
         summary_network=summary,
         standardize=["inference_variables", "summary_variables"],
     )
+    backends.compile_inference(approximator)
+    return approximator
 
 
 def quiet_file_probe() -> None:
@@ -93,9 +96,12 @@ def quiet_file_probe() -> None:
 
 
 def load_approximator(path: str | Path):
-    """Load a saved `model.keras` under whichever Keras backend is active."""
+    """Load a saved `model.keras` under whichever Keras backend is active (its sampling made the
+    backend's fastest, `backends.compile_inference`, as `build_approximator` does)."""
     quiet_file_probe()
-    return keras.saving.load_model(str(path), compile=False)
+    approximator = keras.saving.load_model(str(path), compile=False)
+    backends.compile_inference(approximator)
+    return approximator
 
 
 def as_observables(traces_v) -> np.ndarray:

@@ -172,8 +172,11 @@ if backends.name == "torch":
     import torch
     torch.set_num_threads(2)  # the side-by-side path needs two intra-op threads, whatever the machine has
     # the side-by-side path is the CPU's: keep the GRUs there on a GPU machine too (Keras would move
-    # the tensors to CUDA, where gru_many runs one GRU after the other; H100, 2026-11-26)
-    keras.device("cpu:0").__enter__()
+    # the tensors to CUDA, where gru_many runs one GRU after the other; H100, 2026-11-26). The
+    # scope is kept in a name: an unreferenced one is finalised at once, which leaves it again (so
+    # the first version of this line did nothing, and the test failed again on an H200).
+    on_cpu = keras.device("cpu:0")
+    on_cpu.__enter__()
 
 def run(many, return_sequences):
     if backends.name == "torch":
@@ -303,6 +306,71 @@ print(json.dumps(out))
 
 @pytest.mark.jax
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_jax_compiled_inference_draws_what_eager_sampling_draws():
+    """Under JAX, estimator-built approximators sample through jitted programs
+    (backends.compile_inference): the same draws as BayesFlow's eager sampling (same seed; and,
+    unseeded, from the same generator state) within float32 rounding, the generators advanced
+    alike; a new input shape costs a few XLA compilations where eager sampling costs dozens, and a
+    repeated one none (jax.monitoring). Saving and loading keeps working and loads compiled."""
+    code = """
+import json, tempfile, jax.monitoring, keras, numpy as np
+from bayesflow.approximators.helpers.conditions import ConditionBuilder
+from bayesflow.approximators.helpers.samplers import Sampler
+from lif_sbi import backends, estimator
+from lif_sbi.config import load_config
+events = []
+jax.monitoring.register_event_duration_secs_listener(lambda name, _duration, **kw: events.append(name))
+compiles = lambda: sum(name == "/jax/core/compile/backend_compile_duration" for name in events)
+backends.set_seed(0)
+cfg = load_config("ci").model
+approx = estimator.build_approximator(cfg)
+rng = np.random.default_rng(0)
+data = {"parameters": rng.uniform(size=(8, 6)), "observables": rng.normal(size=(8, 501, 1))}
+approx.build_from_data(approx.adapter(data))
+x = rng.normal(-0.065, 0.01, size=(5, 501, 1)).astype("float32")
+out = {"sampler": type(approx.sampler).__name__, "builder": type(approx.condition_builder).__name__}
+def draw(seed=None, n=5, k=7):
+    return approx.sample(num_samples=k, conditions={"observables": x[:n]}, batch_size=3, seed=seed)["parameters"]
+state = lambda: [np.asarray(v.value) for v in approx.inference_network.non_trainable_variables]
+def restore(values):
+    for v, a in zip(approx.inference_network.non_trainable_variables, values):
+        v.assign(a)
+before = compiles(); jit_seeded = draw(seed=3); out["compiles_new_shape_jit"] = compiles() - before
+before = compiles(); again = draw(seed=3); out["compiles_same_shape_jit"] = compiles() - before
+out["same_seed_same_draws"] = bool(np.array_equal(jit_seeded, again))
+start = state(); jit_unseeded = [draw(), draw()]; after_jit = state()
+jitted = approx.sampler, approx.condition_builder
+approx.sampler, approx.condition_builder = Sampler(), ConditionBuilder()
+restore(start); eager_unseeded = [draw(), draw()]; after_eager = state()
+eager_seeded = draw(seed=3)
+before = compiles(); draw(seed=3, n=4, k=9); out["compiles_new_shape_eager"] = compiles() - before
+approx.sampler, approx.condition_builder = jitted
+before = compiles(); draw(seed=3, n=4, k=9); out["compiles_new_shape_jit_2"] = compiles() - before
+out["seeded_err"] = float(np.abs(jit_seeded - eager_seeded).max() / np.abs(eager_seeded).max())
+out["unseeded_err"] = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(jit_unseeded, eager_unseeded))
+out["unseeded_calls_differ"] = bool(np.abs(jit_unseeded[0] - jit_unseeded[1]).max() > 0)
+out["generators_alike"] = all(np.array_equal(a, b) for a, b in zip(after_jit, after_eager))
+out["generators_moved"] = not all(np.array_equal(a, b) for a, b in zip(start, after_jit))
+with tempfile.TemporaryDirectory() as d:
+    approx.save(d + "/m.keras")
+    loaded = estimator.load_approximator(d + "/m.keras")
+out["loaded_sampler"] = type(loaded.sampler).__name__
+out["loaded_err"] = float(np.abs(loaded.sample(num_samples=7, conditions={"observables": x}, batch_size=3, seed=3)["parameters"] - eager_seeded).max())
+print(json.dumps(out))
+"""
+    res = run_script("jax", code)
+    assert (res["sampler"], res["builder"], res["loaded_sampler"]) == ("_JitSampler", "_JitConditionBuilder", "_JitSampler"), res
+    assert res["seeded_err"] < 1e-5 and res["unseeded_err"] < 1e-5 and res["loaded_err"] < 1e-4, res
+    assert res["same_seed_same_draws"] and res["unseeded_calls_differ"], res
+    assert res["generators_alike"] and res["generators_moved"], res
+    assert res["compiles_same_shape_jit"] == 0, res
+    # a new shape: one program per batch shape for the summary network and one for the flow (two
+    # batch shapes here: 3 + 2 traces), against one per operation eagerly
+    assert 0 < res["compiles_new_shape_jit_2"] <= 6 < 3 * res["compiles_new_shape_jit_2"] <= res["compiles_new_shape_eager"], res
+
+
+@pytest.mark.jax
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
 def test_jax_keeps_compiled_programs_for_the_next_process(tmp_path):
     """Under JAX, XLA's compiled programs go to a persistent cache (LIF_SBI_JAX_CACHE): a second
     process running the same eager GRU loads them instead of compiling (JAX's cache-hit events).
@@ -420,7 +488,8 @@ import json, keras, numpy as np, torch
 from lif_sbi import backends
 tb = backends.module
 torch.manual_seed(0)
-keras.device("cpu:0").__enter__()  # the fused kernel is the CPU's; keep a GPU machine's tensors there
+on_cpu = keras.device("cpu:0")  # the fused kernel is the CPU's; keep a GPU machine's tensors there
+on_cpu.__enter__()  # (named: an unreferenced scope is finalised, and left, at once)
 out = {"built": tb._cpu_kernel() is not None, "cases": []}
 for b, t, d, h in [(16, 301, 32, 64), (4, 1, 3, 5), (2, 9, 1, 1)]:
     x, h0 = torch.randn(b, t, d), 0.5 * torch.randn(1, b, h)
