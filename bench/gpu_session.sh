@@ -117,6 +117,7 @@ if [ -n "${SAMPLING_ONLY:-}" ]; then
     step "sampling_$mode" 80 env KERAS_BACKEND=jax LIF_SBI_JAX_CACHE= python3 bench/inference_compile.py "$RUN" \
       $([ $mode = eager ] && echo --eager)
   done
+  step gru_many_torch 40 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "gru_many_is_one and torch"
 fi
 
 # --- the reference configuration end to end: its own call, REF_ONLY="<backend> <jit>" ---------------
