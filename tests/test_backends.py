@@ -593,6 +593,48 @@ print(json.dumps({"built": kernel is not None and again is not None, "lock_left"
 
 
 @pytest.mark.torch
+def test_torch_gru_infers_shapes_on_meta_tensors_without_running():
+    """Keras infers a layer's output shape under torch by running it on meta tensors (building,
+    loading a saved model); there the GRU returns empty tensors of the right shapes instead of
+    running PyTorch's GRU, which on meta tensors steps through time in Python (1.6 s for one
+    reference-sized GRU). Checked: shapes and dtype, and no native GRU call while the reference
+    summary network is built and a model holding it is loaded."""
+    code = """
+import json, tempfile, keras, numpy as np, torch
+from lif_sbi import backends, estimator
+from lif_sbi.config import load_config
+tb = backends.module
+meta = lambda *shape: torch.empty(*shape, device="meta")
+y, h = tb._eager_gru(meta(5, 501, 3), meta(1, 5, 7), [meta(21, 3), meta(21, 7), meta(21), meta(21)], True)
+out = {"shapes": [list(y.shape), list(h.shape)], "devices": [y.device.type, h.device.type], "dtype": str(y.dtype)}
+calls = []
+native = tb._native_gru
+def counting(x, h0, params, train):
+    calls.append(x.device.type)
+    return native(x, h0, params, train)
+tb._native_gru = counting
+tb._cpu_kernel_state["module"] = None  # the native kernel on real tensors, so that every GRU call is seen
+cfg = load_config("ci", ["model.summary_network=reference"]).model
+approx = estimator.build_approximator(cfg)
+rng = np.random.default_rng(0)
+data = {"parameters": rng.uniform(size=(4, 6)), "observables": rng.normal(size=(4, 501, 1))}
+approx.build_from_data(approx.adapter(data))
+with tempfile.TemporaryDirectory() as d:
+    approx.save(d + "/m.keras")
+    calls.clear()
+    loaded = estimator.load_approximator(d + "/m.keras")
+    out["load_calls"] = list(calls)
+    loaded.summarize({"observables": data["observables"]})
+    out["real_calls"] = sorted(set(calls))
+print(json.dumps(out))
+"""
+    res = run_script("torch", code)
+    assert res["shapes"] == [[5, 501, 7], [1, 5, 7]] and res["devices"] == ["meta", "meta"] and res["dtype"] == "torch.float32", res
+    assert "meta" not in res["load_calls"], res
+    assert res["real_calls"] == ["cpu"], res  # the counter sees the GRU when it does run
+
+
+@pytest.mark.torch
 def test_torch_gru_backward_op_never_returns_aliased_tensors():
     """A custom op's outputs may alias neither its inputs nor each other (torch checks this when
     the op runs; it failed on an H100, most likely on cuDNN's weight gradients, views of one flat
