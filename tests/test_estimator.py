@@ -74,6 +74,33 @@ def test_every_sample_call_asks_for_batches_of_one_size():
 
 
 @pytest.mark.torch
+def test_each_top_up_round_is_one_call_for_every_short_trace():
+    """Draws outside the prior's support are drawn again in rounds; each round asks BayesFlow once,
+    for every trace still short, with one request size (a power of two covering 90 % of what the
+    traces ask for): one more (traces x draws) shape per round, which JAX compiles, and one more
+    pass of the summary network. An untrained flow's draws often leave the support, so every trace
+    is short after the first call; every trace still ends with its draws, all inside the support."""
+    approximator = estimator.build_approximator(ModelConfig(summary_network="conv_pool", flow_depth=2))
+    data = simulate_batch(12, seed=5)
+    approximator.build_from_data(approximator.adapter({"parameters": data["parameters"], "observables": data["observables"]}))
+    calls = []
+    sample = approximator.sample
+
+    def recording(**kwargs):
+        calls.append((len(kwargs["conditions"]["observables"]), kwargs["num_samples"]))
+        return sample(**kwargs)
+
+    approximator.sample = recording
+    draws, acceptance = estimator.sample_posterior(approximator, data["observables"], 200, seed=0, return_acceptance=True)
+    assert calls[0] == (12, 200) and len(calls) >= 2, calls
+    assert calls[1][0] == 12 and acceptance.max() < 1, calls  # every trace short: all in the round's one call
+    assert [n for n, _ in calls[1:]] == sorted((n for n, _ in calls[1:]), reverse=True), calls  # rounds shrink
+    for _, k in calls[1:]:
+        assert k >= 64 and k & (k - 1) == 0, calls  # powers of two
+    assert draws.shape == (12, 200, 6) and in_support(draws[acceptance > 0]).all()
+
+
+@pytest.mark.torch
 def test_student_t_base_is_built_trains_its_log_density_and_survives_save_and_load(tmp_path):
     import bayesflow as bf
 
