@@ -34,6 +34,9 @@ def main(argv=None) -> dict:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--eager", action="store_true", help="BayesFlow's own eager sampling (what compile_inference replaces)")
     args = ap.parse_args(argv)
+    missing = [name for name in ("model.keras", "config.toml") if not (args.run_dir / name).is_file()]
+    if missing:
+        ap.exit(2, f"inference_compile: {args.run_dir} is not a run folder: it has no {' or '.join(missing)} (give a training command's results/<run_id>)\n")
     t0 = time.perf_counter()
     config = load_config(args.run_dir / "config.toml")
     approximator = estimator.load_approximator(args.run_dir / "model.keras")
