@@ -343,18 +343,26 @@ def draws_from_base(approximator, x, z) -> np.ndarray:
 
 
 def _bayesflow_sample_with_base(approximator, x, z) -> np.ndarray:
-    """`approximator.sample` with its base distribution made to return z: the reference the z-path must equal."""
+    """`approximator.sample` with its base distribution made to return z: the reference the z-path must equal.
+
+    Through BayesFlow's own (eager) sampler and condition builder: the reference is BayesFlow's
+    sampling, and a program compiled by `backends.compile_inference` would keep whatever the
+    patched base distribution returned when it was traced (the z of this call in every later call
+    of the same shape, or random draws traced before the patch)."""
     import keras
+    from bayesflow.approximators.helpers.conditions import ConditionBuilder
+    from bayesflow.approximators.helpers.samplers import Sampler
 
     n, s, d = z.shape
     base = approximator.inference_network.base_distribution
     zt = keras.ops.convert_to_tensor(z.reshape(n * s, d).astype(np.float32))
-    original = base.sample
+    original = base.sample, approximator.sampler, approximator.condition_builder
     base.sample = lambda batch_shape, seed=None, **kw: zt
+    approximator.sampler, approximator.condition_builder = Sampler(), ConditionBuilder()
     try:
         out = approximator.sample(num_samples=s, conditions={"observables": x})
     finally:
-        base.sample = original
+        base.sample, approximator.sampler, approximator.condition_builder = original
     return np.asarray(out["parameters"], np.float64)
 
 
