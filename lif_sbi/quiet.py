@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -26,11 +27,25 @@ def libraries() -> None:
     # BayesFlow draws a tqdm bar for every sample() call ("Summarizing", "Sampling"); tqdm reads
     # its defaults from TQDM_* variables. Our own bars pass `disable` explicitly, so they stay.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if os.environ["TQDM_DISABLE"] == "1" and "tqdm.std" in sys.modules:
+        _disable_imported_tqdm(sys.modules["tqdm.std"].tqdm)
     # BayesFlow raises its logger to INFO at import and configures the root logger only if it
     # has no handler; give root one that drops BayesFlow's notes below ERROR.
     handler = logging.StreamHandler()
     handler.addFilter(lambda record: not (record.name.startswith("bayesflow") and record.levelno < logging.ERROR))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+def _disable_imported_tqdm(tqdm_class) -> None:
+    """What TQDM_DISABLE=1 does, for a tqdm imported before it was set (importing torch imports
+    tqdm, through torch.hub): tqdm reads its TQDM_* variables once, at import, into a
+    ``partialmethod`` of ``tqdm.__init__`` (tqdm.utils.envwrap); this wraps the same way now.
+    A bar that passes ``disable`` itself keeps its own choice."""
+    init = tqdm_class.__dict__["__init__"]
+    if not isinstance(init, functools.partialmethod):  # tqdm found no TQDM_* variable at import
+        init = functools.partialmethod(init)
+    if init.keywords.get("disable") is not True:  # else done already, or by tqdm itself
+        tqdm_class.__init__ = functools.partialmethod(init.func, *init.args, **{**init.keywords, "disable": True})
 
 
 @contextmanager

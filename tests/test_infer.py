@@ -36,6 +36,7 @@ def test_infers_user_traces_in_mv_and_writes_draws(trained_run, tmp_path):
     proc = _run(trained_run, tmp_path / "traces.csv", "--units", "mV", "--draws", "50", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 trace(s) x 50 draws" in proc.stdout and "V_th" in proc.stdout and "mV" in proc.stdout
+    assert "Sampling" not in proc.stderr and "Summarizing" not in proc.stderr, proc.stderr  # BayesFlow's bars
     # the ci run fitted width factors; infer applies them and says so
     assert (trained_run / "calibration.json").is_file()
     assert "posterior widths rescaled by the run's calibration.json" in proc.stdout

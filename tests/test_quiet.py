@@ -32,3 +32,32 @@ def test_an_exception_inside_still_restores_stderr_and_shows_what_was_written():
     script = "import os\nfrom lif_sbi import quiet\ntry:\n    with quiet.startup_lines():\n        os.write(2, b'before\\n')\n        raise RuntimeError('x')\nexcept RuntimeError:\n    pass\nos.write(2, b'after\\n')\n"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.stderr.splitlines() == ["before", "after"]
+
+
+TQDM_SCRIPT = r"""
+import json, torch  # importing torch imports tqdm (torch.hub), before quiet.libraries() sets TQDM_DISABLE
+import tqdm.auto, tqdm
+from lif_sbi import quiet
+quiet.libraries()
+quiet.libraries()  # twice: no second wrapping
+bayesflow_style = tqdm.auto.tqdm(range(3), desc="Sampling")
+own = tqdm.tqdm(range(3), desc="ours", disable=False)
+print(json.dumps({"bayesflow_style": bayesflow_style.disable, "own": own.disable}))
+"""
+
+
+def test_bayesflow_bars_are_off_even_when_tqdm_was_imported_first():
+    """BayesFlow draws a tqdm bar per sample() call; quiet.libraries() turns them off with
+    TQDM_DISABLE=1, also where tqdm was imported (by torch) before the variable was set, as in
+    `python -m lif_sbi.infer`; a bar that passes disable=False still shows, and a user's own
+    TQDM_DISABLE is respected (empty: bars on; tqdm reads any other text, "0" too, as true)."""
+    import json
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    proc = subprocess.run([sys.executable, "-c", TQDM_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"bayesflow_style": True, "own": False}
+    proc = subprocess.run([sys.executable, "-c", TQDM_SCRIPT], capture_output=True, text=True, timeout=120, env=env | {"TQDM_DISABLE": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"bayesflow_style": False, "own": False}
