@@ -29,7 +29,7 @@ Interface (every backend module provides it):
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted
   XLA program per input shape instead of every eager operation compiled on its own); a no-op
-  under torch and TensorFlow, whose eager sampling already is.
+  under torch and TensorFlow, whose eager operations compile nothing per shape.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
 
 
 def compile_inference(approximator) -> None:
-    """Nothing to do: BayesFlow's eager sampling is already the fast path (eager TensorFlow compiles nothing per shape)."""
+    """Nothing to do: eager TensorFlow compiles nothing per shape, so BayesFlow's eager sampling has no
+    per-shape cost to remove (a tf.function would add one: tracing, for every new shape)."""
 
 
 def set_seed(seed: int) -> None:

@@ -87,7 +87,8 @@ def make_summary(kind: str):
 
 def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: float = 1e-3, subnet: str = "mlp", jit_compile="auto"):
     """CouplingFlow (BayesFlow defaults; coupling subnet `subnet`, see lif_sbi.estimator.subnet_arguments)
-    + summary network `kind`, compiled (Keras' `jit_compile`, as `training.jit_compile`) and built on `data`."""
+    + summary network `kind`, compiled (Keras' `jit_compile`, as `training.jit_compile`) and built on
+    `data`; its sampling as the estimator's (`backends.compile_inference`)."""
     backends.set_seed(seed)
     approximator = bf.ContinuousApproximator(
         adapter=make_adapter(),
@@ -95,6 +96,7 @@ def make_approximator(kind: str, data: dict, *, seed: int = 0, learning_rate: fl
         summary_network=make_summary(kind),
         standardize=("inference_variables", "summary_variables"),
     )
+    backends.compile_inference(approximator)  # sampling as lif_sbi.estimator's approximators sample
     approximator.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
     batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
     approximator.build_from_data(batch)
