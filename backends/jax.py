@@ -171,8 +171,9 @@ def compile_inference(approximator) -> None:
 def _stateless_program(layer, fn, extra_state=()):
     """jax.jit of ``fn(*args, **static)`` with `layer`'s variables (and the variables in
     `extra_state`) read from the program's first argument, a list of their values, instead of
-    being baked in as constants. Returns ``program(*args, **static) -> (result, new values of the
-    non-trainable ones)``, which writes those new values (seed generator states) back.
+    being baked in as constants; keyword arguments are static (a new value traces again). Returns
+    ``program(*args, **static) -> result``, which also writes the new values of the non-trainable
+    variables (seed generator states) back.
     Written by hand: Keras' ``stateless_call`` covers a layer's ``call`` only, not ``sample``."""
     variables = list(layer.variables) + list(extra_state)
     written = [v for v in variables if not v.trainable]
