@@ -13,7 +13,7 @@ from bayesflow.networks.defaults import COUPLING_MLP_DEFAULTS
 
 from . import backends, calibration, networks, quiet, subnets  # noqa: F401  (networks, subnets register their layers for loading)
 from .config import ModelConfig
-from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms
+from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms, repair
 from .stimulus import N_SAMPLES
 
 VOLT_TO_MV = 1e3
@@ -140,7 +140,8 @@ def sample_posterior(
     far-tail draws dominate posterior means. return_acceptance=True also returns the share of
     draws kept per trace, (N,). A trace still short after `max_rounds` rounds is filled by
     resampling its kept draws; one with none kept gets its first draws clipped into the prior's
-    bounds (both with a warning).
+    bounds and ordered by the prior's own repair (`priors.repair`), those then in the support
+    resampled to `n_draws` (both with a warning; its acceptance is 0).
     width_scale (6,) or (L, 6): the factors of `calibration` (a run's calibration.json), applied
     to every round's raw draws about the first round's per-trace medians and levels; None draws
     as trained.
@@ -203,18 +204,23 @@ def sample_posterior(
     short = [i for i in range(n) if len(kept[i]) < n_draws]
     empty = [i for i in short if not kept[i]]
     if empty:
-        # The posterior mass lies (almost) wholly outside the prior: keep the first round's draws
-        # clipped into the prior's bounds rather than fail, and say so (acceptance 0).
+        # The posterior mass lies (almost) wholly outside the prior (seen: a trace that never
+        # spikes, E_L 1.4 mV above V_res's lower bound, where the flow put 99 % of V_res above
+        # E_L). Rather than fail, take the first round's draws clipped into the prior's bounds and
+        # ordered as the prior orders its own draws (priors.repair: V_res = E_L - 2 mV, clipped,
+        # where V_res >= E_L), keep those then in the support, and say so (acceptance 0).
         warnings.warn(f"{len(empty)} trace(s), e.g. #{empty[0]}, had no posterior draw inside the prior's support; "
-                      "their draws are clipped into the prior's bounds")
+                      "their draws are clipped into the prior's bounds and ordered by the prior's own repair")
         for i in empty:
-            kept[i] = list(np.clip(first[i], LOW, HIGH))
+            fixed = repair(np.clip(first[i], LOW, HIGH))
+            inside = fixed[in_support(fixed)]
+            kept[i] = list(inside if len(inside) else fixed)
     if len(short) > len(empty):
         warnings.warn(f"{len(short) - len(empty)} trace(s) kept fewer than {n_draws} draws inside the prior; filled by resampling")
-        rng = np.random.default_rng(seed)
-        for i in short:
-            if i not in empty:
-                kept[i] = [kept[i][j] for j in rng.integers(len(kept[i]), size=n_draws)]
+    rng = np.random.default_rng(seed)
+    for i in short:
+        if len(kept[i]) < n_draws:
+            kept[i] = [kept[i][j] for j in rng.integers(len(kept[i]), size=n_draws)]
     draws = np.stack([np.asarray(kept[i][:n_draws]) for i in range(n)])
     acceptance = np.array([accepted[i] / tried[i] for i in range(n)])
     return (draws, acceptance) if return_acceptance else draws

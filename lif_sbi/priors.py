@@ -54,6 +54,15 @@ def _repair(theta, where, clip):
     return theta
 
 
+def repair(theta) -> np.ndarray:
+    """The prior's ordering repair (with its clipping) applied to a copy of theta (..., 6) in SI units:
+    what the prior does to its own uniform draws; rows already in the support stay as they are."""
+    theta = np.array(theta, dtype=np.float64)  # a copy
+    flat = theta.reshape(-1, N_PARAMS)
+    _repair(flat, np.where, np.clip)
+    return flat.reshape(theta.shape)
+
+
 def sample_prior(n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
     """Draw `n` parameter vectors from the reference prior.
 

@@ -101,6 +101,35 @@ def test_each_top_up_round_is_one_call_for_every_short_trace():
 
 
 @pytest.mark.torch
+def test_a_trace_with_no_draw_in_the_support_gets_the_priors_order_and_a_warning():
+    """Where every draw of a trace breaks V_res < E_L (seen for a non-spiking trace near V_res's
+    bound), sample_posterior still returns n_draws draws inside the support: the first draws,
+    clipped into the bounds and ordered by the prior's own repair (V_res = E_L - 2 mV, clipped),
+    with a warning and acceptance 0; the other traces are untouched by it."""
+    approximator = estimator.build_approximator(ModelConfig(summary_network="conv_pool", flow_depth=2))
+    data = simulate_batch(3, seed=5)
+    approximator.build_from_data(approximator.adapter({"parameters": data["parameters"], "observables": data["observables"]}))
+    sample = approximator.sample
+    e, r = 2, 4
+
+    def out_of_order(**kwargs):  # trace 0's draws: E_L in [-79, -72] mV, V_res 1 mV above it
+        out = sample(**kwargs)
+        theta = np.array(out["parameters"], dtype=np.float64)
+        if kwargs["conditions"]["observables"][0].tobytes() == data["observables"][0].astype(np.float32).tobytes():
+            theta[0, :, e] = np.clip(theta[0, :, e], LOW[e] + 1e-3, -72e-3)
+            theta[0, :, r] = theta[0, :, e] + 1e-3
+        return {"parameters": theta}
+
+    approximator.sample = out_of_order
+    with pytest.warns(UserWarning, match="1 trace.*#0.*ordered by the prior's own repair"):
+        draws, acceptance = estimator.sample_posterior(approximator, data["observables"], 100, seed=0, return_acceptance=True)
+    assert draws.shape == (3, 100, 6) and acceptance[0] == 0 and (acceptance[1:] > 0).all()
+    assert in_support(draws).all()
+    fixed = draws[0]
+    np.testing.assert_allclose(fixed[:, r], np.maximum(fixed[:, e] - 2e-3, LOW[r]))  # the repair's V_res
+
+
+@pytest.mark.torch
 def test_student_t_base_is_built_trains_its_log_density_and_survives_save_and_load(tmp_path):
     import bayesflow as bf
 

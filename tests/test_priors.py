@@ -15,6 +15,7 @@ from lif_sbi.priors import (
     PARAM_NAMES,
     PARAMETERS,
     _repair,
+    repair,
     check_theta,
     sample_prior,
     sample_prior_torch,
@@ -87,6 +88,16 @@ def test_repair_rule_on_hand_made_draws(backend, e_l, v_th, v_res):
         got = _repair(torch.tensor(row[None]), torch.where, clamp)[0].numpy()
     assert got.tolist() == expected  # exact: same float operations
     assert got[C] == row[C] and got[G] == row[G] and got[TH] == row[TH] and got[TR] == row[TR]
+
+
+def test_public_repair_is_the_rule_on_a_copy_of_any_leading_shape():
+    """priors.repair applies the same rule (exactly) to (..., 6) arrays, on a copy."""
+    rows = np.array([[150e-12, 10e-9, e * MV, t * MV, r * MV, 2.5e-3] for e, t, r in HAND_MADE])
+    before = rows.copy()
+    got = repair(rows.reshape(1, len(HAND_MADE), N_PARAMS))
+    assert got.shape == (1, len(HAND_MADE), N_PARAMS)
+    assert got[0].tolist() == [literal_repair(row) for row in rows]
+    np.testing.assert_array_equal(rows, before)  # the input is left alone
 
 
 def test_sample_prior_is_uniform_draws_then_the_literal_repair():
