@@ -153,15 +153,16 @@ def compile_inference(approximator) -> None:
     XLA programs, one per input shape.
 
     BayesFlow calls both eagerly, and eager JAX compiles every operation on its own for every new
-    input shape: a posterior's first draws for a new (traces x draws) shape cost 1 s (flow) and
-    0.5-0.7 s (reference summary network) of compilation on the 2-core CPU, and the `reference`
-    run's diagnostics took 96 s on an H200 (session 12), nearly all of it compiling. Jitted, each
-    is one program (about half the compile time on the CPU) that also runs faster. The draws are
-    the same as the eager ones (the same random stream, to float32 rounding) and the seed
-    generator advances as it would have. Used by `lif_sbi.estimator` on every approximator it
-    builds or loads. Replaces the approximator's `sampler` and `condition_builder` (neither is
-    saved with the model) unless they are of types other than BayesFlow's defaults; training's
-    condition resolution (`purpose="metrics"`) is BayesFlow's as before."""
+    input shape (107 compilations for a new shape, 3 jitted: tests/test_backends.py, compiled
+    inference); the `reference` run's diagnostics took 96 s on an H200 (session 12), nearly all
+    of it compiling. Jitted, a fresh process's 400 x 1,000 posterior took 10.2-10.7 s instead of
+    16.9-17.4 s on the 2-core CPU and 32 s instead of more than 78 s on the H200
+    (bench/inference_compile.py). The draws are the same as the eager ones (the same random
+    stream, to float32 rounding) and the seed generator advances as it would have. Used by
+    `lif_sbi.estimator` on every approximator it builds or loads. Replaces the approximator's
+    `sampler` and `condition_builder` (neither is saved with the model) unless they are of types
+    other than BayesFlow's defaults; training's condition resolution (`purpose="metrics"`) is
+    BayesFlow's as before."""
     if type(getattr(approximator, "sampler", None)) is Sampler:
         approximator.sampler = _JitSampler()
     if type(getattr(approximator, "condition_builder", None)) is ConditionBuilder:

@@ -207,8 +207,9 @@ def _eager_gru(x, h0, params, grad: bool):
     """
     if x.device.type == "meta":
         # Keras infers output shapes (building a layer, loading a model) by running it on meta
-        # tensors, where PyTorch's GRU is decomposed into Python time step by time step: 1.6 s for
-        # one reference-sized GRU, 4.7 s of the 5.3 s a reference model took to load. Shapes only.
+        # tensors, where PyTorch's GRU is decomposed into Python time step by time step: loading a
+        # reference-network model took 3.7-3.9 s, now 1.9-2.1 s (bench/inference_compile.py's
+        # load_s, 2-core CPU). Shapes only.
         units = params[1].shape[1]
         return x.new_empty((x.shape[0], x.shape[1], units)), x.new_empty((1, x.shape[0], units))
     kernel = _cpu_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 else None
