@@ -19,13 +19,17 @@ Interface (every backend module provides it):
   backend's fastest path (torch: a channels-last 2-D convolution). Returns (batch, time', out).
 - ``set_seed(seed)``: seeds Python, NumPy, the backend framework and Keras.
 - ``device_name()``: human-readable name of the device the backend computes on.
-- ``train_step_function(model)``: a callable ``step(batch) -> metrics`` that runs one optimizer
+- ``train_step_function(model, *, cuda_graphs=True)``: a callable ``step(batch) -> metrics`` that runs one optimizer
   step of a compiled Keras model (a BayesFlow approximator) on one adapted batch (a dict of
   arrays), compiled the way ``model.fit`` compiles it (``tf.function`` under TensorFlow, ``jit``
-  under JAX, eager under torch). For benchmarks and hand-written loops.
-- ``prepare_training(model)``: called once before the first training step (``fit`` or
-  ``train_step_function``); sets up what the backend's compiled step needs so that it is traced
-  once (torch with ``jit_compile``: optimizer variables and gradient buffers); a no-op elsewhere.
+  under JAX, eager under torch, replayed as CUDA graphs under torch on a GPU with ``cuda_graphs=True``,
+  the default). For benchmarks and hand-written loops.
+- ``prepare_training(model, *, cuda_graphs=True)``: called once before ``fit``; sets up what the
+  backend's step needs (torch with ``jit_compile``: optimizer variables and gradient buffers so
+  that torch.compile traces the step once; torch's eager steps on a CUDA device with
+  ``cuda_graphs``: steps replayed as CUDA graphs); a no-op under TensorFlow and JAX, whose steps
+  are compiled already.
+- ``training_step_kind(model)``: how ``fit`` runs the step, in words, for the run's log and report.
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted
   XLA program per input shape instead of every eager operation compiled on its own); a no-op
@@ -38,7 +42,7 @@ import importlib
 
 import keras
 
-__all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "compile_inference", "module"]
+__all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "training_step_kind", "compile_inference", "module"]
 
 _MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
 
@@ -59,4 +63,5 @@ set_seed = module.set_seed
 device_name = module.device_name
 train_step_function = module.train_step_function
 prepare_training = module.prepare_training
+training_step_kind = module.training_step_kind
 compile_inference = module.compile_inference

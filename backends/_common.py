@@ -29,3 +29,8 @@ def gru_many_in_turn(gru):
         return [gru(*call, return_sequences=return_sequences) for call in calls]
 
     return gru_many
+
+
+def training_step_kind(model) -> str:
+    """How ``fit`` runs a compiled Keras model's training step, for the run's log and report."""
+    return "compiled (jit_compile)" if model.jit_compile else "eager"

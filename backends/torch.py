@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ._common import seed_keras
+from ._common import training_step_kind as _compiled_or_eager
 
 name = "torch"
 
@@ -479,19 +480,26 @@ def device_name() -> str:
     return "CPU"
 
 
-def prepare_training(model) -> None:
-    """Before the first training step of a model compiled with ``jit_compile=True``: build the
-    optimizer, give every trainable variable a zero gradient buffer, and turn off dynamo's
-    automatic dynamic shapes (for the whole process: later torch.compile calls, such as the CUDA
-    simulator's, also compile one static graph per input shape).
+def prepare_training(model, *, cuda_graphs: bool = True) -> None:
+    """Before the first training step (``fit`` or ``train_step_function``).
 
-    torch.compile guards on the state it traced. The first step otherwise runs with no optimizer
-    variables (created inside the traced step: one recompilation per new shape) and with
+    Eager steps on a CUDA device (``cuda_graphs``, the model not compiled with ``jit_compile``):
+    Keras' ``train_function`` and ``test_function`` become ``_GraphedSteps``, which replay each
+    step as a CUDA graph (see there). On the CPU, eager steps need nothing.
+
+    ``jit_compile=True``: build the optimizer, give every trainable variable a zero gradient
+    buffer, and turn off dynamo's automatic dynamic shapes (for the whole process: later
+    torch.compile calls, such as the CUDA simulator's, also compile one static graph per input
+    shape). torch.compile guards on the state it traced. The first step otherwise runs with no
+    optimizer variables (created inside the traced step: one recompilation per new shape) and with
     ``.grad is None`` (later steps have gradients: a second full compilation, ~40 s on a 2-core
     CPU). The buffers change nothing numerically: each step zeroes the gradients before its
-    backward pass. Eager steps need none of this.
+    backward pass.
     """
     if not model.jit_compile:
+        if cuda_graphs and _on_cuda():
+            model.train_function = _GraphedSteps(model, training=True)
+            model.test_function = _GraphedSteps(model, training=False)
         return
     # A partial last batch would otherwise make dynamo recompile the step with a symbolic batch
     # size, and Keras' convert_to_tensor breaks the graph on symbolic sizes (half the step then
@@ -505,15 +513,166 @@ def prepare_training(model) -> None:
             parameter.grad = torch.zeros_like(parameter)
 
 
-def train_step_function(model):
-    """One optimizer step as ``model.fit`` runs it under torch: eager, or ``torch.compile`` of the
-    whole step where the model was compiled with ``jit_compile=True`` (Keras' torch trainer does
-    the same; the first call compiles)."""
+def train_step_function(model, *, cuda_graphs: bool = True):
+    """One optimizer step as ``model.fit`` runs it under torch: eager on the CPU, replayed as a CUDA
+    graph on a GPU (``cuda_graphs``; see ``_GraphedSteps``), or ``torch.compile`` of the whole step
+    where the model was compiled with ``jit_compile=True`` (Keras' torch trainer does the same; the
+    first call compiles)."""
 
     def step(batch):
         return model.train_step(batch)
 
     if not model.jit_compile:
+        if cuda_graphs and _on_cuda():
+            graphed = _GraphedSteps(model, training=True)
+            return lambda batch: graphed([batch])
         return step
     prepare_training(model)
     return torch.compile(step)
+
+
+def training_step_kind(model) -> str:
+    """How ``fit`` runs the model's training step: "compiled (jit_compile)", "eager", or eager steps
+    replayed as CUDA graphs (with how many batch shapes were captured, once it has run)."""
+    steps = getattr(model, "train_function", None)
+    if isinstance(steps, _GraphedSteps):
+        return steps.describe()
+    return _compiled_or_eager(model)
+
+
+def _on_cuda() -> bool:
+    """Whether Keras computes on a CUDA device (its default device, or a ``keras.device`` scope)."""
+    return keras.ops.zeros(()).device.type == "cuda"
+
+
+# CUDA graphs of the eager step. Written here because neither Keras nor BayesFlow offers it: Keras'
+# torch trainer runs the step eagerly or under torch.compile, whose CUDA graphs ("reduce-overhead")
+# come only after dynamo has traced Keras' and BayesFlow's Python (over 100 s for this project's
+# step, bench/RESULTS.md, "torch.compile with GRUs"). An eager step on a GPU is Python and kernel
+# launch overhead (about 90 ms on an H100 against 5.5-13.6 ms for JAX's jitted step). Capturing
+# it with torch.cuda.graph costs one eager step; each replay then launches the recorded kernels.
+
+
+class _GraphedSteps:
+    """Keras' ``train_function`` (or ``test_function``) for eager steps on a CUDA device: for each
+    input shape, the first ``WARMUP`` steps run eagerly (on a side stream, as PyTorch's CUDA graph
+    notes ask), the next one is captured with ``torch.cuda.graph`` and every later one replays it
+    after copying the batch into the captured input buffers.
+
+    What makes a replay the same step as an eager one:
+    - Every Keras variable (weights, optimizer moments and iteration count, learning rate,
+      BayesFlow's standardisation moments, the metrics' totals) is assigned in place (``copy_``), so
+      the graph reads and writes the variables' own storage: what ``fit``'s callbacks change between
+      steps (ReduceLROnPlateau's learning rate, ``reset_metrics``) and weights loaded from a file
+      are what the next replay uses.
+    - The step is BayesFlow's own ``train_step``/``test_step``, metrics update included, captured whole.
+    - Python numbers Keras turns into tensors become ``torch.full`` kernels during the capture
+      (``_capturable_constants``): the same values, with no host-to-device copy, which a capture
+      forbids. They are constants of the step, as under ``tf.function`` or ``jax.jit``.
+    - Dropout (the reference configuration's coupling MLPs) draws from PyTorch's CUDA generator,
+      which CUDA graphs advance at every replay: other masks than an eager step's, as under
+      torch.compile (bench/RESULTS.md, "A finding about dropout"), seeded by ``set_seed`` alike.
+    The metrics a replay returns are copies, so a caller may keep them past the next step.
+
+    If a capture fails (an operation CUDA graphs cannot record, such as a host synchronisation),
+    a warning names the error and that shape's steps stay eager.
+    """
+
+    WARMUP = 2  # eager steps per input shape before its capture
+
+    def __init__(self, model, *, training: bool):
+        self._model = model
+        self._training = training
+        self._seen: dict[tuple, int] = {}
+        self._graphs: dict[tuple, tuple] = {}  # shape key -> (graph, input buffers, outputs)
+        self._failed: dict[tuple, str] = {}  # shape key -> why its capture failed
+        self._side_stream = None
+
+    def describe(self) -> str:
+        text = "eager, replayed as CUDA graphs"
+        if self._graphs or self._failed:
+            text += f" ({len(self._graphs)} batch shape{'s' if len(self._graphs) != 1 else ''} captured"
+            text += "".join(f"; capture failed for one, which stayed eager: {why}" for why in self._failed.values()) + ")"
+        return text
+
+    def _step(self, batch):
+        if self._training:
+            return self._model.train_step(batch)
+        with torch.no_grad():  # as Keras' torch trainer runs test steps
+            return self._model.test_step(batch)
+
+    def __call__(self, data):
+        batch = data[0]  # Keras' trainer passes a one-element sequence holding the batch dict
+        if not isinstance(batch, dict) or not all(hasattr(v, "shape") for v in batch.values()):
+            return self._step(batch)
+        tensors = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
+        key = tuple(sorted((k, tuple(t.shape), t.dtype) for k, t in tensors.items()))
+        if key in self._graphs:
+            graph, inputs, outputs = self._graphs[key]
+            for k, t in tensors.items():
+                inputs[k].copy_(t)
+            graph.replay()
+            return {k: v.clone() for k, v in outputs.items()}
+        seen = self._seen.get(key, 0)
+        if seen < self.WARMUP or key in self._failed:
+            self._seen[key] = seen + 1
+            return self._warm_up(tensors)
+        return self._capture(key, tensors)
+
+    def _warm_up(self, tensors):
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream()
+        stream = self._side_stream
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            outputs = self._step(tensors)
+        torch.cuda.current_stream().wait_stream(stream)
+        return outputs
+
+    def _capture(self, key, tensors):
+        inputs = {k: t.clone() for k, t in tensors.items()}
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with _capturable_constants(), torch.cuda.graph(graph):
+                outputs = self._step(inputs)
+        except Exception as exc:  # noqa: BLE001 - any capture error: this shape stays eager, said once
+            self._failed[key] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            warnings.warn(f"lif_sbi: CUDA graph capture of the {'training' if self._training else 'validation'} step failed, "
+                          f"so steps of this batch shape stay eager ({self._failed[key]})", RuntimeWarning, stacklevel=2)
+            torch.cuda.synchronize()
+            return self._warm_up(tensors)
+        self._graphs[key] = (graph, inputs, outputs)
+        graph.replay()  # the capture recorded this batch's step without running it
+        return {k: v.clone() for k, v in outputs.items()}
+
+
+MAX_CONSTANT_SIZE = 64  # numbers per host constant made by kernels during a capture (shapes are a few)
+
+
+@contextlib.contextmanager
+def _capturable_constants():
+    """While a CUDA graph is captured: ``torch.as_tensor`` of a Python number or a short sequence of
+    them (how Keras' ``convert_to_tensor`` makes tensors of constants and of shapes) is made by
+    ``torch.full`` kernels, which a graph can record, instead of a host-to-device copy, which it
+    cannot; larger host arrays raise a clear error.
+    Process-wide while it lasts (the capture runs on this thread; nothing else should then run)."""
+    as_tensor = torch.as_tensor
+
+    def capturable_as_tensor(data, dtype=None, device=None):
+        if isinstance(data, torch.Tensor):
+            return as_tensor(data, dtype=dtype, device=device)
+        array = np.asarray(data)
+        if array.dtype.kind not in "biuf" or array.size > MAX_CONSTANT_SIZE:
+            raise RuntimeError(f"a step captured as a CUDA graph made a tensor from host data ({type(data).__name__} of "
+                               f"{array.dtype} {array.shape}); only numbers and up to {MAX_CONSTANT_SIZE} of them can be recorded")
+        if dtype is None:  # torch.as_tensor's inference: Python floats get the default dtype, NumPy keeps its own
+            dtype = torch.from_numpy(array).dtype if isinstance(data, (np.ndarray, np.generic)) else (
+                torch.bool if array.dtype.kind == "b" else torch.int64 if array.dtype.kind in "iu" else torch.get_default_dtype())
+        values = [torch.full((), value, dtype=dtype, device=device) for value in array.ravel().tolist()]
+        return torch.stack(values).reshape(array.shape) if values else torch.empty(array.shape, dtype=dtype, device=device)
+
+    torch.as_tensor = capturable_as_tensor
+    try:
+        yield
+    finally:
+        torch.as_tensor = as_tensor

@@ -382,9 +382,9 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         timings["sessions"] = timings.get("sessions", 1) + 1
     t0 = time.perf_counter()
     if not finished and start_epoch < config.training.epochs:
-        step_kind = "compiled (jit_compile)" if approximator.jit_compile else "eager"
-        say(f"training under Keras backend '{backends.name}' on {backends.device_name()}, {step_kind} training step: up to {config.training.epochs} epochs")
-        backends.prepare_training(approximator)
+        backends.prepare_training(approximator, cuda_graphs=tc.cuda_graphs)
+        say(f"training under Keras backend '{backends.name}' on {backends.device_name()}, "
+            f"{backends.training_step_kind(approximator)} training step: up to {config.training.epochs} epochs")
         approximator.fit(
             dataset=train_ds, validation_data=val_ds, epochs=config.training.epochs, initial_epoch=start_epoch,
             callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,
@@ -451,13 +451,14 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         metrics["calibration"] = json.loads((run_dir / calibration.FILENAME).read_text())
     metrics["timings"] = timings
     metrics["jit_compile"] = bool(approximator.jit_compile)  # Keras' resolved choice ("auto": eager under torch)
+    metrics["training_step"] = backends.training_step_kind(approximator)
     _atomic_json(run_dir / "metrics.json", metrics)
     _atomic_json(run_dir / "timings.json", timings)
     env = json.loads((run_dir / "environment.json").read_text())
     report.write_report(
         run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
         extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
-               "training step": "compiled (jit_compile)" if approximator.jit_compile else "eager",
+               "training step": metrics["training_step"],
                "simulation": (f"loaded from the cache in {timings['simulation_s']:.1f} s" if timings.get("data_from_cache")
                               else f"{timings['simulation_s']:.1f} s on {dataset.device_label(config.data.device)}"), "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
                **({"width calibration": f"{timings['calibration_s']:.1f} s"} if "calibration_s" in timings else {}),

@@ -920,3 +920,154 @@ def test_compiled_torch_step_is_traced_once():
     res = run_script("torch", _PREPARE_SCRIPT.format(jit=True, compiled=True, prepares=(True,)), timeout=900)
     prepared = res["True"]
     assert prepared["graphs"][0] > 0 and prepared["graphs"][1:] == [prepared["graphs"][0]] * 3, prepared["graphs"]
+
+
+@pytest.mark.torch
+def test_torch_step_records_constants_as_kernels_while_a_cuda_graph_is_captured():
+    """What a CUDA graph capture of torch's training and validation steps needs, checked on the CPU
+    (lif_sbi.backends.torch, _GraphedSteps): the steps never synchronise with the host, and the
+    tensors Keras makes from Python numbers (constants such as Adam's beta_1, the optimizer's
+    iteration increment, the metrics' sample weight) come from a kernel under
+    `_capturable_constants` instead of from host memory, whose copy to a GPU a capture forbids.
+    A dispatch-level scan of every operation the steps run counts both. The network has a GRU
+    and dropout, as the reference configuration has; the steps' results are those without the
+    patch, and host arrays raise."""
+    code = """
+import collections, contextlib, json, keras, numpy as np, torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from lif_sbi import backends
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+
+HOST = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default"}  # a tensor made from host data
+SYNC = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.item.default", "aten.nonzero.default", "aten.equal.default"}
+
+class Scan(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = collections.Counter()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        self.count["host" if name in HOST else "sync" if name in SYNC else "other"] += 1
+        return func(*args, **(kwargs or {}))
+
+data = simulate_dataset(64, 5, progress=False)
+backends.set_seed(3)
+approx = build_approximator(ModelConfig(summary_network="conv_gru", summary_dim=4, flow_depth=1, flow_dropout=0.05))
+approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+batch = {k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k: v[:32] for k, v in data.items()}).items()}
+approx.build_from_data(batch)
+out = {}
+for stage in ("train", "test"):
+    def step():
+        if stage == "train":
+            return approx.train_step(batch)
+        with torch.no_grad():
+            return approx.test_step(batch)
+    step(); step()  # the eager warm-up steps (optimizer and metrics built)
+    counts = {}
+    state = list(approx.variables) + list(approx.optimizer.variables) + list(approx.metrics_variables)
+    saved = [keras.ops.convert_to_numpy(v).copy() for v in state]
+    for patched in (False, True):
+        for v, value in zip(state, saved):  # both steps from the same weights, moments and seeds
+            v.assign(value)
+        torch.manual_seed(0)
+        scan = Scan()
+        with scan, (backends.module._capturable_constants() if patched else contextlib.nullcontext()):
+            metrics = step()
+        counts[str(patched)] = dict(scan.count) | {"loss": float(metrics["loss"])}
+    out[stage] = counts
+original = torch.as_tensor
+with backends.module._capturable_constants():
+    out["shape"] = torch.as_tensor((32, 6)).tolist()
+    try:
+        torch.as_tensor(np.zeros(1000))
+        out["host_array"] = "accepted"
+    except RuntimeError as exc:
+        out["host_array"] = str(exc)
+out["restored"] = torch.as_tensor is original
+print(json.dumps(out))
+"""
+    res = run_script("torch", code)
+    for stage in ("train", "test"):
+        plain, patched = res[stage]["False"], res[stage]["True"]
+        assert plain.get("host", 0) > 0, (stage, plain)  # the scan sees Keras' constants without the patch
+        assert patched.get("host", 0) == 0 and patched.get("sync", 0) == 0 and plain.get("sync", 0) == 0, (stage, plain, patched)
+        assert patched["other"] > 100, patched  # the whole step ran inside the scan
+        assert patched["loss"] == plain["loss"], (stage, plain, patched)
+    assert res["shape"] == [32, 6] and "host data" in res["host_array"], res
+    assert res["restored"], res
+
+
+@pytest.mark.torch
+@pytest.mark.gpu
+def test_cuda_graph_steps_train_as_eager_steps_do():
+    """On a GPU, torch's training and validation steps replayed as CUDA graphs
+    (training.cuda_graphs, _GraphedSteps) give the eager steps' losses and weights: from the same
+    weights and batches, Adam, a network with a GRU (cuDNN inside the graph) and one without,
+    through the warm-up, the capture, replays, a batch of another shape (its own warm-up) and a
+    learning rate changed between steps as ReduceLROnPlateau changes it. Then `fit` with
+    `prepare_training` captures one training and one validation shape and trains to finite
+    losses. No dropout: a replay draws its masks from PyTorch's CUDA generator, not Keras'."""
+    code = """
+import json, keras, numpy as np, torch
+import bayesflow as bf
+from lif_sbi import backends
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+data = simulate_dataset(160, 5, progress=False)
+out = {"device": backends.device_name()}
+sizes = [32, 32, 32, 32, 20, 32, 32]  # warm-up x2, capture, replay, another shape, replays
+for kind in ("conv_pool", "conv_gru"):
+    runs = {}
+    for graphs in (False, True):
+        backends.set_seed(11)
+        approx = build_approximator(ModelConfig(summary_network=kind, summary_dim=4, flow_depth=1, flow_dropout=0.0))
+        approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+        batches, start = [], 0
+        for n in sizes:
+            batches.append({k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[start:start + n] for k2, v2 in data.items()}).items()})
+            start += n
+        approx.build_from_data(batches[0])
+        before = [keras.ops.convert_to_numpy(v).ravel().copy() for v in approx.trainable_variables]
+        step = backends.train_step_function(approx, cuda_graphs=graphs)
+        losses = []
+        for i, b in enumerate(batches):
+            if i == 5:
+                approx.optimizer.learning_rate = 1e-4
+            losses.append(float(keras.ops.convert_to_numpy(step(b)["loss"])))
+        val = backends.module._GraphedSteps(approx, training=False) if graphs else None
+        val_losses = [float(keras.ops.convert_to_numpy((val([batches[0]]) if graphs else approx.test_step(batches[0]))["loss"])) for _ in range(4)]
+        runs[str(graphs)] = {"losses": losses, "val": val_losses,
+                             "updates": [(keras.ops.convert_to_numpy(v).ravel() - w).tolist() for v, w in zip(approx.trainable_variables, before)],
+                             "iterations": int(keras.ops.convert_to_numpy(approx.optimizer.iterations))}
+    out[kind] = runs
+backends.set_seed(5)
+approx = build_approximator(ModelConfig(summary_network="conv_gru", summary_dim=4, flow_depth=1))
+approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+keys = ("parameters", "observables")
+train = bf.datasets.OfflineDataset({k: data[k][:128] for k in keys}, batch_size=32, adapter=approx.adapter)
+val = bf.datasets.OfflineDataset({k: data[k][128:] for k in keys}, batch_size=32, adapter=approx.adapter, shuffle=False)
+approx.build_from_data(train[0])
+backends.prepare_training(approx)
+history = approx.fit(dataset=train, validation_data=val, epochs=3, verbose=0).history
+out["fit"] = {"loss": history["loss"], "val_loss": history["val_loss"], "train": backends.training_step_kind(approx),
+              "test": approx.test_function.describe()}
+print(json.dumps(out))
+"""
+    res = run_script("torch", code, timeout=600)
+    assert res["device"] != "CPU", res
+    for kind in ("conv_pool", "conv_gru"):
+        eager, graphs = res[kind]["False"], res[kind]["True"]
+        assert graphs["iterations"] == eager["iterations"] == 7, kind
+        np.testing.assert_allclose(graphs["losses"], eager["losses"], rtol=1e-4, atol=1e-5, err_msg=kind)
+        np.testing.assert_allclose(graphs["val"], eager["val"], rtol=1e-4, atol=1e-5, err_msg=kind)
+        for a, b in zip(graphs["updates"], eager["updates"]):
+            # Adam moves every weight by about the rate per step: a step missed, or taken at the
+            # old rate after the change, differs by ~1e-4 or more; float32 rounding by far less
+            np.testing.assert_allclose(a, b, atol=2e-5, err_msg=kind)
+    fit = res["fit"]
+    assert np.all(np.isfinite(fit["loss"] + fit["val_loss"])), fit
+    assert "1 batch shape captured" in fit["train"] and "1 batch shape captured" in fit["test"], fit
