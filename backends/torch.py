@@ -10,8 +10,9 @@ project's own kernel (``gru_cpu.cpp``, built on first use; see ``_cpu_kernel``),
 about half the native kernel's time; elsewhere on the native kernel. Under torch.compile
 (``training.jit_compile = true``) the native kernel is called as one opaque custom op,
 ``lif_sbi::gru`` (see below). Independent
-GRUs (``gru_many``) run side by side on the CPU, one Python thread each. Importing this module
-turns on flush-to-zero for denormal floats (see below).
+GRUs (``gru_many``) run side by side on the CPU, one Python thread each. On a CUDA device the
+eager training and validation steps are replayed as CUDA graphs (``prepare_training``,
+``_GraphedSteps``). Importing this module turns on flush-to-zero for denormal floats (see below).
 """
 
 from __future__ import annotations
