@@ -18,6 +18,9 @@
 # REF_ONLY="<backend> <jit_compile>" (for example REF_ONLY="jax auto" or REF_ONLY="torch true")
 # skips the benchmarks and spends the budget on that run, then on the backend and CUDA tests, then
 # on torch.compile's conv_pool step.
+# GRAPHS=1 (session 13): torch's CUDA-graph steps, their GPU test first (a failure ends the call),
+# torch's graphed vs eager and JAX's steps, then `reference` end to end under torch (147 s on an H100).
+# SAMPLING_ONLY=1: JAX's compiled vs eager sampling in fresh processes (session 12).
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 WORK=${WORK:-/tmp/gpu_session}
