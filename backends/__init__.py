@@ -19,16 +19,16 @@ Interface (every backend module provides it):
   backend's fastest path (torch: a channels-last 2-D convolution). Returns (batch, time', out).
 - ``set_seed(seed)``: seeds Python, NumPy, the backend framework and Keras.
 - ``device_name()``: human-readable name of the device the backend computes on.
-- ``train_step_function(model, *, cuda_graphs=True)``: a callable ``step(batch) -> metrics`` that runs one optimizer
+- ``train_step_function(model, *, record_steps=True)``: a callable ``step(batch) -> metrics`` that runs one optimizer
   step of a compiled Keras model (a BayesFlow approximator) on one adapted batch (a dict of
   arrays), compiled the way ``model.fit`` compiles it (``tf.function`` under TensorFlow, ``jit``
-  under JAX, eager under torch, replayed as CUDA graphs under torch on a GPU with ``cuda_graphs=True``,
-  the default). For benchmarks and hand-written loops.
-- ``prepare_training(model, *, cuda_graphs=True)``: called once before ``fit``; sets up what the
+  under JAX, eager under torch, or under torch with ``record_steps=True``, the default, recorded once
+  per batch shape and replayed). For benchmarks and hand-written loops.
+- ``prepare_training(model, *, record_steps=True)``: called once before ``fit``; sets up what the
   backend's step needs (torch with ``jit_compile``: optimizer variables and gradient buffers so
-  that torch.compile traces the step once; torch's eager steps on a CUDA device with
-  ``cuda_graphs``: steps replayed as CUDA graphs); a no-op under TensorFlow and JAX, whose steps
-  are compiled already.
+  that torch.compile traces the step once; torch's eager steps with ``record_steps``: each batch
+  shape's step recorded once and replayed, as a CUDA graph on a GPU, as a traced aten program on
+  the CPU); a no-op under TensorFlow and JAX, whose steps are compiled already.
 - ``training_step_kind(model)``: how ``fit`` runs the step, in words, for the run's log and report.
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted

@@ -10,9 +10,9 @@ project's own kernel (``gru_cpu.cpp``, built on first use; see ``_cpu_kernel``),
 about half the native kernel's time; elsewhere on the native kernel. Under torch.compile
 (``training.jit_compile = true``) the native kernel is called as one opaque custom op,
 ``lif_sbi::gru`` (see below). Independent
-GRUs (``gru_many``) run side by side on the CPU, one Python thread each. On a CUDA device the
-eager training and validation steps are replayed as CUDA graphs (``prepare_training``,
-``_GraphedSteps``). Importing this module turns on flush-to-zero for denormal floats (see below).
+GRUs (``gru_many``) run side by side on the CPU, one Python thread each. Eager training and
+validation steps are recorded once per batch shape and replayed (``prepare_training``,
+``_RecordedSteps``): as CUDA graphs on a GPU, as traced aten programs on the CPU. Importing this module turns on flush-to-zero for denormal floats (see below).
 """
 
 from __future__ import annotations
@@ -214,6 +214,8 @@ def _eager_gru(x, h0, params, grad: bool):
         # load_s, 2-core CPU). Shapes only.
         units = params[1].shape[1]
         return x.new_empty((x.shape[0], x.shape[1], units)), x.new_empty((1, x.shape[0], units))
+    if x.device.type == "cpu":
+        _CPU_GRU_CALLS["n"] += 1  # (for _TracedSteps; a plain counter: exactness under threads does not matter)
     kernel = _cpu_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 else None
     if kernel is None:
         return _native_gru(x, h0, params, grad)
@@ -481,12 +483,12 @@ def device_name() -> str:
     return "CPU"
 
 
-def prepare_training(model, *, cuda_graphs: bool = True) -> None:
+def prepare_training(model, *, record_steps: bool = True) -> None:
     """Before the first training step (``fit`` or ``train_step_function``).
 
-    Eager steps on a CUDA device (``cuda_graphs``, the model not compiled with ``jit_compile``):
-    Keras' ``train_function`` and ``test_function`` become ``_GraphedSteps``, which replay each
-    step as a CUDA graph (see there). On the CPU, eager steps need nothing.
+    Eager steps (the model not compiled with ``jit_compile``) with ``record_steps``: Keras'
+    ``train_function`` and ``test_function`` record each batch shape's step once and replay it
+    (``_recorded_steps``: CUDA graphs on a GPU, traced aten programs on the CPU).
 
     ``jit_compile=True``: build the optimizer, give every trainable variable a zero gradient
     buffer, and turn off dynamo's automatic dynamic shapes (for the whole process: later
@@ -498,9 +500,9 @@ def prepare_training(model, *, cuda_graphs: bool = True) -> None:
     backward pass.
     """
     if not model.jit_compile:
-        if cuda_graphs and _on_cuda():
-            model.train_function = _GraphedSteps(model, training=True)
-            model.test_function = _GraphedSteps(model, training=False)
+        if record_steps:
+            model.train_function = _recorded_steps(model, training=True)
+            model.test_function = _recorded_steps(model, training=False)
         return
     # A partial last batch would otherwise make dynamo recompile the step with a symbolic batch
     # size, and Keras' convert_to_tensor breaks the graph on symbolic sizes (half the step then
@@ -514,9 +516,9 @@ def prepare_training(model, *, cuda_graphs: bool = True) -> None:
             parameter.grad = torch.zeros_like(parameter)
 
 
-def train_step_function(model, *, cuda_graphs: bool = True):
-    """One optimizer step as ``model.fit`` runs it under torch: eager on the CPU, replayed as a CUDA
-    graph on a GPU (``cuda_graphs``; see ``_GraphedSteps``), or ``torch.compile`` of the whole step
+def train_step_function(model, *, record_steps: bool = True):
+    """One optimizer step as ``model.fit`` runs it under torch: eager, recorded once per batch shape
+    and replayed (``record_steps``; see ``_RecordedSteps``), or ``torch.compile`` of the whole step
     where the model was compiled with ``jit_compile=True`` (Keras' torch trainer does the same; the
     first call compiles)."""
 
@@ -524,9 +526,9 @@ def train_step_function(model, *, cuda_graphs: bool = True):
         return model.train_step(batch)
 
     if not model.jit_compile:
-        if cuda_graphs and _on_cuda():
-            graphed = _GraphedSteps(model, training=True)
-            return lambda batch: graphed([batch])
+        if record_steps:
+            recorded = _recorded_steps(model, training=True)
+            return lambda batch: recorded([batch])
         return step
     prepare_training(model)
     return torch.compile(step)
@@ -534,66 +536,64 @@ def train_step_function(model, *, cuda_graphs: bool = True):
 
 def training_step_kind(model) -> str:
     """How ``fit`` runs the model's training step: "compiled (jit_compile)", "eager", or eager steps
-    replayed as CUDA graphs (with how many batch shapes were captured, once it has run)."""
+    recorded and replayed (with how many batch shapes were recorded, once it has run)."""
     steps = getattr(model, "train_function", None)
-    if isinstance(steps, _GraphedSteps):
+    if isinstance(steps, _RecordedSteps):
         return steps.describe()
     return _compiled_or_eager(model)
 
 
-def _on_cuda() -> bool:
-    """Whether Keras computes on a CUDA device (its default device, or a ``keras.device`` scope)."""
-    return keras.ops.zeros(()).device.type == "cuda"
+def _recorded_steps(model, *, training: bool) -> _RecordedSteps:
+    """The recorder for the device Keras computes on (its default device, or a ``keras.device`` scope)."""
+    on_cuda = keras.ops.zeros(()).device.type == "cuda"
+    return (_CudaGraphSteps if on_cuda else _TracedSteps)(model, training=training)
 
 
-# CUDA graphs of the eager step. Written here because neither Keras nor BayesFlow offers it: Keras'
-# torch trainer runs the step eagerly or under torch.compile, whose CUDA graphs ("reduce-overhead")
-# come only after dynamo has traced Keras' and BayesFlow's Python (over 100 s for this project's
-# step, bench/RESULTS.md, "torch.compile with GRUs"). An eager step on a GPU is Python and kernel
-# launch overhead (about 90 ms on an H100 against 5.5-13.6 ms for JAX's jitted step). Capturing
-# it with torch.cuda.graph costs one eager step; each replay then launches the recorded kernels.
+# Recorded eager steps. Written here because neither Keras nor BayesFlow offers it: Keras' torch
+# trainer runs the step eagerly or under torch.compile, which first has dynamo trace Keras' and
+# BayesFlow's Python (over 100 s for this project's step, bench/RESULTS.md, "torch.compile with
+# GRUs"). An eager step is mostly that Python: on an H100 about 65-90 ms against 3-14 ms of GPU
+# work; on the 2-core CPU about half of the default network's step. Recording a step costs about
+# one eager step; a replay then runs only the recorded PyTorch operations.
 
 
-class _GraphedSteps:
-    """Keras' ``train_function`` (or ``test_function``) for eager steps on a CUDA device: for each
-    input shape, the first ``WARMUP`` steps run eagerly (on a side stream, as PyTorch's CUDA graph
-    notes ask), the next one is captured with ``torch.cuda.graph`` and every later one replays it
-    after copying the batch into the captured input buffers.
+class _RecordedSteps:
+    """Keras' ``train_function`` (or ``test_function``) for eager torch steps: for each input shape,
+    the first ``WARMUP`` steps run eagerly, the next one is recorded (``_record``, by the
+    subclass: a CUDA graph, or a traced aten program) while it runs or just before, and every later
+    one replays the record on the new batch.
 
     What makes a replay the same step as an eager one:
     - Every Keras variable (weights, optimizer moments and iteration count, learning rate,
       BayesFlow's standardisation moments, the metrics' totals) is assigned in place (``copy_``), so
-      the graph reads and writes the variables' own storage: what ``fit``'s callbacks change between
+      the record reads and writes the variables' own storage: what ``fit``'s callbacks change between
       steps (ReduceLROnPlateau's learning rate, ``reset_metrics``) and weights loaded from a file
       are what the next replay uses.
-    - The step is BayesFlow's own ``train_step``/``test_step``, metrics update included, captured whole.
-    - Python numbers Keras turns into tensors become ``torch.full`` kernels during the capture
-      (``_capturable_constants``): the same values, with no host-to-device copy, which a capture
-      forbids. They are constants of the step, as under ``tf.function`` or ``jax.jit``.
-    - Dropout (the reference configuration's coupling MLPs) draws from PyTorch's CUDA generator,
-      which CUDA graphs advance at every replay: other masks than an eager step's, as under
-      torch.compile (bench/RESULTS.md, "A finding about dropout"), seeded by ``set_seed`` alike.
-    The metrics a replay returns are copies, so a caller may keep them past the next step.
-
-    If a capture fails (an operation CUDA graphs cannot record, such as a host synchronisation),
-    a warning names the error and that shape's steps stay eager.
+    - The step is BayesFlow's own ``train_step``/``test_step``, metrics update included, recorded whole.
+    - Python numbers that Keras turns into tensors are constants of the record, as they are of a
+      ``tf.function`` or ``jax.jit`` trace.
+    - Dropout draws from PyTorch's generator at every replay: other masks than an eager step's,
+      as under torch.compile (bench/RESULTS.md, "A finding about dropout"), seeded by ``set_seed``.
+    If a shape cannot be recorded (the subclass says why), that shape's steps stay eager and
+    ``describe`` says so; an unexpected failure also warns once.
     """
 
-    WARMUP = 2  # eager steps per input shape before its capture
+    WARMUP = 2  # eager steps per input shape before it is recorded
+    kind = ""  # what a record is, for ``describe``
 
     def __init__(self, model, *, training: bool):
         self._model = model
         self._training = training
         self._seen: dict[tuple, int] = {}
-        self._graphs: dict[tuple, tuple] = {}  # shape key -> (graph, input buffers, outputs)
-        self._failed: dict[tuple, str] = {}  # shape key -> why its capture failed
-        self._side_stream = None
+        self._records: dict[tuple, object] = {}  # shape key -> the subclass's record
+        self._failed: dict[tuple, str] = {}  # shape key -> why it was not recorded
 
     def describe(self) -> str:
-        text = "eager, replayed as CUDA graphs"
-        if self._graphs or self._failed:
-            text += f" ({len(self._graphs)} batch shape{'s' if len(self._graphs) != 1 else ''} captured"
-            text += "".join(f"; capture failed for one, which stayed eager: {why}" for why in self._failed.values()) + ")"
+        text = f"eager, recorded once per batch shape and replayed as {self.kind}"
+        if self._records or self._failed:
+            n = len(self._records)
+            text += f" ({n} batch shape{'s' if n != 1 else ''} recorded"
+            text += "".join(f"; one not, its steps eager: {why}" for why in sorted(set(self._failed.values()))) + ")"
         return text
 
     def _step(self, batch):
@@ -608,19 +608,44 @@ class _GraphedSteps:
             return self._step(batch)
         tensors = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
         key = tuple(sorted((k, tuple(t.shape), t.dtype) for k, t in tensors.items()))
-        if key in self._graphs:
-            graph, inputs, outputs = self._graphs[key]
-            for k, t in tensors.items():
-                inputs[k].copy_(t)
-            graph.replay()
-            return {k: v.clone() for k, v in outputs.items()}
+        if key in self._records:
+            return self._replay(self._records[key], tensors)
         seen = self._seen.get(key, 0)
         if seen < self.WARMUP or key in self._failed:
             self._seen[key] = seen + 1
-            return self._warm_up(tensors)
-        return self._capture(key, tensors)
+            return self._eager(tensors)
+        outputs, record, why_not = self._record(tensors)
+        if record is None:
+            self._failed[key] = why_not
+        else:
+            self._records[key] = record
+        return outputs
 
-    def _warm_up(self, tensors):
+    def _eager(self, tensors):
+        return self._step(tensors)
+
+    def _record(self, tensors):
+        """Run this batch's step and record it: (the step's metrics, the record or None, why not)."""
+        raise NotImplementedError
+
+    def _replay(self, record, tensors):
+        raise NotImplementedError
+
+
+class _CudaGraphSteps(_RecordedSteps):
+    """On a CUDA device: the recorded step is a CUDA graph (``torch.cuda.graph``). Warm-up steps run
+    on a side stream, as PyTorch's CUDA graph notes ask. A replay copies the batch into the
+    captured input buffers and launches the recorded kernels; it returns copies of the metrics, so
+    a caller may keep them past the next step. During the capture, Python numbers are made by
+    kernels (``_capturable_constants``): a capture cannot copy host memory."""
+
+    kind = "CUDA graphs"
+
+    def __init__(self, model, *, training: bool):
+        super().__init__(model, training=training)
+        self._side_stream = None
+
+    def _eager(self, tensors):
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream()
         stream = self._side_stream
@@ -630,21 +655,70 @@ class _GraphedSteps:
         torch.cuda.current_stream().wait_stream(stream)
         return outputs
 
-    def _capture(self, key, tensors):
+    def _record(self, tensors):
         inputs = {k: t.clone() for k, t in tensors.items()}
         graph = torch.cuda.CUDAGraph()
         try:
             with _capturable_constants(), torch.cuda.graph(graph):
                 outputs = self._step(inputs)
         except Exception as exc:  # noqa: BLE001 - any capture error: this shape stays eager, said once
-            self._failed[key] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             warnings.warn(f"lif_sbi: CUDA graph capture of the {'training' if self._training else 'validation'} step failed, "
-                          f"so steps of this batch shape stay eager ({self._failed[key]})", RuntimeWarning, stacklevel=2)
+                          f"so steps of this batch shape stay eager ({why})", RuntimeWarning, stacklevel=3)
             torch.cuda.synchronize()
-            return self._warm_up(tensors)
-        self._graphs[key] = (graph, inputs, outputs)
-        graph.replay()  # the capture recorded this batch's step without running it
+            return self._eager(tensors), None, why
+        record = (graph, inputs, outputs)
+        return self._replay(record, tensors), record, ""  # the capture recorded the step without running it
+
+    def _replay(self, record, tensors):
+        graph, inputs, outputs = record
+        for k, t in tensors.items():
+            inputs[k].copy_(t)
+        graph.replay()
         return {k: v.clone() for k, v in outputs.items()}
+
+
+class _TracedSteps(_RecordedSteps):
+    """On the CPU: the recorded step is the aten program the step ran, traced by ``make_fx``
+    (torch.fx, the tracer behind AOTAutograd) on real tensors, forward, backward and optimizer
+    update together. The trace runs the step itself; a replay calls the traced operations in
+    order, without Keras' and BayesFlow's Python. The Keras variables are the same tensor objects
+    in the program, updated in place. Not recorded (the step stays eager): a step that reads a
+    tensor's value into Python (the value would be frozen into the program), and a step with a GRU,
+    whose fused CPU kernel and side-by-side threads run outside PyTorch's dispatcher, so a trace
+    would see their results as constants."""
+
+    kind = "traced aten programs"
+    _HOST_READS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+
+    def _record(self, tensors):
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        keys = sorted(tensors)
+        ran = {}
+
+        def step(*values):
+            ran["outputs"] = self._step(dict(zip(keys, values)))
+            return ran["outputs"]
+
+        calls = _CPU_GRU_CALLS["n"]
+        program = make_fx(step, tracing_mode="real")(*[tensors[k] for k in keys])
+        outputs = {k: v.detach() for k, v in ran["outputs"].items()}
+        if _CPU_GRU_CALLS["n"] != calls:
+            return outputs, None, "a GRU on the CPU runs outside PyTorch's dispatcher"
+        reads = sorted({str(n.target) for n in program.graph.nodes if str(n.target).startswith(self._HOST_READS)})
+        if reads:
+            return outputs, None, f"the step reads tensor values into Python ({', '.join(reads)})"
+        return outputs, (program, keys), ""
+
+    def _replay(self, record, tensors):
+        program, keys = record
+        with torch.no_grad():
+            return program(*[tensors[k] for k in keys])
+
+
+# Counts GRU calls on the CPU, which _TracedSteps cannot record (see there).
+_CPU_GRU_CALLS = {"n": 0}
 
 
 MAX_CONSTANT_SIZE = 64  # numbers per host constant made by kernels during a capture (shapes are a few)

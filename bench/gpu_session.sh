@@ -82,15 +82,15 @@ cat "$WORK/environment.txt"
 
 STEP_K="cuda and (reference-mlp or conv_pool-mlp) and not fused"
 SAMPLE_K="(test_posterior_sampling or test_posterior_one_trace) and cuda and (reference or conv_pool) and not gru"
-# --- GRAPHS=1: torch's eager step replayed as CUDA graphs (training.cuda_graphs, session 13), its own
+# --- GRAPHS=1: torch's eager step replayed as CUDA graphs (training.record_steps, session 13), its own
 # call: the GPU test against eager steps (it stops the call if it fails), torch's graphed and eager
 # steps and JAX's on the card, then the `reference` configuration end to end under torch ----------
 if [ -n "${GRAPHS:-}" ]; then
   step graph_test 150 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py \
-    -k "cuda_graph_steps or (gru_many_is_one and torch)"
+    -k "(recorded_steps_train and cuda) or (gru_many_is_one and torch)"
   if ! grep -q "2 passed" "$WORK/graph_test.log"; then echo "== graph test failed: stopping" | tee -a "$WORK/summary.txt"; END=$SECONDS; fi
   step bench_torch_graphs 110 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-    -k "test_torch_cuda_graph_step" --benchmark-json="$WORK/bench_torch_graphs.json"
+    -k "test_torch_recorded_step and cuda" --benchmark-json="$WORK/bench_torch_graphs.json"
   step bench_jax_steps 90 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
     -k "test_training_step and $STEP_K" --benchmark-json="$WORK/bench_training_jax.json"
   step "train_${REF_CONFIG}_torch" 600 env KERAS_BACKEND=torch python3 -m lif_sbi.train --config "$REF_CONFIG" --results-dir "$WORK/results"

@@ -126,12 +126,14 @@ class TrainingConfig:
     # torch.compile of the whole step (on a 2-core CPU 138 s of compilation, then 49 instead of
     # 60 ms per default-network step; bench/RESULTS.md, "torch.compile"), false is eager everywhere.
     jit_compile: bool | str = "auto"
-    # Under torch on a CUDA device, with an eager step (jit_compile not true): capture each batch
-    # shape's training and validation step as a CUDA graph after two eager steps and replay it
-    # from then on (lif_sbi.backends.torch, _GraphedSteps): the same step without Python's and
-    # kernel launches' overhead. Dropout masks then come from PyTorch's CUDA generator. No effect
-    # on the CPU or under TensorFlow and JAX, whose steps are compiled already.
-    cuda_graphs: bool = True
+    # Under torch with an eager step (jit_compile not true): record each batch shape's training and
+    # validation step once, after two eager steps, and replay it from then on (lif_sbi.backends.torch,
+    # _RecordedSteps): a CUDA graph on a GPU; on the CPU the aten program the step ran (torch.fx),
+    # replayed without Keras' Python around it. The same operations on the same variables;
+    # dropout masks then come from PyTorch's generator. CPU steps with a GRU stay eager (its fused
+    # kernel runs outside PyTorch's dispatcher). No effect under TensorFlow and JAX, whose steps
+    # are compiled already.
+    record_steps: bool = True
     # Start from these weights instead of the backend's random initialisation: the
     # `initial.weights.npz` an earlier run of the same model configuration wrote (every run saves
     # the weights it started from; its checkpoints' `.weights.npz` files also fit). Keras draws
@@ -159,7 +161,7 @@ class TrainingConfig:
         _require(isinstance(self.calibrate_widths, bool), "training.calibrate_widths", "true or false", self.calibrate_widths)
         _require(self.jit_compile in (True, False, "auto") and type(self.jit_compile) in (bool, str),
                  "training.jit_compile", 'true, false or "auto"', self.jit_compile)
-        _require(isinstance(self.cuda_graphs, bool), "training.cuda_graphs", "true or false", self.cuda_graphs)
+        _require(isinstance(self.record_steps, bool), "training.record_steps", "true or false", self.record_steps)
         _require(isinstance(self.initial_weights, str) and (self.initial_weights == "" or self.initial_weights.endswith(".weights.npz")),
                  "training.initial_weights", 'a .weights.npz file a run wrote (results/<run_id>/initial.weights.npz) or "" (random from training.seed)',
                  self.initial_weights)

@@ -382,9 +382,9 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         timings["sessions"] = timings.get("sessions", 1) + 1
     t0 = time.perf_counter()
     if not finished and start_epoch < config.training.epochs:
-        backends.prepare_training(approximator, cuda_graphs=tc.cuda_graphs)
-        say(f"training under Keras backend '{backends.name}' on {backends.device_name()}, "
-            f"{backends.training_step_kind(approximator)} training step: up to {config.training.epochs} epochs")
+        backends.prepare_training(approximator, record_steps=tc.record_steps)
+        say(f"training under Keras backend '{backends.name}' on {backends.device_name()} "
+            f"(training step: {backends.training_step_kind(approximator)}): up to {config.training.epochs} epochs")
         approximator.fit(
             dataset=train_ds, validation_data=val_ds, epochs=config.training.epochs, initial_epoch=start_epoch,
             callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,

@@ -926,7 +926,7 @@ def test_compiled_torch_step_is_traced_once():
 @pytest.mark.torch
 def test_torch_step_records_constants_as_kernels_while_a_cuda_graph_is_captured():
     """What a CUDA graph capture of torch's training and validation steps needs, checked on the CPU
-    (lif_sbi.backends.torch, _GraphedSteps): the steps never synchronise with the host, and the
+    (lif_sbi.backends.torch, _CudaGraphSteps): the steps never synchronise with the host, and the
     tensors Keras makes from Python numbers (constants such as Adam's beta_1, the optimizer's
     iteration increment, the metrics' sample weight) come from a kernel under
     `_capturable_constants` instead of from host memory, whose copy to a GPU a capture forbids.
@@ -1002,15 +1002,16 @@ print(json.dumps(out))
 
 
 @pytest.mark.torch
-@pytest.mark.gpu
-def test_cuda_graph_steps_train_as_eager_steps_do():
-    """On a GPU, torch's training and validation steps replayed as CUDA graphs
-    (training.cuda_graphs, _GraphedSteps) give the eager steps' losses and weights: from the same
-    weights and batches, Adam, a network with a GRU (cuDNN inside the graph) and one without,
-    through the warm-up, the capture, replays, a batch of another shape (its own warm-up) and a
-    learning rate changed between steps as ReduceLROnPlateau changes it. Then `fit` with
-    `prepare_training` captures one training and one validation shape and trains to finite
-    losses. No dropout: a replay draws its masks from PyTorch's CUDA generator, not Keras'."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_recorded_steps_train_as_eager_steps_do(device):
+    """torch's training and validation steps recorded once per batch shape and replayed
+    (training.record_steps, _RecordedSteps: a traced aten program on the CPU, a CUDA graph on a
+    GPU) give the eager steps' losses and weights: from the same weights and batches, Adam, a
+    network without a GRU and one with (cuDNN inside the CUDA graph; on the CPU its steps stay
+    eager, and say why), through the warm-up, the recording, replays, a batch of another shape
+    (its own warm-up) and a learning rate changed between steps as ReduceLROnPlateau changes it.
+    Then `fit` with `prepare_training` records one training and one validation shape and trains
+    to finite losses. No dropout: a replay draws its masks from PyTorch's generator, not Keras'."""
     code = """
 import json, keras, numpy as np, torch
 import bayesflow as bf
@@ -1020,10 +1021,10 @@ from lif_sbi.dataset import simulate_dataset
 from lif_sbi.estimator import build_approximator
 data = simulate_dataset(160, 5, progress=False)
 out = {"device": backends.device_name()}
-sizes = [32, 32, 32, 32, 20, 32, 32]  # warm-up x2, capture, replay, another shape, replays
+sizes = [32, 32, 32, 32, 20, 32, 32]  # warm-up x2, recording, replay, another shape, replays
 for kind in ("conv_pool", "conv_gru"):
     runs = {}
-    for graphs in (False, True):
+    for record in (False, True):
         backends.set_seed(11)
         approx = build_approximator(ModelConfig(summary_network=kind, summary_dim=4, flow_depth=1, flow_dropout=0.0))
         approx.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -1033,20 +1034,21 @@ for kind in ("conv_pool", "conv_gru"):
             start += n
         approx.build_from_data(batches[0])
         before = [keras.ops.convert_to_numpy(v).ravel().copy() for v in approx.trainable_variables]
-        step = backends.train_step_function(approx, cuda_graphs=graphs)
+        train = backends.module._recorded_steps(approx, training=True) if record else None
+        val = backends.module._recorded_steps(approx, training=False) if record else None
         losses = []
         for i, b in enumerate(batches):
             if i == 5:
                 approx.optimizer.learning_rate = 1e-4
-            losses.append(float(keras.ops.convert_to_numpy(step(b)["loss"])))
-        val = backends.module._GraphedSteps(approx, training=False) if graphs else None
-        val_losses = [float(keras.ops.convert_to_numpy((val([batches[0]]) if graphs else approx.test_step(batches[0]))["loss"])) for _ in range(4)]
-        runs[str(graphs)] = {"losses": losses, "val": val_losses,
+            losses.append(float(keras.ops.convert_to_numpy((train([b]) if record else approx.train_step(b))["loss"])))
+        with torch.no_grad():
+            val_losses = [float(keras.ops.convert_to_numpy((val([batches[0]]) if record else approx.test_step(batches[0]))["loss"])) for _ in range(4)]
+        runs[str(record)] = {"losses": losses, "val": val_losses, "described": train.describe() if record else "",
                              "updates": [(keras.ops.convert_to_numpy(v).ravel() - w).tolist() for v, w in zip(approx.trainable_variables, before)],
                              "iterations": int(keras.ops.convert_to_numpy(approx.optimizer.iterations))}
     out[kind] = runs
 backends.set_seed(5)
-approx = build_approximator(ModelConfig(summary_network="conv_gru", summary_dim=4, flow_depth=1))
+approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1))
 approx.compile(optimizer=keras.optimizers.Adam(1e-3))
 keys = ("parameters", "observables")
 train = bf.datasets.OfflineDataset({k: data[k][:128] for k in keys}, batch_size=32, adapter=approx.adapter)
@@ -1058,17 +1060,23 @@ out["fit"] = {"loss": history["loss"], "val_loss": history["val_loss"], "train":
               "test": approx.test_function.describe()}
 print(json.dumps(out))
 """
-    res = run_script("torch", code, timeout=600)
-    assert res["device"] != "CPU", res
+    res = run_script("torch", code, timeout=600, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
+    assert (res["device"] == "CPU") == (device == "cpu"), res
+    kind_of_record = "traced aten programs" if device == "cpu" else "CUDA graphs"
     for kind in ("conv_pool", "conv_gru"):
-        eager, graphs = res[kind]["False"], res[kind]["True"]
-        assert graphs["iterations"] == eager["iterations"] == 7, kind
-        np.testing.assert_allclose(graphs["losses"], eager["losses"], rtol=1e-4, atol=1e-5, err_msg=kind)
-        np.testing.assert_allclose(graphs["val"], eager["val"], rtol=1e-4, atol=1e-5, err_msg=kind)
-        for a, b in zip(graphs["updates"], eager["updates"]):
+        eager, recorded = res[kind]["False"], res[kind]["True"]
+        assert kind_of_record in recorded["described"], recorded["described"]
+        if kind == "conv_gru" and device == "cpu":
+            assert "0 batch shapes recorded; one not, its steps eager: a GRU on the CPU" in recorded["described"], recorded["described"]
+        else:
+            assert "1 batch shape recorded" in recorded["described"] and "not" not in recorded["described"], recorded["described"]
+        assert recorded["iterations"] == eager["iterations"] == 7, kind
+        np.testing.assert_allclose(recorded["losses"], eager["losses"], rtol=1e-4, atol=1e-5, err_msg=kind)
+        np.testing.assert_allclose(recorded["val"], eager["val"], rtol=1e-4, atol=1e-5, err_msg=kind)
+        for a, b in zip(recorded["updates"], eager["updates"]):
             # Adam moves every weight by about the rate per step: a step missed, or taken at the
             # old rate after the change, differs by ~1e-4 or more; float32 rounding by far less
             np.testing.assert_allclose(a, b, atol=2e-5, err_msg=kind)
     fit = res["fit"]
     assert np.all(np.isfinite(fit["loss"] + fit["val_loss"])), fit
-    assert "1 batch shape captured" in fit["train"] and "1 batch shape captured" in fit["test"], fit
+    assert "1 batch shape recorded" in fit["train"] and "1 batch shape recorded" in fit["test"], fit

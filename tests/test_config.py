@@ -49,10 +49,10 @@ def test_jit_compile_values_and_round_trip(text, value):
     assert again.training.jit_compile == value
 
 
-def test_cuda_graphs_default_on_and_round_trip():
-    assert load_config("ci").training.cuda_graphs is True  # torch on a GPU: replayed steps
-    cfg = load_config("ci", ["training.cuda_graphs=false"])
-    assert from_dict(tomllib.loads(cfg.to_toml())).training.cuda_graphs is False
+def test_record_steps_default_on_and_round_trip():
+    assert load_config("ci").training.record_steps is True  # torch: recorded and replayed steps
+    cfg = load_config("ci", ["training.record_steps=false"])
+    assert from_dict(tomllib.loads(cfg.to_toml())).training.record_steps is False
 
 
 @pytest.mark.parametrize(
@@ -72,8 +72,8 @@ def test_cuda_graphs_default_on_and_round_trip():
         (["training.calibrate_widths=1"], "training.calibrate_widths"),
         (["training.jit_compile=yes"], 'training.jit_compile .* true, false or "auto"'),
         (["training.jit_compile=1"], "training.jit_compile"),
-        (["training.cuda_graphs=1"], "training.cuda_graphs .* wrong type: expected bool"),
-        (["training.cuda_graphs=auto"], "training.cuda_graphs"),
+        (["training.record_steps=1"], "training.record_steps .* wrong type: expected bool"),
+        (["training.record_steps=auto"], "training.record_steps"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),

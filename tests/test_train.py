@@ -67,6 +67,13 @@ def test_ci_config_trains_end_to_end(backend, tmp_path):
     assert "simulated on CPU" in proc.stdout or env["device"] != "CPU", proc.stdout[-2000:]
     # training.jit_compile = "auto" is Keras' choice: eager under torch and (on a CPU) TensorFlow, jitted under JAX
     assert metrics["jit_compile"] is (backend == "jax")
+    # training.record_steps: under torch each batch shape's step is recorded once and replayed (a
+    # traced aten program on the CPU: ci's conv_pool network has no GRU); the others compile theirs
+    if backend == "torch":
+        assert "recorded once per batch shape" in metrics["training_step"] and " recorded)" in metrics["training_step"], metrics["training_step"]
+        assert ("traced aten programs" if env["device"] == "CPU" else "CUDA graphs") in metrics["training_step"]
+    else:
+        assert metrics["training_step"] == ("compiled (jit_compile)" if backend == "jax" else "eager")
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(float(r["learning_rate"]) > 0 and float(r["wall_s"]) > 0 for r in rows)
@@ -140,7 +147,7 @@ def test_ci_trains_with_a_compiled_step_under_torch(tmp_path, summary):
     choice. conv_gru's GRUs run as the opaque lif_sbi::gru op, with dropout, in both steps."""
     proc = _train("torch", tmp_path, *SMALL, "--set", "training.jit_compile=true", "--set", f"model.summary_network={summary}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "compiled (jit_compile) training step" in proc.stdout
+    assert "(training step: compiled (jit_compile))" in proc.stdout
     assert "Dynamo detected" not in proc.stderr, proc.stderr[-2000:]
     (run_dir,) = (tmp_path / "results").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
