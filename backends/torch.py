@@ -684,9 +684,10 @@ class _TracedSteps(_RecordedSteps):
     update together. The trace runs the step itself; a replay calls the traced operations in
     order, without Keras' and BayesFlow's Python. The Keras variables are the same tensor objects
     in the program, updated in place. Not recorded (the step stays eager): a step that reads a
-    tensor's value into Python (the value would be frozen into the program), and a step with a GRU,
-    whose fused CPU kernel and side-by-side threads run outside PyTorch's dispatcher, so a trace
-    would see their results as constants."""
+    tensor's value into Python (the value would be frozen into the program; make_fx refuses it,
+    and the variables are restored before the step runs eagerly), and a step with a GRU, whose
+    fused CPU kernel and side-by-side threads run outside PyTorch's dispatcher, so a trace would
+    see their results as constants."""
 
     kind = "traced aten programs"
     _HOST_READS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
@@ -701,8 +702,23 @@ class _TracedSteps(_RecordedSteps):
             ran["outputs"] = self._step(dict(zip(keys, values)))
             return ran["outputs"]
 
+        # A trace that stops half-way (an operation make_fx refuses, such as reading a traced value
+        # into Python: SGD passes its learning rate to PyTorch as a Python number) has already
+        # run part of the step for real: put every variable and the random state back, then run
+        # the step eagerly.
+        variables = list({id(v): v for v in (*self._model.variables, *self._model.optimizer.variables,
+                                             *self._model.metrics_variables)}.values())
+        saved = [v.value.detach().clone() for v in variables]
+        rng = torch.get_rng_state()
         calls = _CPU_GRU_CALLS["n"]
-        program = make_fx(step, tracing_mode="real")(*[tensors[k] for k in keys])
+        try:
+            program = make_fx(step, tracing_mode="real")(*[tensors[k] for k in keys])
+        except Exception as exc:  # noqa: BLE001 - whatever stops the trace: this shape stays eager
+            with torch.no_grad():
+                for variable, value in zip(variables, saved):
+                    variable.value.copy_(value)
+            torch.set_rng_state(rng)
+            return self._eager(tensors), None, f"the step cannot be traced ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
         outputs = {k: v.detach() for k, v in ran["outputs"].items()}
         if _CPU_GRU_CALLS["n"] != calls:
             return outputs, None, "a GRU on the CPU runs outside PyTorch's dispatcher"
