@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._common import seed_keras
 from ._common import training_step_kind as _compiled_or_eager
@@ -574,8 +575,10 @@ class _RecordedSteps:
       ``tf.function`` or ``jax.jit`` trace.
     - Dropout draws from PyTorch's generator at every replay: other masks than an eager step's,
       as under torch.compile (bench/RESULTS.md, "A finding about dropout"), seeded by ``set_seed``.
-    If a shape cannot be recorded (the subclass says why), that shape's steps stay eager and
-    ``describe`` says so; an unexpected failure also warns once.
+    The last eager step before a shape's recording is watched (``_HostReads``): a step that reads
+    a tensor's value into Python is not recorded, since the record would freeze the value read.
+    If a shape cannot be recorded (that, or what the subclass finds), its steps stay eager and
+    ``describe`` says why; an unexpected CUDA capture failure also warns once.
     """
 
     WARMUP = 2  # eager steps per input shape before it is recorded
@@ -613,6 +616,15 @@ class _RecordedSteps:
         seen = self._seen.get(key, 0)
         if seen < self.WARMUP or key in self._failed:
             self._seen[key] = seen + 1
+            if seen == self.WARMUP - 1 and key not in self._failed:
+                # the last eager step before the recording, watched for reads of tensor values
+                # into Python: a record would freeze the value read (SGD hands PyTorch its learning
+                # rate as a Python number), and a CUDA graph capture fails on the synchronisation
+                with _HostReads() as reads:
+                    outputs = self._eager(tensors)
+                if reads.names:
+                    self._failed[key] = f"the step reads tensor values into Python ({', '.join(sorted(reads.names))})"
+                return outputs
             return self._eager(tensors)
         outputs, record, why_not = self._record(tensors)
         if record is None:
@@ -703,9 +715,8 @@ class _TracedSteps(_RecordedSteps):
             return ran["outputs"]
 
         # A trace that stops half-way (an operation make_fx refuses, such as reading a traced value
-        # into Python: SGD passes its learning rate to PyTorch as a Python number) has already
-        # run part of the step for real: put every variable and the random state back, then run
-        # the step eagerly.
+        # into Python where the warm-up step did not) has already run part of the step for real:
+        # put every variable and the random state back, then run the step eagerly.
         variables = list({id(v): v for v in (*self._model.variables, *self._model.optimizer.variables,
                                              *self._model.metrics_variables)}.values())
         saved = [v.value.detach().clone() for v in variables]
@@ -731,6 +742,23 @@ class _TracedSteps(_RecordedSteps):
         program, keys = record
         with torch.no_grad():
             return program(*[tensors[k] for k in keys])
+
+
+class _HostReads(TorchDispatchMode):
+    """While active on this thread: the names of the operations that read a tensor's value into
+    Python (``.item()``, ``bool(t)``, ``nonzero``...), in ``names``."""
+
+    OPS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.is_nonzero.default", "aten.equal.default",
+           "aten.nonzero.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.OPS:
+            self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 # Counts GRU calls on the CPU, which _TracedSteps cannot record (see there).
