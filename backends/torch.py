@@ -573,8 +573,9 @@ class _RecordedSteps:
     - The step is BayesFlow's own ``train_step``/``test_step``, metrics update included, recorded whole.
     - Python numbers that Keras turns into tensors are constants of the record, as they are of a
       ``tf.function`` or ``jax.jit`` trace.
-    - Dropout draws from PyTorch's generator at every replay: other masks than an eager step's,
-      as under torch.compile (bench/RESULTS.md, "A finding about dropout"), seeded by ``set_seed``.
+    - Dropout draws from PyTorch's generator at every replay, seeded by ``set_seed``; on a GPU the
+      CUDA graph advances it its own way, so the masks differ from an eager step's, as under
+      torch.compile (bench/RESULTS.md, "A finding about dropout").
     The last eager step before a shape's recording is watched (``_HostReads``): a step that reads
     a tensor's value into Python is not recorded, since the record would freeze the value read.
     If a shape cannot be recorded (that, or what the subclass finds), its steps stay eager and
@@ -695,14 +696,13 @@ class _TracedSteps(_RecordedSteps):
     (torch.fx, the tracer behind AOTAutograd) on real tensors, forward, backward and optimizer
     update together. The trace runs the step itself; a replay calls the traced operations in
     order, without Keras' and BayesFlow's Python. The Keras variables are the same tensor objects
-    in the program, updated in place. Not recorded (the step stays eager): a step that reads a
-    tensor's value into Python (the value would be frozen into the program; make_fx refuses it,
-    and the variables are restored before the step runs eagerly), and a step with a GRU, whose
+    in the program, updated in place. Not recorded (the step stays eager): a step with a GRU, whose
     fused CPU kernel and side-by-side threads run outside PyTorch's dispatcher, so a trace would
-    see their results as constants."""
+    see their results as constants, and a step that reads a tensor's value into Python (the value
+    would be frozen into the program; the warm-up watch finds most, make_fx refuses the rest, and
+    then the variables are restored before the step runs eagerly)."""
 
     kind = "traced aten programs"
-    _HOST_READS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
 
     def _record(self, tensors):
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -733,7 +733,7 @@ class _TracedSteps(_RecordedSteps):
         outputs = {k: v.detach() for k, v in ran["outputs"].items()}
         if _CPU_GRU_CALLS["n"] != calls:
             return outputs, None, "a GRU on the CPU runs outside PyTorch's dispatcher"
-        reads = sorted({str(n.target) for n in program.graph.nodes if str(n.target).startswith(self._HOST_READS)})
+        reads = sorted({str(n.target) for n in program.graph.nodes if str(n.target) in _HostReads.OPS})
         if reads:
             return outputs, None, f"the step reads tensor values into Python ({', '.join(reads)})"
         return outputs, (program, keys), ""
