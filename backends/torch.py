@@ -487,7 +487,9 @@ def device_name() -> str:
 def prepare_training(model, *, record_steps: bool = True) -> None:
     """Before the first training step (``fit`` or ``train_step_function``).
 
-    Eager steps (the model not compiled with ``jit_compile``) with ``record_steps``: Keras'
+    Eager steps (the model not compiled with ``jit_compile``): Keras' Adam updates the weights
+    from three flat buffers (``_adam_on_flat_buffers``: the same numbers, in a few operations
+    instead of a few per weight tensor); with ``record_steps``, Keras'
     ``train_function`` and ``test_function`` record each batch shape's step once and replay it
     (``_recorded_steps``: CUDA graphs on a GPU, traced aten programs on the CPU).
 
@@ -501,6 +503,7 @@ def prepare_training(model, *, record_steps: bool = True) -> None:
     backward pass.
     """
     if not model.jit_compile:
+        _adam_on_flat_buffers(model)
         if record_steps:
             model.train_function = _recorded_steps(model, training=True)
             model.test_function = _recorded_steps(model, training=False)
@@ -527,6 +530,7 @@ def train_step_function(model, *, record_steps: bool = True):
         return model.train_step(batch)
 
     if not model.jit_compile:
+        _adam_on_flat_buffers(model)
         if record_steps:
             recorded = _recorded_steps(model, training=True)
             return lambda batch: recorded([batch])
@@ -537,11 +541,87 @@ def train_step_function(model, *, record_steps: bool = True):
 
 def training_step_kind(model) -> str:
     """How ``fit`` runs the model's training step: "compiled (jit_compile)", "eager", or eager steps
-    recorded and replayed (with how many batch shapes were recorded, once it has run)."""
+    recorded and replayed (with how many batch shapes were recorded, once it has run); and whether
+    Adam updates flat buffers (``_adam_on_flat_buffers``)."""
     steps = getattr(model, "train_function", None)
-    if isinstance(steps, _RecordedSteps):
-        return steps.describe()
-    return _compiled_or_eager(model)
+    kind = steps.describe() if isinstance(steps, _RecordedSteps) else _compiled_or_eager(model)
+    if getattr(getattr(model, "optimizer", None), FLAT_ADAM, None) is not None:
+        kind += "; Adam on flat buffers"
+    return kind
+
+
+# Adam on flat buffers. Written here because neither Keras nor PyTorch offers it for Keras' Adam:
+# Keras' torch Adam updates with ``torch._foreach_*`` operations, which on the CPU run one small
+# operation per weight tensor (about 2,500 per step of the default network: a fifth of its
+# recorded step; bench/RESULTS.md, "Adam on flat buffers"), and PyTorch's fused Adam adds epsilon
+# after the bias correction, where Keras adds it before: other numbers.
+
+FLAT_ADAM = "_lif_sbi_flat_buffers"  # the optimizer attribute holding the buffers, once made
+
+
+def _adam_on_flat_buffers(model) -> None:
+    """Make the model's trainable variables and Keras Adam's first and second moments views into
+    three flat buffers (one each), and have the optimizer's update run Keras' own formula on the
+    buffers whenever it updates every trainable variable (else Keras' per-variable update runs):
+    the same float32 operations element by element, so the same weights bit for bit, in eleven
+    operations per step. The variables stay Keras' own (the same torch Parameters, now views):
+    assignment, saving and loading work as before. Only Keras' Adam (and subclasses that keep its
+    update, such as AdamW) without AMSGrad, all variables of one dtype on one device; otherwise,
+    or a model not built yet, nothing changes."""
+    from keras.src.backend.torch.optimizers.torch_adam import Adam as KerasTorchAdam
+
+    optimizer = getattr(model, "optimizer", None)
+    if (optimizer is None or getattr(optimizer, FLAT_ADAM, None) is not None or not isinstance(optimizer, KerasTorchAdam)
+            or type(optimizer)._parallel_update_step is not KerasTorchAdam._parallel_update_step or optimizer.amsgrad):
+        return
+    if not optimizer.built:
+        if not model.built or not model.trainable_variables:
+            return
+        optimizer.build(model.trainable_variables)
+    variables = list(optimizer._trainable_variables)
+    groups = [[v.value for v in variables],
+              [optimizer._momentums[optimizer._get_variable_index(v)].value for v in variables],
+              [optimizer._velocities[optimizer._get_variable_index(v)].value for v in variables]]
+    if not variables or len({(t.dtype, t.device) for group in groups for t in group}) != 1:
+        return
+    weights, m, v = buffers = [_flat_views(group) for group in groups]
+    keys = [id(variable) for variable in variables]
+    per_variable = optimizer._parallel_update_step
+
+    def update(grads, trainable_variables, learning_rate):
+        if [id(variable) for variable in trainable_variables] != keys:  # a subset (gradients missing)
+            return per_variable(grads, trainable_variables, learning_rate)
+        # Keras' torch Adam._parallel_update_step, operation for operation, on the flat buffers
+        dtype = weights.dtype
+        lr = keras.ops.cast(learning_rate, dtype)
+        local_step = keras.ops.cast(optimizer.iterations + 1, dtype)
+        beta_1, beta_2, epsilon = optimizer.beta_1, optimizer.beta_2, optimizer.epsilon
+        beta_1_power = keras.ops.power(keras.ops.cast(beta_1, dtype), local_step)
+        beta_2_power = keras.ops.power(keras.ops.cast(beta_2, dtype), local_step)
+        alpha = lr * keras.ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        g = torch.cat([grad.reshape(-1) for grad in grads])
+        m.mul_(beta_1)
+        m.add_(g, alpha=1 - beta_1)
+        v.mul_(beta_2)
+        v.add_(torch.mul(g, g), alpha=1 - beta_2)
+        weights.add_(torch.div(torch.mul(m, alpha), torch.add(torch.sqrt(v), epsilon)), alpha=-1)
+
+    optimizer._parallel_update_step = update
+    setattr(optimizer, FLAT_ADAM, buffers)
+
+
+def _flat_views(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One flat buffer holding ``tensors``' values, each tensor made a view into it (``.data``: the
+    same tensor objects, so every holder of them sees the buffer)."""
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            n = t.numel()
+            flat[offset:offset + n].copy_(t.reshape(-1))
+            t.data = flat[offset:offset + n].view(t.shape)
+            offset += n
+    return flat
 
 
 def _recorded_steps(model, *, training: bool) -> _RecordedSteps:

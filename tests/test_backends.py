@@ -875,7 +875,7 @@ for prepare in {prepares}:
     approx.build_from_data(batches[0])
     if prepare:
         backends.prepare_training(approx)
-    state = {{"optimizer_built": approx.optimizer.built,
+    state = {{"optimizer_built": approx.optimizer.built, "flat": getattr(approx.optimizer, backends.module.FLAT_ADAM, None) is not None,
               "zero_grads": all(v.value.grad is not None and not v.value.grad.any() for v in approx.trainable_variables),
               "static_shapes": not torch._dynamo.config.automatic_dynamic_shapes}}
     step = backends.train_step_function(approx) if {compiled} else approx.train_step
@@ -896,12 +896,15 @@ print(json.dumps(out))
 def test_prepare_training_under_torch_changes_nothing_numerically():
     """prepare_training (torch, jit_compile=True) builds the optimizer, gives every trainable
     variable a zero gradient buffer and turns off dynamo's automatic dynamic shapes; eager steps from a prepared model give bitwise the same
-    losses and weights as from an unprepared one (each step zeroes gradients before backward)."""
+    losses and weights as from an unprepared one (each step zeroes gradients before backward).
+    Without jit_compile it builds the optimizer and puts Adam on flat buffers, with again the same
+    losses and weights bit for bit."""
     res = run_script("torch", _PREPARE_SCRIPT.format(jit=False, compiled=False, prepares=(False, True)))
     plain, prepared = res["False"], res["True"]
-    assert not plain["optimizer_built"] and not plain["zero_grads"]
-    # jit_compile=False: nothing to prepare
-    assert not prepared["optimizer_built"] and not prepared["zero_grads"]
+    assert not plain["optimizer_built"] and not plain["zero_grads"] and not plain["flat"]
+    # jit_compile=False: Adam on flat buffers, no gradient buffers
+    assert prepared["optimizer_built"] and prepared["flat"] and not prepared["zero_grads"]
+    assert prepared["losses"] == plain["losses"] and prepared["weights"] == plain["weights"]
     # a model compiled with jit_compile=True, stepped eagerly: prepared vs not
     res_jit_state = run_script("torch", _PREPARE_SCRIPT.format(jit=True, compiled=False, prepares=(False, True)))
     assert res_jit_state["True"]["optimizer_built"] and res_jit_state["True"]["zero_grads"]
@@ -909,6 +912,65 @@ def test_prepare_training_under_torch_changes_nothing_numerically():
     assert res_jit_state["True"]["static_shapes"] and not res_jit_state["False"]["static_shapes"]
     assert res_jit_state["True"]["losses"] == res_jit_state["False"]["losses"]
     assert res_jit_state["True"]["weights"] == res_jit_state["False"]["weights"]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_adam_on_flat_buffers_updates_as_keras_adam_does(device):
+    """Keras' Adam on three flat buffers (_adam_on_flat_buffers, which prepare_training applies to
+    eager steps) gives Keras' own per-variable update bit for bit: weights, both moments and the
+    iteration count, through steps, a learning-rate change, weights assigned from outside (the
+    variables are views into the buffer, so the buffer sees the assignment) and an update of a
+    subset of the variables (Keras' own update then runs). AMSGrad and SGD are left as they are."""
+    code = """
+import json, keras, numpy as np, torch
+from lif_sbi import backends
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+T = backends.module
+data = simulate_dataset(96, 5, progress=False)
+out = {"device": backends.device_name()}
+def numbers(approx):
+    opt = approx.optimizer
+    return [keras.ops.convert_to_numpy(v).ravel().tolist() for v in (*approx.trainable_variables, *opt._momentums, *opt._velocities)] + [
+        int(keras.ops.convert_to_numpy(opt.iterations))]
+for flat in (False, True):
+    backends.set_seed(3)
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+    batches = [{k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[i:i + 32] for k2, v2 in data.items()}).items()} for i in (0, 32, 64)]
+    approx.build_from_data(batches[0])
+    if flat:
+        T._adam_on_flat_buffers(approx)
+        out["kind"] = backends.training_step_kind(approx)
+    losses = [float(keras.ops.convert_to_numpy(approx.train_step(b)["loss"])) for b in batches]
+    approx.optimizer.learning_rate = 1e-4
+    losses += [float(keras.ops.convert_to_numpy(approx.train_step(b)["loss"])) for b in batches[:2]]
+    for v in approx.trainable_variables:
+        v.assign(v * 0.5)
+    if flat:
+        buffer = getattr(approx.optimizer, T.FLAT_ADAM)[0]
+        out["buffer_sees_assign"] = bool(torch.equal(buffer, torch.cat([v.value.detach().reshape(-1) for v in approx.trainable_variables])))
+    losses.append(float(keras.ops.convert_to_numpy(approx.train_step(batches[2])["loss"])))
+    subset = approx.trainable_variables[:-1]
+    approx.optimizer.apply([keras.ops.ones_like(v) for v in subset], subset)
+    out[str(flat)] = {"losses": losses, "numbers": numbers(approx)}
+for name, opt in (("amsgrad", keras.optimizers.Adam(1e-3, amsgrad=True)), ("sgd", keras.optimizers.SGD(1e-3))):
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    approx.compile(optimizer=opt)
+    approx.build_from_data(batches[0])
+    T._adam_on_flat_buffers(approx)
+    out[name] = getattr(approx.optimizer, T.FLAT_ADAM, None) is not None
+print(json.dumps(out))
+"""
+    res = run_script("torch", code, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
+    assert (res["device"] == "CPU") == (device == "cpu"), res
+    assert res["kind"].endswith("; Adam on flat buffers") and res["buffer_sees_assign"], res
+    assert res["True"]["losses"] == res["False"]["losses"], res
+    assert res["True"]["numbers"] == res["False"]["numbers"]  # bit for bit
+    assert res["True"]["numbers"][-1] == 7
+    assert not res["amsgrad"] and not res["sgd"], res
 
 
 @pytest.mark.slow
