@@ -86,9 +86,11 @@ SAMPLE_K="(test_posterior_sampling or test_posterior_one_trace) and cuda and (re
 # call: the GPU test against eager steps (it stops the call if it fails), torch's graphed and eager
 # steps and JAX's on the card, then the `reference` configuration end to end under torch ----------
 if [ -n "${GRAPHS:-}" ]; then
-  step graph_test 150 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py \
-    -k "(recorded_steps_train and cuda) or (gru_many_is_one and torch)"
-  if ! grep -q "2 passed" "$WORK/graph_test.log"; then echo "== graph test failed: stopping" | tee -a "$WORK/summary.txt"; END=$SECONDS; fi
+  # session 14: also Adam on flat buffers, a failed capture's eager fallback, and the GRU's shape
+  # inference on meta tensors (with CUDA the Keras device) on the card
+  step graph_test 200 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py \
+    -k "(recorded_steps_train and cuda) or (gru_many_is_one and torch) or (flat_buffers and cuda) or capture_that_fails or meta_tensors"
+  if ! grep -q "5 passed" "$WORK/graph_test.log"; then echo "== graph test failed: stopping" | tee -a "$WORK/summary.txt"; END=$SECONDS; fi
   step bench_torch_graphs 110 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
     -k "test_torch_recorded_step and cuda" --benchmark-json="$WORK/bench_torch_graphs.json"
   step bench_jax_steps 90 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \

@@ -915,6 +915,53 @@ def test_prepare_training_under_torch_changes_nothing_numerically():
 
 
 @pytest.mark.torch
+@pytest.mark.gpu
+def test_cuda_graph_capture_that_fails_leaves_its_shape_eager():
+    """A CUDA graph capture that fails (here: the step makes a tensor from a host array of 100
+    numbers, which _capturable_constants refuses while capturing) warns once, runs that batch's
+    step eagerly and keeps the shape eager; the captured half-step never ran, so losses, weights and
+    the iteration count are the eager steps' ones. Skipped without a GPU."""
+    code = """
+import json, warnings, keras, numpy as np, torch
+from lif_sbi import backends
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+data = simulate_dataset(160, 5, progress=False)
+out = {"device": backends.device_name()}
+for record in (False, True):
+    backends.set_seed(11)
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+    batches = [{k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[i:i + 32] for k2, v2 in data.items()}).items()} for i in range(0, 160, 32)]
+    approx.build_from_data(batches[0])
+    keras_step = approx.train_step
+    def train_step(batch):
+        if torch.cuda.is_current_stream_capturing():
+            torch.as_tensor(np.arange(100.0), device="cuda")  # host data: no capture can hold it
+        return keras_step(batch)
+    approx.train_step = train_step
+    train = backends.module._recorded_steps(approx, training=True) if record else train_step
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = [float(keras.ops.convert_to_numpy((train([b]) if record else train(b))["loss"])) for b in batches]
+    out[str(record)] = {"losses": losses, "described": train.describe() if record else "",
+                        "warnings": [str(w.message) for w in caught if "lif_sbi" in str(w.message)],
+                        "weights": [keras.ops.convert_to_numpy(v).ravel().tolist() for v in approx.trainable_variables],
+                        "iterations": int(keras.ops.convert_to_numpy(approx.optimizer.iterations))}
+print(json.dumps(out))
+"""
+    res = run_script("torch", code, timeout=600)
+    eager, recorded = res["False"], res["True"]
+    assert "0 batch shapes recorded; one not, its steps eager: RuntimeError: a step captured as a CUDA graph made a tensor from host data" in recorded["described"], recorded
+    assert len(recorded["warnings"]) == 1 and "CUDA graph capture of the training step failed" in recorded["warnings"][0], recorded["warnings"]
+    assert recorded["iterations"] == eager["iterations"] == 5
+    np.testing.assert_allclose(recorded["losses"], eager["losses"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(recorded["weights"], eager["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_torch_adam_on_flat_buffers_updates_as_keras_adam_does(device):
     """Keras' Adam on three flat buffers (_adam_on_flat_buffers, which prepare_training applies to
