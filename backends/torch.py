@@ -551,7 +551,7 @@ def training_step_kind(model) -> str:
 
 
 # Adam on flat buffers. Written here because neither Keras nor PyTorch offers it for Keras' Adam:
-# Keras' torch Adam updates with ``torch._foreach_*`` operations, which on the CPU run one small
+# Keras' torch Adam updates with ``torch._foreach_*`` operations, which on the CPU (not on CUDA) run one small
 # operation per weight tensor (about 2,500 per step of the default network: a fifth of its
 # recorded step; bench/RESULTS.md, "Adam on flat buffers"), and PyTorch's fused Adam adds epsilon
 # after the bias correction, where Keras adds it before: other numbers.
@@ -566,8 +566,9 @@ def _adam_on_flat_buffers(model) -> None:
     the same float32 operations element by element, so the same weights bit for bit, in eleven
     operations per step. The variables stay Keras' own (the same torch Parameters, now views):
     assignment, saving and loading work as before. Only Keras' Adam (and subclasses that keep its
-    update, such as AdamW) without AMSGrad, all variables of one dtype on one device; otherwise,
-    or a model not built yet, nothing changes."""
+    update, such as AdamW) without AMSGrad, all variables of one dtype on the CPU; otherwise, or a
+    model not built yet, nothing changes (on CUDA, PyTorch's foreach operations are fused kernels
+    already, which round some elements differently from these operations)."""
     from keras.src.backend.torch.optimizers.torch_adam import Adam as KerasTorchAdam
 
     optimizer = getattr(model, "optimizer", None)
@@ -582,8 +583,8 @@ def _adam_on_flat_buffers(model) -> None:
     groups = [[v.value for v in variables],
               [optimizer._momentums[optimizer._get_variable_index(v)].value for v in variables],
               [optimizer._velocities[optimizer._get_variable_index(v)].value for v in variables]]
-    if not variables or len({(t.dtype, t.device) for group in groups for t in group}) != 1:
-        return
+    if not variables or {(t.dtype, t.device.type) for group in groups for t in group} != {(variables[0].value.dtype, "cpu")}:
+        return  # CUDA's foreach operations are fused kernels already (and round differently from these)
     weights, m, v = buffers = [_flat_views(group) for group in groups]
     keys = [id(variable) for variable in variables]
     per_variable = optimizer._parallel_update_step

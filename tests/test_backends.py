@@ -968,7 +968,8 @@ def test_torch_adam_on_flat_buffers_updates_as_keras_adam_does(device):
     eager steps) gives Keras' own per-variable update bit for bit: weights, both moments and the
     iteration count, through steps, a learning-rate change, weights assigned from outside (the
     variables are views into the buffer, so the buffer sees the assignment) and an update of a
-    subset of the variables (Keras' own update then runs). AMSGrad and SGD are left as they are."""
+    subset of the variables (Keras' own update then runs). AMSGrad and SGD are left as they are,
+    and so is Adam on CUDA (whose fused foreach kernels round some elements differently)."""
     code = """
 import json, keras, numpy as np, torch
 from lif_sbi import backends
@@ -996,7 +997,7 @@ for flat in (False, True):
     losses += [float(keras.ops.convert_to_numpy(approx.train_step(b)["loss"])) for b in batches[:2]]
     for v in approx.trainable_variables:
         v.assign(v * 0.5)
-    if flat:
+    if flat and getattr(approx.optimizer, T.FLAT_ADAM, None) is not None:
         buffer = getattr(approx.optimizer, T.FLAT_ADAM)[0]
         out["buffer_sees_assign"] = bool(torch.equal(buffer, torch.cat([v.value.detach().reshape(-1) for v in approx.trainable_variables])))
     losses.append(float(keras.ops.convert_to_numpy(approx.train_step(batches[2])["loss"])))
@@ -1013,6 +1014,9 @@ print(json.dumps(out))
 """
     res = run_script("torch", code, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
     assert (res["device"] == "CPU") == (device == "cpu"), res
+    if device == "cuda":  # left to Keras: CUDA's foreach operations are fused kernels already
+        assert "buffer_sees_assign" not in res and not res["kind"].endswith("flat buffers"), res
+        return
     assert res["kind"].endswith("; Adam on flat buffers") and res["buffer_sees_assign"], res
     assert res["True"]["losses"] == res["False"]["losses"], res
     assert res["True"]["numbers"] == res["False"]["numbers"]  # bit for bit
