@@ -236,6 +236,19 @@ def test_torch_recorded_step(benchmark, bench_data, kind, record, on_device):
     benchmark.extra_info.update(record_steps=record)
 
 
+@pytest.mark.parametrize("adam", ["flat", "keras"])
+@pytest.mark.parametrize("on_device", DEVICES[:1], indirect=True)
+def test_torch_adam_on_flat_buffers(benchmark, bench_data, adam, on_device, monkeypatch):
+    """torch on the CPU, the default network's recorded step with Keras' Adam on three flat buffers
+    (the default, ``_adam_on_flat_buffers``) vs Keras' own per-variable foreach update."""
+    if backends.name != "torch":
+        pytest.skip("Adam on flat buffers is torch's")
+    if adam == "keras":
+        monkeypatch.setattr(backends.module, "_adam_on_flat_buffers", lambda model: None)
+    _time_training_step(benchmark, bench_data, DEFAULT_SUMMARY_KIND, "mlp", "auto", on_device)
+    benchmark.extra_info.update(adam=adam)
+
+
 def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device, *, record_steps=True):
     approximator = make_approximator(kind, bench_data, subnet=subnet, jit_compile=jit_compile)
     step = backends.train_step_function(approximator, record_steps=record_steps)
