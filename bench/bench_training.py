@@ -413,6 +413,66 @@ def profile_steps(step, batch, n: int) -> None:
     print(f"aten ops' self CPU time: {aten_ms:.1f} ms per step (under the profiler)", flush=True)
 
 
+def inductor_replay(approximator, batches: list[dict], n: int) -> dict:
+    """torch on the CPU, an experiment (not used by training): compile the default recorded step
+    (the traced aten program of ``_TracedSteps``) with inductor, its Keras variables lifted to
+    inputs (in the program they are constants; inductor must see them as mutated inputs), and
+    time it against the plain replay on the same model, the two alternating step by step.
+    Returns the compilation time and both medians in seconds. The lifting is written here:
+    nothing in torch lifts make_fx's constants."""
+    import torch
+
+    steps = backends.module._recorded_steps(approximator, training=True)
+    for b in batches[:3]:  # two eager steps, then the recording
+        steps([b])
+    (program, keys), = steps._records.values()
+    lifted_program = copy_with_variables_lifted(program, approximator)
+    inputs = lifted_program.variables
+    from torch._inductor import compile as inductor_compile
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        compiled = inductor_compile(lifted_program, inputs + [batches[0][k] for k in keys])
+    compile_s = time.perf_counter() - t0
+
+    def run_compiled(b):
+        with torch.no_grad():
+            return compiled(*inputs, *[b[k] for k in keys])
+
+    times = {"replay": [], "inductor": []}
+    for i in range(2 * n):
+        how = "replay" if i % 2 == 0 else "inductor"
+        b = batches[(i // 2) % len(batches)]
+        t0 = time.perf_counter()
+        outputs = steps([b]) if how == "replay" else run_compiled(b)
+        float(keras.ops.convert_to_numpy(outputs["loss"]))
+        times[how].append(time.perf_counter() - t0)
+    return {"compile_s": compile_s} | {f"{how}_median_s": float(np.median(t)) for how, t in times.items()}
+
+
+def copy_with_variables_lifted(program, approximator):
+    """A copy of a traced step whose constants that are the model's Keras variables are inputs
+    instead (first, in ``.variables`` order), so that a compiler sees their in-place updates."""
+    import copy
+
+    import torch.fx
+
+    variables = {id(v.value) for v in (*approximator.variables, *approximator.optimizer.variables, *approximator.metrics_variables)}
+    graph = copy.deepcopy(program.graph)
+    lifted, first = {}, next(iter(graph.nodes))
+    for node in [n for n in graph.nodes if n.op == "get_attr"]:
+        tensor = getattr(program, node.target)
+        if id(tensor) in variables:
+            if id(tensor) not in lifted:
+                with graph.inserting_before(first):
+                    lifted[id(tensor)] = (graph.placeholder(f"variable_{len(lifted)}"), tensor)
+            node.replace_all_uses_with(lifted[id(tensor)][0])
+            graph.erase_node(node)
+    module = torch.fx.GraphModule(program, graph)
+    module.variables = [tensor for _, tensor in lifted.values()]
+    return module
+
+
 def main(argv=None):
     import argparse
     import json
@@ -431,6 +491,8 @@ def main(argv=None):
     st.add_argument("--subnet", choices=["mlp", "fused"], default="mlp", help="coupling subnet (lif_sbi.estimator.subnet_arguments)")
     st.add_argument("--profile", action="store_true", help="torch backend: also print torch.profiler's op table over 10 more steps")
     st.add_argument("--no-record", action="store_true", help="torch: eager steps, not recorded and replayed (training.record_steps = false)")
+    st.add_argument("--inductor", action="store_true",
+                    help="torch on the CPU, an experiment: compile the recorded step with inductor and time it against the replay")
     st.add_argument("--jit", action="store_true", help="compile the model with jit_compile=True (torch: torch.compile of the step; its first call compiles)")
     st.add_argument("--compile-times", action="store_true",
                     help="torch backend with --jit: print torch._dynamo's compile-time table (run with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for a cold compilation)")
@@ -439,6 +501,12 @@ def main(argv=None):
     if args.cmd == "steps":
         data = simulate(512, seed=1234)
         for kind in args.kinds:
+            if args.inductor:  # instead of the plain steps
+                approximator = make_approximator(kind, data, subnet=args.subnet)
+                backends.prepare_training(approximator)  # Adam on flat buffers, as training runs it
+                batches = [adapted_batch(approximator, data, slice(i, i + BATCH_SIZE)) for i in range(0, 512, BATCH_SIZE)]
+                print(json.dumps({"kind": kind, "inductor": inductor_replay(approximator, batches, n=args.steps)}), flush=True)
+                continue
             approximator = make_approximator(kind, data, subnet=args.subnet, jit_compile=True if args.jit else "auto")
             step = backends.train_step_function(approximator, record_steps=not args.no_record)
             batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
@@ -453,6 +521,7 @@ def main(argv=None):
                               "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
             if args.profile:
                 profile_steps(step, batch, n=10)
+
         if args.compile_times:
             import torch  # torch only: dynamo's own record of where compilation went
 
