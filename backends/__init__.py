@@ -26,9 +26,10 @@ Interface (every backend module provides it):
   per batch shape and replayed). For benchmarks and hand-written loops.
 - ``prepare_training(model, *, record_steps=True)``: called once before ``fit``; sets up what the
   backend's step needs (torch with ``jit_compile``: optimizer variables and gradient buffers so
-  that torch.compile traces the step once; torch's eager steps with ``record_steps``: each batch
-  shape's step recorded once and replayed, as a CUDA graph on a GPU, as a traced aten program on
-  the CPU); a no-op under TensorFlow and JAX, whose steps are compiled already.
+  that torch.compile traces the step once; torch's eager steps: on the CPU, Keras' Adam on flat
+  buffers (the same numbers in fewer operations), and with ``record_steps`` each batch shape's
+  step recorded once and replayed, as a CUDA graph on a GPU, as a traced aten program on the
+  CPU); a no-op under TensorFlow and JAX, whose steps are compiled already.
 - ``training_step_kind(model)``: how ``fit`` runs the step, in words, for the run's log and report.
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted

@@ -12,7 +12,9 @@ about half the native kernel's time; elsewhere on the native kernel. Under torch
 ``lif_sbi::gru`` (see below). Independent
 GRUs (``gru_many``) run side by side on the CPU, one Python thread each. Eager training and
 validation steps are recorded once per batch shape and replayed (``prepare_training``,
-``_RecordedSteps``): as CUDA graphs on a GPU, as traced aten programs on the CPU. Importing this module turns on flush-to-zero for denormal floats (see below).
+``_RecordedSteps``): as CUDA graphs on a GPU, as traced aten programs on the CPU; on the CPU,
+Keras' Adam updates from flat buffers (``_adam_on_flat_buffers``). Importing this module turns on
+flush-to-zero for denormal floats (see below).
 """
 
 from __future__ import annotations
