@@ -33,8 +33,9 @@ Interface (every backend module provides it):
 - ``training_step_kind(model)``: how ``fit`` runs the step, in words, for the run's log and report.
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted
-  XLA program per input shape instead of every eager operation compiled on its own); a no-op
-  under torch and TensorFlow, whose eager operations compile nothing per shape.
+  XLA program per input shape instead of every eager operation compiled on its own; torch: the
+  flow's sampling pass traced once per batch shape and replayed without Keras' Python); a no-op
+  under TensorFlow.
 """
 
 from __future__ import annotations
