@@ -21,6 +21,7 @@
 # GRAPHS=1 (session 13): torch's CUDA-graph steps, their GPU test first (a failure ends the call),
 # torch's graphed vs eager and JAX's steps, then `reference` end to end under torch (147 s on an H100).
 # SAMPLING_ONLY=1: JAX's compiled vs eager sampling in fresh processes (session 12).
+# SAMPLER=1: torch's traced sampler's GPU test and benchmark (session 14).
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 WORK=${WORK:-/tmp/gpu_session}
@@ -98,7 +99,14 @@ if [ -n "${GRAPHS:-}" ]; then
   step "train_${REF_CONFIG}_torch" 600 env KERAS_BACKEND=torch python3 -m lif_sbi.train --config "$REF_CONFIG" --results-dir "$WORK/results"
 fi
 
-if [ -z "${REF_ONLY:-}${SAMPLING_ONLY:-}${GRAPHS:-}" ]; then
+# --- SAMPLER=1 (session 14): torch's traced sampler on the card, its test first, then its benchmark
+if [ -n "${SAMPLER:-}" ]; then
+  step sampler_test 120 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "traced_sampling and cuda"
+  step bench_torch_sampler 90 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
+    -k "test_torch_traced_sampling and cuda" --benchmark-json="$WORK/bench_torch_sampler.json"
+fi
+
+if [ -z "${REF_ONLY:-}${SAMPLING_ONLY:-}${GRAPHS:-}${SAMPLER:-}" ]; then
 # Steps in order of what is least known; each one's figures are packed as soon as it ends.
 # --- 1. the backend interface on the GPU under torch and JAX: the native-kernel GRU (cuDNN, and as
 # torch.compile's opaque op) vs keras.layers.GRU, gru_many, Conv1D, two training steps ----------------
