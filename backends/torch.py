@@ -467,9 +467,10 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
 
 def compile_inference(approximator) -> None:
     """Run a BayesFlow approximator's flow sampling as traced aten programs, one per batch shape
-    (``_TracedSampler``): the same draws, bit for bit on the CPU, without Keras' and BayesFlow's
-    Python around each operation (one recording x 1,000 draws: 13-14 ms instead of 41 ms on the
-    2-core CPU; bench/RESULTS.md, "Traced sampling under torch"). Replaces the approximator's
+    (``_TracedSampler``), once a shape has been sampled a few times (on the CPU, batches of up to
+    4,096 draws, where Keras' Python is most of the time): the same draws, bit for bit on the CPU, without Keras' and BayesFlow's Python around each operation (one recording x 1,000
+    draws: 12.4 ms instead of 50.6 ms on the 2-core CPU; bench/RESULTS.md, "Traced sampling
+    under torch"). Replaces the approximator's
     ``sampler`` (not saved with the model) unless it is of a type other than BayesFlow's default.
     The summary network stays eager: it runs once per batch of recordings, not once per draw
     batch. (torch.compile would instead add a compilation per shape, far longer than a trace.)"""
@@ -480,13 +481,22 @@ def compile_inference(approximator) -> None:
 class _TracedSampler(Sampler):
     """BayesFlow's Sampler with the flow's inverse pass (base draws -> parameters) recorded per
     batch shape and replayed. The base distribution's draws are made eagerly, by BayesFlow and
-    Keras as before (the same random stream); the first call of a shape runs eagerly, the second
-    is traced by ``make_fx`` on real tensors (its result is the call's), later ones replay the
-    trace under ``no_grad``. The flow's weights are the same tensor objects in the trace, so
+    Keras as before (the same random stream); the first ``WARMUP`` calls of a shape run eagerly,
+    the next is traced by ``make_fx`` on real tensors (its result is the call's), later ones
+    replay the trace under ``no_grad``. The flow's weights are the same tensor objects in the trace, so
     weights loaded or trained later are what a replay uses. A shape whose trace fails (an
     operation make_fx refuses) stays eager. Calls this program does not cover (no conditions,
     extra keyword arguments) are BayesFlow's own."""
 
+    # Eager calls of a batch shape before it is traced. A trace costs about 0.7 s on the 2-core CPU
+    # (make_fx's Python per operation) and a replay saves about 30 ms against an eager call, so a
+    # shape pays back after a few dozen calls: eight mark a shape sampled again and again (a loop
+    # over recordings), which the diagnostics' rejection rounds, a few calls per shape, are not.
+    WARMUP = 8
+    # On the CPU only batches of up to this many draws are traced: larger ones are compute-bound
+    # (100 recordings x 500 draws: 375 against 498 ms eager), not worth a trace for the few calls
+    # a diagnostics pass makes of each shape. On a GPU every batch is launch-bound and traced.
+    MAX_CPU_DRAWS = 4096
     MAX_PROGRAMS = 32  # batch shapes recorded per sampler; later new shapes run eagerly
 
     def __init__(self):
@@ -512,7 +522,8 @@ class _TracedSampler(Sampler):
         with torch.no_grad():
             if program is not None:
                 samples = program(z, conditions)
-            elif key in self._programs or self._seen.get(key, 0) == 0 or len(self._programs) >= self.MAX_PROGRAMS:
+            elif (key in self._programs or self._seen.get(key, 0) < self.WARMUP or len(self._programs) >= self.MAX_PROGRAMS
+                  or (z.device.type == "cpu" and z.shape[0] > self.MAX_CPU_DRAWS)):
                 self._seen[key] = self._seen.get(key, 0) + 1
                 samples = inverse(z, conditions)
             else:
