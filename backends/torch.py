@@ -468,12 +468,13 @@ def conv1d(inputs, kernel, *, strides: int, padding: str):
 def compile_inference(approximator) -> None:
     """Run a BayesFlow approximator's flow sampling as traced aten programs, one per batch shape
     (``_TracedSampler``), once a shape has been sampled a few times (on the CPU, batches of up to
-    4,096 draws, where Keras' Python is most of the time): the same draws, bit for bit on the CPU, without Keras' and BayesFlow's Python around each operation (one recording x 1,000
-    draws: 12.4 ms instead of 50.6 ms on the 2-core CPU; bench/RESULTS.md, "Traced sampling
-    under torch"). Replaces the approximator's
-    ``sampler`` (not saved with the model) unless it is of a type other than BayesFlow's default.
-    The summary network stays eager: it runs once per batch of recordings, not once per draw
-    batch. (torch.compile would instead add a compilation per shape, far longer than a trace.)"""
+    4,096 draws, where Keras' Python is most of the time): the same draws, bit for bit on the
+    CPU, without Keras' and BayesFlow's Python around each operation (one recording x 1,000
+    draws: 13.1 ms instead of 57.8 ms on the 2-core CPU; bench/RESULTS.md, "Traced sampling under
+    torch"). Replaces the approximator's ``sampler`` (not saved with the model) unless it is of a
+    type other than BayesFlow's default. The summary network stays eager: it runs once per batch
+    of recordings, not once per draw batch. (torch.compile would instead add a compilation per
+    shape, far longer than a trace.)"""
     if type(getattr(approximator, "sampler", None)) is Sampler:
         approximator.sampler = _TracedSampler()
 
