@@ -33,9 +33,9 @@ Interface (every backend module provides it):
 - ``training_step_kind(model)``: how ``fit`` runs the step, in words, for the run's log and report.
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted
-  XLA program per input shape instead of every eager operation compiled on its own; torch: the
-  flow's sampling pass traced once per batch shape and replayed without Keras' Python); a no-op
-  under TensorFlow.
+  XLA program per input shape instead of every eager operation compiled on its own; torch and
+  TensorFlow: the flow's sampling pass of a batch shape sampled again and again recorded once,
+  as a traced aten program or a ``tf.function``, and replayed).
 """
 
 from __future__ import annotations

@@ -34,9 +34,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bayesflow.approximators.helpers.samplers import Sampler
-from bayesflow.utils.keras_utils import resolve_seed
 
-from ._common import seed_keras
+from ._common import RecordedSampler, seed_keras
 from ._common import training_step_kind as _compiled_or_eager
 
 name = "torch"
@@ -479,59 +478,13 @@ def compile_inference(approximator) -> None:
         approximator.sampler = _TracedSampler()
 
 
-class _TracedSampler(Sampler):
-    """BayesFlow's Sampler with the flow's inverse pass (base draws -> parameters) recorded per
-    batch shape and replayed. The base distribution's draws are made eagerly, by BayesFlow and
-    Keras as before (the same random stream); the first ``WARMUP`` calls of a shape run eagerly,
-    the next is traced by ``make_fx`` on real tensors (its result is the call's), later ones
-    replay the trace under ``no_grad``. The flow's weights are the same tensor objects in the trace, so
-    weights loaded or trained later are what a replay uses. A shape whose trace fails (an
-    operation make_fx refuses) stays eager. Calls this program does not cover (no conditions,
-    extra keyword arguments) are BayesFlow's own."""
+class _TracedSampler(RecordedSampler):
+    """BayesFlow's Sampler with the flow's inverse pass recorded per batch shape (see
+    ``_common.RecordedSampler``) as the aten program ``make_fx`` traces on real tensors (its
+    result is the call's); replays run under ``no_grad``. The flow's weights are the same tensor
+    objects in the trace, so weights loaded or trained later are what a replay uses."""
 
-    # Eager calls of a batch shape before it is traced. A trace costs about 0.7 s on the 2-core CPU
-    # (make_fx's Python per operation) and a replay saves about 30 ms against an eager call, so a
-    # shape pays back after a few dozen calls: eight mark a shape sampled again and again (a loop
-    # over recordings), which the diagnostics' rejection rounds, a few calls per shape, are not.
-    WARMUP = 8
-    # On the CPU only batches of up to this many draws are traced: larger ones are compute-bound
-    # (100 recordings x 500 draws: 375 against 498 ms eager), not worth a trace for the few calls
-    # a diagnostics pass makes of each shape. On a GPU every batch is launch-bound and traced.
-    MAX_CPU_DRAWS = 4096
-    MAX_PROGRAMS = 32  # batch shapes recorded per sampler; later new shapes run eagerly
-
-    def __init__(self):
-        super().__init__()
-        self._seen: dict[tuple, int] = {}
-        self._programs: dict[tuple, object] = {}  # shape key -> traced program, or None (stays eager)
-
-    def _sample_batch(self, *, inference_network, num_samples, conditions, sample_shape, masking_names=(), seed=None, **kwargs):
-        if conditions is None or kwargs or not keras.ops.is_tensor(conditions):
-            return super()._sample_batch(inference_network=inference_network, num_samples=num_samples, conditions=conditions,
-                                         sample_shape=sample_shape, masking_names=masking_names, seed=seed, **kwargs)
-        # BayesFlow's InferenceNetwork.sample, with the inverse pass recorded
-        conditions = self.repeat_and_flatten_conditions(conditions, num_samples)
-        batch_shape = (keras.ops.shape(conditions)[0],) + tuple(self.infer_sample_shape(conditions, sample_shape))
-        seed = resolve_seed(seed)
-        z = inference_network.base_distribution.sample(batch_shape, seed=seed)
-
-        def inverse(z, conditions):
-            return inference_network(z, conditions=conditions, inverse=True, density=False, seed=seed)
-
-        key = (id(inference_network), tuple(z.shape), z.dtype, tuple(conditions.shape), conditions.dtype, z.device)
-        program = self._programs.get(key)
-        with torch.no_grad():
-            if program is not None:
-                samples = program(z, conditions)
-            elif (key in self._programs or self._seen.get(key, 0) < self.WARMUP or len(self._programs) >= self.MAX_PROGRAMS
-                  or (z.device.type == "cpu" and z.shape[0] > self.MAX_CPU_DRAWS)):
-                self._seen[key] = self._seen.get(key, 0) + 1
-                samples = inverse(z, conditions)
-            else:
-                samples = self._trace(key, inverse, z, conditions)
-        return self.unflatten_samples(samples, num_samples)
-
-    def _trace(self, key, inverse, z, conditions):
+    def _record(self, inverse, z, conditions):
         from torch.fx.experimental.proxy_tensor import make_fx
 
         ran = {}
@@ -540,12 +493,16 @@ class _TracedSampler(Sampler):
             ran["samples"] = inverse(z, conditions)
             return ran["samples"]
 
-        try:
-            self._programs[key] = make_fx(run, tracing_mode="real")(z, conditions)
-        except Exception:  # noqa: BLE001 - whatever stops the trace (it has no side effects): this shape stays eager
-            self._programs[key] = None
+        program = make_fx(run, tracing_mode="real")(z, conditions)
+        return program, ran["samples"]
+
+    def _run(self, program, z, conditions):
+        with torch.no_grad():
+            return program(z, conditions)
+
+    def _eager(self, inverse, z, conditions):
+        with torch.no_grad():
             return inverse(z, conditions)
-        return ran["samples"]
 
 
 def set_seed(seed: int) -> None:

@@ -284,7 +284,7 @@ def test_posterior_sampling(benchmark, bench_data, kind, on_device):
         return approximator.sample(num_samples=SAMPLE_DRAWS, conditions=conditions)
 
     for _ in range(2):  # warm-up: JAX compiles on the first call (torch traces a shape's flow after
-        run()            # more calls than these: test_torch_traced_sampling measures that)
+        run()            # more calls than these: test_recorded_sampling measures that)
     samples = benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(
         backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, traces=SAMPLE_TRACES, draws=SAMPLE_DRAWS
@@ -293,13 +293,14 @@ def test_posterior_sampling(benchmark, bench_data, kind, on_device):
 
 
 @pytest.mark.parametrize("traces,draws", [(1, 1000), (SAMPLE_TRACES, SAMPLE_DRAWS)], ids=["1x1000", "100x500"])
-@pytest.mark.parametrize("sampler", ["traced", "eager"])
+@pytest.mark.parametrize("sampler", ["traced", "eager"])  # "traced": recorded (torch: traced; TensorFlow: tf.function)
 @pytest.mark.parametrize("on_device", DEVICES, indirect=True)
-def test_torch_traced_sampling(benchmark, bench_data, traces, draws, sampler, on_device):
-    """torch, the default network: posterior sampling with the flow's pass traced per batch shape
-    and replayed (backends.compile_inference, the default) vs BayesFlow's eager sampler."""
-    if backends.name != "torch":
-        pytest.skip("the traced sampler is torch's")
+def test_recorded_sampling(benchmark, bench_data, traces, draws, sampler, on_device):
+    """torch and TensorFlow, the default network: posterior sampling with the flow's pass recorded
+    per batch shape (backends.compile_inference, the default: a traced aten program, a
+    tf.function) vs BayesFlow's eager sampler."""
+    if backends.name == "jax":
+        pytest.skip("JAX's compiled sampling is test_posterior_sampling's and test_posterior_one_trace's")
     from bayesflow.approximators.helpers.samplers import Sampler
 
     approximator = make_approximator(DEFAULT_SUMMARY_KIND, bench_data)
@@ -310,7 +311,7 @@ def test_torch_traced_sampling(benchmark, bench_data, traces, draws, sampler, on
     def run():
         return approximator.sample(num_samples=draws, conditions=conditions)
 
-    for _ in range(backends.module._TracedSampler.WARMUP + 1):  # warm-up: eager calls, then the trace
+    for _ in range(approximator.sampler.WARMUP + 1 if sampler == "traced" else 2):  # warm-up: eager calls, then the recording
         run()
     samples = benchmark.pedantic(run, rounds=7, iterations=1)
     benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), sampler=sampler,
@@ -331,7 +332,7 @@ def test_posterior_one_trace(benchmark, bench_data, kind, on_device):
         return approximator.sample(num_samples=1000, conditions=conditions)
 
     for _ in range(2):  # warm-up: JAX compiles on the first call (torch traces a shape's flow after
-        run()            # more calls than these: test_torch_traced_sampling measures that)
+        run()            # more calls than these: test_recorded_sampling measures that)
     samples = benchmark.pedantic(run, rounds=7, iterations=1)
     benchmark.extra_info.update(backend=backends.name, device="CPU" if on_device == "cpu" else backends.device_name(), kind=kind, traces=1, draws=1000)
     assert samples["theta"].shape == (1, 1000, len(PARAM_NAMES))

@@ -101,9 +101,9 @@ fi
 
 # --- SAMPLER=1 (session 14): torch's traced sampler on the card, its test first, then its benchmark
 if [ -n "${SAMPLER:-}" ]; then
-  step sampler_test 120 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "traced_sampling and cuda"
+  step sampler_test 120 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "recorded_sampling and cuda"
   step bench_torch_sampler 90 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
-    -k "test_torch_traced_sampling and cuda" --benchmark-json="$WORK/bench_torch_sampler.json"
+    -k "test_recorded_sampling and cuda" --benchmark-json="$WORK/bench_torch_sampler.json"
 fi
 
 if [ -z "${REF_ONLY:-}${SAMPLING_ONLY:-}${GRAPHS:-}${SAMPLER:-}" ]; then

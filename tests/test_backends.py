@@ -369,19 +369,22 @@ print(json.dumps(out))
     assert 0 < res["compiles_new_shape_jit_2"] <= 6 < 3 * res["compiles_new_shape_jit_2"] <= res["compiles_new_shape_eager"], res
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_torch_traced_sampling_draws_what_eager_sampling_draws(device):
-    """Under torch, estimator-built approximators sample through traced flow programs
-    (backends.compile_inference, _TracedSampler): a shape's first WARMUP calls eager, the next
-    traced, later ones replayed; the same draws as BayesFlow's eager sampling bit for bit on the CPU
-    (seeded, and unseeded from the same generator state, the generators advanced alike), within
-    float32 rounding on CUDA; another shape gets its own program; on the CPU a batch of more than
-    MAX_CPU_DRAWS draws stays eager (on CUDA it is traced too); a trace that fails (here the
-    flow reads a value into Python) leaves its shape eager with the eager draws; a loaded model
-    samples the same way."""
+@pytest.mark.parametrize("backend,device", [pytest.param("torch", "cpu", marks=pytest.mark.torch),
+                                            pytest.param("torch", "cuda", marks=[pytest.mark.torch, pytest.mark.gpu]),
+                                            pytest.param("tensorflow", "cpu", marks=[pytest.mark.tensorflow, pytest.mark.skipif(
+                                                importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")])])
+def test_recorded_sampling_draws_what_eager_sampling_draws(backend, device):
+    """Under torch and TensorFlow, estimator-built approximators sample through recorded flow
+    programs (backends.compile_inference, _common.RecordedSampler: a traced aten program under
+    torch, a tf.function under TensorFlow): a shape's first WARMUP calls eager, the next
+    recorded, later ones replayed; the same draws as BayesFlow's eager sampling (bit for bit under
+    torch on the CPU; within float32 rounding otherwise), seeded, and unseeded from the same
+    generator state, the generators advanced alike; another shape gets its own program; on the
+    CPU a batch of more than MAX_CPU_DRAWS draws stays eager (on CUDA it is recorded too); a
+    recording that fails (here the flow reads a value into Python) leaves its shape eager with the
+    eager draws; a loaded model samples the same way."""
     code = """
-import json, tempfile, keras, numpy as np, torch
+import json, tempfile, keras, numpy as np
 from bayesflow.approximators.helpers.samplers import Sampler
 from lif_sbi import backends, estimator
 from lif_sbi.config import load_config
@@ -422,7 +425,7 @@ out["big_err"] = err(big, big_eager)
 out["unseeded_calls_differ"] = bool(np.abs(unseeded[1] - unseeded[2]).max() > 0)
 out["generators_alike"] = all(np.array_equal(a, b) for a, b in zip(after, after_eager))
 # a flow that reads a value into Python: its trace fails, the shape stays eager
-approx.sampler = backends.module._TracedSampler()
+approx.sampler = type(traced)()
 call = approx.inference_network.call
 def reading_call(*args, **kwargs):
     float(keras.ops.sum(args[0]))
@@ -440,11 +443,11 @@ out["loaded_err"] = max(err(loaded.sample(num_samples=7, conditions={"observable
 out["loaded_programs"] = len([v for v in loaded.sampler._programs.values() if v is not None])
 print(json.dumps(out))
 """
-    res = run_script("torch", code, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
+    res = run_script(backend, code, env={"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None)
     assert (res["device"] == "CPU") == (device == "cpu"), res
-    assert res["sampler"] == res["loaded_sampler"] == "_TracedSampler", res
+    assert res["sampler"] == res["loaded_sampler"] == {"torch": "_TracedSampler", "tensorflow": "_GraphSampler"}[backend], res
     assert res["programs"] == ["True", "True"] and res["failed_programs"] == ["False", "False"] and res["loaded_programs"] == 2, res
-    tol = 0.0 if device == "cpu" else 1e-5  # the same aten operations in the same order: on the CPU the same bits
+    tol = 0.0 if (backend, device) == ("torch", "cpu") else 1e-5  # torch replays the same aten operations: on the CPU the same bits
     assert res["big_traced"] == (device == "cuda"), res  # on the CPU large batches stay eager (compute-bound)
     for name in ("seeded_err", "unseeded_err", "other_err", "failed_err", "loaded_err", "big_err"):
         assert res[name] <= tol, (name, res)
