@@ -49,13 +49,14 @@ class RecordedSampler(Sampler):
     eagerly, and Keras compiles whole steps, not a layer's inverse pass."""
 
     # Eager calls of a batch shape before it is recorded. A torch trace cost about 0.7 s on the
-    # 2-core CPU (make_fx's Python per operation) and a replay saves about 30-45 ms against an
-    # eager call, so a shape pays back after a few dozen calls: eight mark a shape sampled again
+    # 2-core CPU (make_fx's Python per operation; timed ad hoc) and a replay saves about 30-45 ms
+    # against an eager call, so a shape pays back after a few dozen calls: eight mark a shape sampled again
     # and again (a loop over recordings), which the diagnostics' rejection rounds, a few calls
     # per shape, are not (bench/RESULTS.md, "Recorded sampling under torch and TensorFlow").
     WARMUP = 8
     # On the CPU only batches of up to this many draws are recorded: larger ones are compute-bound
-    # (torch, 100 recordings x 500 draws: 375 against 498 ms eager), not worth a recording for the
+    # (torch, 100 recordings x 500 draws: 375 against 498 ms eager when a first version traced
+    # them, bench_training.py test_recorded_sampling), not worth a recording for the
     # few calls a diagnostics pass makes of each shape. On a GPU every batch is launch-bound.
     MAX_CPU_DRAWS = 4096
     MAX_PROGRAMS = 32  # batch shapes recorded per sampler; later new shapes run eagerly
