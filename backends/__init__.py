@@ -19,17 +19,18 @@ Interface (every backend module provides it):
   backend's fastest path (torch: a channels-last 2-D convolution). Returns (batch, time', out).
 - ``set_seed(seed)``: seeds Python, NumPy, the backend framework and Keras.
 - ``device_name()``: human-readable name of the device the backend computes on.
-- ``train_step_function(model, *, record_steps=True)``: a callable ``step(batch) -> metrics`` that runs one optimizer
+- ``train_step_function(model, *, record_steps=True, compile_steps=True)``: a callable ``step(batch) -> metrics`` that runs one optimizer
   step of a compiled Keras model (a BayesFlow approximator) on one adapted batch (a dict of
   arrays), compiled the way ``model.fit`` compiles it (``tf.function`` under TensorFlow, ``jit``
   under JAX, eager under torch, or under torch with ``record_steps=True``, the default, recorded once
-  per batch shape and replayed). For benchmarks and hand-written loops.
-- ``prepare_training(model, *, record_steps=True)``: called once before ``fit``; sets up what the
+  per batch shape and replayed, and on the CPU with ``compile_steps=True`` compiled by inductor
+  once a shape has been replayed a few hundred times). For benchmarks and hand-written loops.
+- ``prepare_training(model, *, record_steps=True, compile_steps=True)``: called once before ``fit``; sets up what the
   backend's step needs (torch with ``jit_compile``: optimizer variables and gradient buffers so
   that torch.compile traces the step once; torch's eager steps: on the CPU, Keras' Adam on flat
   buffers (the same numbers in fewer operations), and with ``record_steps`` each batch shape's
   step recorded once and replayed, as a CUDA graph on a GPU, as a traced aten program on the
-  CPU); a no-op under TensorFlow and JAX, whose steps are compiled already.
+  CPU, there compiled by inductor once replayed often, with ``compile_steps``); a no-op under TensorFlow and JAX, whose steps are compiled already.
 - ``training_step_kind(model)``: how ``fit`` runs the step, in words, for the run's log and report.
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted

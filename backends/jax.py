@@ -263,11 +263,11 @@ def device_name() -> str:
     return "CPU" if dev.platform == "cpu" else getattr(dev, "device_kind", str(dev))
 
 
-def prepare_training(model, *, record_steps: bool = True) -> None:
+def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True) -> None:
     """Nothing to prepare: jax.jit traces the step once whatever the optimizer's and gradients' state."""
 
 
-def train_step_function(model, *, record_steps: bool = True):
+def train_step_function(model, *, record_steps: bool = True, compile_steps: bool = True):
     """One stateless optimizer step, jitted as ``model.fit`` jits it (unless the model was compiled
     with ``jit_compile=False``); the new state is written back to the Keras variables."""
     if not model.optimizer.built:  # `fit` builds it before its first step; a hand-written loop must too

@@ -145,11 +145,11 @@ def device_name() -> str:
     return details.get("device_name", gpus[0].name)
 
 
-def prepare_training(model, *, record_steps: bool = True) -> None:
+def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True) -> None:
     """Nothing to prepare: tf.function traces the step once whatever the optimizer's and gradients' state."""
 
 
-def train_step_function(model, *, record_steps: bool = True):
+def train_step_function(model, *, record_steps: bool = True, compile_steps: bool = True):
     """One optimizer step in a ``tf.function``, as ``model.fit`` compiles it (XLA where the model
     was compiled with ``jit_compile=True``; Keras' "auto" means XLA only with a GPU)."""
     return tf.function(model.train_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))

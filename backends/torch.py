@@ -524,14 +524,16 @@ def device_name() -> str:
     return "CPU"
 
 
-def prepare_training(model, *, record_steps: bool = True) -> None:
+def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True) -> None:
     """Before the first training step (``fit`` or ``train_step_function``).
 
     Eager steps (the model not compiled with ``jit_compile``): Keras' Adam updates the weights
     from three flat buffers (``_adam_on_flat_buffers``: the same numbers, in a few operations
     instead of a few per weight tensor); with ``record_steps``, Keras'
     ``train_function`` and ``test_function`` record each batch shape's step once and replay it
-    (``_recorded_steps``: CUDA graphs on a GPU, traced aten programs on the CPU).
+    (``_recorded_steps``: CUDA graphs on a GPU, traced aten programs on the CPU); with
+    ``compile_steps`` too, on the CPU a training shape replayed ``_TracedSteps.COMPILE_AFTER``
+    times is compiled by inductor from then on.
 
     ``jit_compile=True``: build the optimizer, give every trainable variable a zero gradient
     buffer, and turn off dynamo's automatic dynamic shapes (for the whole process: later
@@ -545,7 +547,7 @@ def prepare_training(model, *, record_steps: bool = True) -> None:
     if not model.jit_compile:
         _adam_on_flat_buffers(model)
         if record_steps:
-            model.train_function = _recorded_steps(model, training=True)
+            model.train_function = _recorded_steps(model, training=True, compile_steps=compile_steps)
             model.test_function = _recorded_steps(model, training=False)
         return
     # A partial last batch would otherwise make dynamo recompile the step with a symbolic batch
@@ -560,11 +562,12 @@ def prepare_training(model, *, record_steps: bool = True) -> None:
             parameter.grad = torch.zeros_like(parameter)
 
 
-def train_step_function(model, *, record_steps: bool = True):
+def train_step_function(model, *, record_steps: bool = True, compile_steps: bool = True):
     """One optimizer step as ``model.fit`` runs it under torch: eager, recorded once per batch shape
-    and replayed (``record_steps``; see ``_RecordedSteps``), or ``torch.compile`` of the whole step
-    where the model was compiled with ``jit_compile=True`` (Keras' torch trainer does the same; the
-    first call compiles)."""
+    and replayed (``record_steps``; see ``_RecordedSteps``; on the CPU compiled by inductor once
+    replayed ``_TracedSteps.COMPILE_AFTER`` times, with ``compile_steps``), or ``torch.compile`` of
+    the whole step where the model was compiled with ``jit_compile=True`` (Keras' torch trainer
+    does the same; the first call compiles)."""
 
     def step(batch):
         return model.train_step(batch)
@@ -572,7 +575,7 @@ def train_step_function(model, *, record_steps: bool = True):
     if not model.jit_compile:
         _adam_on_flat_buffers(model)
         if record_steps:
-            recorded = _recorded_steps(model, training=True)
+            recorded = _recorded_steps(model, training=True, compile_steps=compile_steps)
             return lambda batch: recorded([batch])
         return step
     prepare_training(model)
@@ -665,10 +668,12 @@ def _flat_views(tensors: list[torch.Tensor]) -> torch.Tensor:
     return flat
 
 
-def _recorded_steps(model, *, training: bool) -> _RecordedSteps:
-    """The recorder for the device Keras computes on (its default device, or a ``keras.device`` scope)."""
-    on_cuda = keras.ops.zeros(()).device.type == "cuda"
-    return (_CudaGraphSteps if on_cuda else _TracedSteps)(model, training=training)
+def _recorded_steps(model, *, training: bool, compile_steps: bool = False) -> _RecordedSteps:
+    """The recorder for the device Keras computes on (its default device, or a ``keras.device`` scope);
+    ``compile_steps``: on the CPU, compile training shapes replayed often (``_TracedSteps``)."""
+    if keras.ops.zeros(()).device.type == "cuda":
+        return _CudaGraphSteps(model, training=training)  # a CUDA graph's replay is a few launches already
+    return _TracedSteps(model, training=training, compile_steps=compile_steps)
 
 
 # Recorded eager steps. Written here because neither Keras nor BayesFlow offers it: Keras' torch
@@ -821,9 +826,50 @@ class _TracedSteps(_RecordedSteps):
     fused CPU kernel and side-by-side threads run outside PyTorch's dispatcher, so a trace would
     see their results as constants, and a step that reads a tensor's value into Python (the value
     would be frozen into the program; the warm-up watch finds most, make_fx refuses the rest, and
-    then the variables are restored before the step runs eagerly)."""
+    then the variables are restored before the step runs eagerly).
+
+    With ``compile_steps``, a training shape replayed ``COMPILE_AFTER`` times is then compiled:
+    ``torch.compile`` of its traced program with inductor (dynamo reads the program's aten calls,
+    inductor fuses them into C++ loops), the variables still the program's own tensors, updated in
+    place. The same step within float32 round-off, not bit for bit (fused loops sum in another
+    order). Dropout keeps PyTorch's generator (``fallback_random``). The first compilation of a
+    program costs ~30 s on a 2-core CPU, ~5 s once inductor's on-disk cache holds it; a
+    compilation that fails (no C++ compiler, say) leaves the shape replayed, with a warning.
+    Validation steps are not compiled: forward passes only, a few per epoch."""
 
     kind = "traced aten programs"
+    # Replays of a training shape before it is compiled: the default run has ~590 steps of its main
+    # shape per epoch, 3,560 in all, each ~10 ms quicker compiled (bench/RESULTS.md, "Recorded
+    # steps compiled by inductor"), so compiling after 200 pays; a partial last batch (one per
+    # epoch) and the `ci` configuration (8 steps per epoch) never get there.
+    COMPILE_AFTER = 200
+
+    def __init__(self, model, *, training: bool, compile_steps: bool = False):
+        super().__init__(model, training=training)
+        self._compile = compile_steps and training
+        self._replays: dict[int, int] = {}  # id(program) -> replays so far
+        self._compiled: dict[int, object] = {}  # id(program) -> its compiled program, or None where compiling failed
+        self._compile_notes: list[str] = []  # for describe
+
+    def describe(self) -> str:
+        text = super().describe()
+        return text + "".join(f"; {note}" for note in self._compile_notes)
+
+    def _snapshot(self):
+        """Copies of every Keras variable's value and of PyTorch's random state, and a function that
+        puts them back (after a trace or a compiled call that stopped half-way)."""
+        variables = list({id(v): v for v in (*self._model.variables, *self._model.optimizer.variables,
+                                             *self._model.metrics_variables)}.values())
+        saved = [v.value.detach().clone() for v in variables]
+        rng = torch.get_rng_state()
+
+        def restore():
+            with torch.no_grad():
+                for variable, value in zip(variables, saved):
+                    variable.value.copy_(value)
+            torch.set_rng_state(rng)
+
+        return restore
 
     def _record(self, tensors):
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -838,18 +884,12 @@ class _TracedSteps(_RecordedSteps):
         # A trace that stops half-way (an operation make_fx refuses, such as reading a traced value
         # into Python where the warm-up step did not) has already run part of the step for real:
         # put every variable and the random state back, then run the step eagerly.
-        variables = list({id(v): v for v in (*self._model.variables, *self._model.optimizer.variables,
-                                             *self._model.metrics_variables)}.values())
-        saved = [v.value.detach().clone() for v in variables]
-        rng = torch.get_rng_state()
+        restore = self._snapshot()
         calls = _CPU_GRU_CALLS["n"]
         try:
             program = make_fx(step, tracing_mode="real")(*[tensors[k] for k in keys])
         except Exception as exc:  # noqa: BLE001 - whatever stops the trace: this shape stays eager
-            with torch.no_grad():
-                for variable, value in zip(variables, saved):
-                    variable.value.copy_(value)
-            torch.set_rng_state(rng)
+            restore()
             return self._eager(tensors), None, f"the step cannot be traced ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
         outputs = {k: v.detach() for k, v in ran["outputs"].items()}
         if _CPU_GRU_CALLS["n"] != calls:
@@ -858,8 +898,37 @@ class _TracedSteps(_RecordedSteps):
 
     def _replay(self, record, tensors):
         program, keys = record
+        args = [tensors[k] for k in keys]
+        if self._compile and id(program) not in self._compiled:
+            self._replays[id(program)] = self._replays.get(id(program), 0) + 1
+            if self._replays[id(program)] > self.COMPILE_AFTER:
+                return self._compile_and_run(program, args)
+        compiled = self._compiled.get(id(program))
         with torch.no_grad():
-            return program(*[tensors[k] for k in keys])
+            return (program if compiled is None else compiled)(*args)
+
+    def _compile_and_run(self, program, args):
+        """Compile ``program`` (torch.compile is lazy: its first call compiles, then runs this step)
+        and keep it for this shape; where that fails, put the variables back, warn, and replay."""
+        restore = self._snapshot()
+        t0 = time.perf_counter()
+        compiled = torch.compile(program, backend="inductor", fullgraph=True, dynamic=False, options={"fallback_random": True})
+        try:
+            with torch.no_grad():
+                outputs = compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the compilation: this shape is replayed
+            restore()
+            self._compiled[id(program)] = None
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            self._compile_notes.append(f"compiling one failed, replayed instead ({why})")
+            warnings.warn(f"lif_sbi: compiling a recorded training step with inductor failed; its steps are replayed "
+                          f"uncompiled ({why})", RuntimeWarning, stacklevel=2)
+            with torch.no_grad():
+                return program(*args)
+        self._compiled[id(program)] = compiled
+        self._compile_notes.append(f"one compiled by inductor after {self.COMPILE_AFTER} replays "
+                                   f"({time.perf_counter() - t0:.1f} s, its first step included)")
+        return outputs
 
 
 class _HostReads(TorchDispatchMode):

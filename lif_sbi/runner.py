@@ -382,7 +382,7 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         timings["sessions"] = timings.get("sessions", 1) + 1
     t0 = time.perf_counter()
     if not finished and start_epoch < config.training.epochs:
-        backends.prepare_training(approximator, record_steps=tc.record_steps)
+        backends.prepare_training(approximator, record_steps=tc.record_steps, compile_steps=tc.compile_steps)
         say(f"training under Keras backend '{backends.name}' on {backends.device_name()} "
             f"(training step: {backends.training_step_kind(approximator)}): up to {config.training.epochs} epochs")
         approximator.fit(

@@ -1304,3 +1304,62 @@ print(json.dumps(out))
     fit = res["fit"]
     assert np.all(np.isfinite(fit["loss"] + fit["val_loss"])), fit
     assert "1 batch shape recorded" in fit["train"] and "1 batch shape recorded" in fit["test"], fit
+
+
+@pytest.mark.torch
+def test_compiled_steps_train_as_replayed_steps_do():
+    """On the CPU, training.compile_steps: a training shape replayed COMPILE_AFTER times is then
+    run as its traced program compiled by inductor, and trains as the replay does: the same losses
+    and weight updates within float32 round-off, with dropout (its masks still from PyTorch's
+    generator) and a learning rate changed after the compilation, the same iteration count. A
+    compilation that fails (here: no C++ compiler where inductor looks for one) warns once, puts
+    back what it touched and replays: the replayed run's numbers bit for bit."""
+    code = """
+import json, warnings, keras, numpy as np, torch
+from lif_sbi import backends
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+data = simulate_dataset(256, 5, progress=False)
+backends.module._TracedSteps.COMPILE_AFTER = 2  # eager x2, recording, replays x2, then compiled (call 6)
+def run(compile_steps):
+    backends.set_seed(11)
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.05))
+    approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+    batches = [{k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[i:i + 32] for k2, v2 in data.items()}).items()}
+               for i in range(0, 256, 32)]
+    approx.build_from_data(batches[0])
+    backends.prepare_training(approx)  # Adam on flat buffers, as fit runs it
+    before = [keras.ops.convert_to_numpy(v).ravel().copy() for v in approx.trainable_variables]
+    steps = backends.module._recorded_steps(approx, training=True, compile_steps=compile_steps)
+    losses = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(10):
+            if i == 8:
+                approx.optimizer.learning_rate = 1e-4
+            losses.append(float(keras.ops.convert_to_numpy(steps([batches[i % len(batches)]])["loss"])))
+    return {"losses": losses, "described": steps.describe(), "warnings": [str(w.message) for w in caught if "inductor" in str(w.message)],
+            "updates": [(keras.ops.convert_to_numpy(v).ravel() - w).tolist() for v, w in zip(approx.trainable_variables, before)],
+            "iterations": int(keras.ops.convert_to_numpy(approx.optimizer.iterations))}
+out = {}
+with torch._inductor.config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):
+    out["failed"] = run(True)
+out["replayed"] = run(False)
+out["compiled"] = run(True)
+print(json.dumps(out))
+"""
+    res = run_script("torch", code, timeout=600, env={"CUDA_VISIBLE_DEVICES": ""})
+    replayed, compiled, failed = res["replayed"], res["compiled"], res["failed"]
+    assert "compiled" not in replayed["described"] and not replayed["warnings"], replayed["described"]
+    assert "one compiled by inductor after 2 replays" in compiled["described"] and not compiled["warnings"], compiled
+    assert replayed["iterations"] == compiled["iterations"] == failed["iterations"] == 10
+    assert compiled["losses"][:5] == replayed["losses"][:5]  # the steps before the compilation: the same operations
+    np.testing.assert_allclose(compiled["losses"], replayed["losses"], rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled["updates"], replayed["updates"]):
+        # Adam moves every weight by about the rate per step: a step missed, a dropout mask drawn
+        # from another stream, or the old rate after the change differ by ~1e-4 or more
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    assert "compiling one failed, replayed instead" in failed["described"], failed["described"]
+    assert len(failed["warnings"]) == 1 and "replayed uncompiled" in failed["warnings"][0], failed["warnings"]
+    assert failed["losses"] == replayed["losses"] and failed["updates"] == replayed["updates"]  # bit for bit

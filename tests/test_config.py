@@ -49,10 +49,12 @@ def test_jit_compile_values_and_round_trip(text, value):
     assert again.training.jit_compile == value
 
 
-def test_record_steps_default_on_and_round_trip():
-    assert load_config("ci").training.record_steps is True  # torch: recorded and replayed steps
-    cfg = load_config("ci", ["training.record_steps=false"])
-    assert from_dict(tomllib.loads(cfg.to_toml())).training.record_steps is False
+@pytest.mark.parametrize("key", ["record_steps", "compile_steps"])
+def test_step_recording_options_default_on_and_round_trip(key):
+    # torch: recorded and replayed steps; on the CPU compiled by inductor once replayed often
+    assert getattr(load_config("ci").training, key) is True
+    cfg = load_config("ci", [f"training.{key}=false"])
+    assert getattr(from_dict(tomllib.loads(cfg.to_toml())).training, key) is False
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,8 @@ def test_record_steps_default_on_and_round_trip():
         (["training.jit_compile=1"], "training.jit_compile"),
         (["training.record_steps=1"], "training.record_steps .* wrong type: expected bool"),
         (["training.record_steps=auto"], "training.record_steps"),
+        (["training.compile_steps=1"], "training.compile_steps .* wrong type: expected bool"),
+        (["training.compile_steps=inductor"], "training.compile_steps"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
