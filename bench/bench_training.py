@@ -236,6 +236,20 @@ def test_torch_recorded_step(benchmark, bench_data, kind, record, on_device):
     benchmark.extra_info.update(record_steps=record)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "replayed"])
+@pytest.mark.parametrize("on_device", DEVICES[:1], indirect=True)
+def test_torch_compiled_step(benchmark, bench_data, compiled, on_device, monkeypatch):
+    """torch on the CPU, the default network: the recorded step compiled by inductor
+    (training.compile_steps, the default: after COMPILE_AFTER replays of a shape; here after one,
+    in the warm-up) vs the plain replay of the traced program."""
+    if backends.name != "torch":
+        pytest.skip("compiled recorded steps are torch's")
+    monkeypatch.setattr(backends.module._TracedSteps, "COMPILE_AFTER", 1)
+    _time_training_step(benchmark, bench_data, DEFAULT_SUMMARY_KIND, "mlp", "auto", on_device, compile_steps=compiled)
+    benchmark.extra_info.update(compile_steps=compiled)
+
+
 @pytest.mark.parametrize("adam", ["flat", "keras"])
 @pytest.mark.parametrize("on_device", DEVICES[:1], indirect=True)
 def test_torch_adam_on_flat_buffers(benchmark, bench_data, adam, on_device, monkeypatch):
@@ -249,9 +263,12 @@ def test_torch_adam_on_flat_buffers(benchmark, bench_data, adam, on_device, monk
     benchmark.extra_info.update(adam=adam)
 
 
-def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device, *, record_steps=True):
+def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device, *, record_steps=True, compile_steps=False):
+    """Times the step as training runs it (under torch with a few warm-up steps: recorded and
+    replayed; compiled with ``compile_steps`` once ``_TracedSteps.COMPILE_AFTER`` replays are
+    in the warm-up)."""
     approximator = make_approximator(kind, bench_data, subnet=subnet, jit_compile=jit_compile)
-    step = backends.train_step_function(approximator, record_steps=record_steps)
+    step = backends.train_step_function(approximator, record_steps=record_steps, compile_steps=compile_steps)
     batches = [adapted_batch(approximator, bench_data, slice(i, i + BATCH_SIZE)) for i in range(0, 512, BATCH_SIZE)]
     counter = iter(range(10**9))
 
@@ -260,8 +277,10 @@ def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_dev
         return float(keras.ops.convert_to_numpy(metrics["loss"]))
 
     first_call_s = None
-    # warm-up / tracing; under torch the third call records the step
-    for _ in range(3 if kind != "stock" or backends.name != "torch" else 0):
+    # warm-up / tracing; under torch the third call records the step (and with compile_steps the
+    # call after COMPILE_AFTER replays compiles it)
+    warmup = 3 + (backends.module._TracedSteps.COMPILE_AFTER + 1 if compile_steps and backends.name == "torch" else 0)
+    for _ in range(warmup if kind != "stock" or backends.name != "torch" else 0):
         t0 = time.perf_counter()
         run()
         first_call_s = time.perf_counter() - t0 if first_call_s is None else first_call_s
@@ -442,66 +461,6 @@ def profile_steps(step, batch, n: int) -> None:
     print(f"aten ops' self CPU time: {aten_ms:.1f} ms per step (under the profiler)", flush=True)
 
 
-def inductor_replay(approximator, batches: list[dict], n: int) -> dict:
-    """torch on the CPU, an experiment (not used by training): compile the default recorded step
-    (the traced aten program of ``_TracedSteps``) with inductor, its Keras variables lifted to
-    inputs (in the program they are constants; inductor must see them as mutated inputs), and
-    time it against the plain replay on the same model, the two alternating step by step.
-    Returns the compilation time and both medians in seconds. The lifting is written here:
-    nothing in torch lifts make_fx's constants."""
-    import torch
-
-    steps = backends.module._recorded_steps(approximator, training=True)
-    for b in batches[:3]:  # two eager steps, then the recording
-        steps([b])
-    (program, keys), = steps._records.values()
-    lifted_program = copy_with_variables_lifted(program, approximator)
-    inputs = lifted_program.variables
-    from torch._inductor import compile as inductor_compile
-
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        compiled = inductor_compile(lifted_program, inputs + [batches[0][k] for k in keys])
-    compile_s = time.perf_counter() - t0
-
-    def run_compiled(b):
-        with torch.no_grad():
-            return compiled(*inputs, *[b[k] for k in keys])
-
-    times = {"replay": [], "inductor": []}
-    for i in range(2 * n):
-        how = "replay" if i % 2 == 0 else "inductor"
-        b = batches[(i // 2) % len(batches)]
-        t0 = time.perf_counter()
-        outputs = steps([b]) if how == "replay" else run_compiled(b)
-        float(keras.ops.convert_to_numpy(outputs["loss"]))
-        times[how].append(time.perf_counter() - t0)
-    return {"compile_s": compile_s} | {f"{how}_median_s": float(np.median(t)) for how, t in times.items()}
-
-
-def copy_with_variables_lifted(program, approximator):
-    """A copy of a traced step whose constants that are the model's Keras variables are inputs
-    instead (first, in ``.variables`` order), so that a compiler sees their in-place updates."""
-    import copy
-
-    import torch.fx
-
-    variables = {id(v.value) for v in (*approximator.variables, *approximator.optimizer.variables, *approximator.metrics_variables)}
-    graph = copy.deepcopy(program.graph)
-    lifted, first = {}, next(iter(graph.nodes))
-    for node in [n for n in graph.nodes if n.op == "get_attr"]:
-        tensor = getattr(program, node.target)
-        if id(tensor) in variables:
-            if id(tensor) not in lifted:
-                with graph.inserting_before(first):
-                    lifted[id(tensor)] = (graph.placeholder(f"variable_{len(lifted)}"), tensor)
-            node.replace_all_uses_with(lifted[id(tensor)][0])
-            graph.erase_node(node)
-    module = torch.fx.GraphModule(program, graph)
-    module.variables = [tensor for _, tensor in lifted.values()]
-    return module
-
-
 def main(argv=None):
     import argparse
     import json
@@ -520,8 +479,8 @@ def main(argv=None):
     st.add_argument("--subnet", choices=["mlp", "fused"], default="mlp", help="coupling subnet (lif_sbi.estimator.subnet_arguments)")
     st.add_argument("--profile", action="store_true", help="torch backend: also print torch.profiler's op table over 10 more steps")
     st.add_argument("--no-record", action="store_true", help="torch: eager steps, not recorded and replayed (training.record_steps = false)")
-    st.add_argument("--inductor", action="store_true",
-                    help="torch on the CPU, an experiment: compile the recorded step with inductor and time it against the replay")
+    st.add_argument("--compile", action="store_true",
+                    help="torch on the CPU: the recorded step compiled by inductor after one replay (training.compile_steps; training waits for 200)")
     st.add_argument("--jit", action="store_true", help="compile the model with jit_compile=True (torch: torch.compile of the step; its first call compiles)")
     st.add_argument("--compile-times", action="store_true",
                     help="torch backend with --jit: print torch._dynamo's compile-time table (run with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for a cold compilation)")
@@ -530,24 +489,23 @@ def main(argv=None):
     if args.cmd == "steps":
         data = simulate(512, seed=1234)
         for kind in args.kinds:
-            if args.inductor:  # instead of the plain steps
-                approximator = make_approximator(kind, data, subnet=args.subnet)
-                backends.prepare_training(approximator)  # Adam on flat buffers, as training runs it
-                batches = [adapted_batch(approximator, data, slice(i, i + BATCH_SIZE)) for i in range(0, 512, BATCH_SIZE)]
-                print(json.dumps({"kind": kind, "inductor": inductor_replay(approximator, batches, n=args.steps)}), flush=True)
-                continue
             approximator = make_approximator(kind, data, subnet=args.subnet, jit_compile=True if args.jit else "auto")
-            step = backends.train_step_function(approximator, record_steps=not args.no_record)
+            if args.compile:
+                backends.module._TracedSteps.COMPILE_AFTER = 1
+            step = backends.train_step_function(approximator, record_steps=not args.no_record, compile_steps=args.compile)
             batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
             times = []
-            for _ in range(args.steps):
+            warmup = 5 if args.compile else 1  # with --compile: eager x2, recording, one replay, compilation
+            for _ in range(args.steps + warmup):
                 t0 = time.perf_counter()
                 float(keras.ops.convert_to_numpy(step(batch)["loss"]))
                 times.append(time.perf_counter() - t0)
                 if len(times) == 1:
                     print(f"  {kind}: first step (tracing/compilation) {times[0]:.1f} s", flush=True)
+            if args.compile:
+                print(f"  {kind}: the compiling step {times[4]:.1f} s", flush=True)
             print(json.dumps({"backend": backends.name, "kind": kind, "subnet": args.subnet, "jit_compile": bool(approximator.jit_compile),
-                              "median_s_after_first": float(np.median(times[1:])), "times_s": times}), flush=True)
+                              "compile_steps": args.compile, "median_s_after_warmup": float(np.median(times[warmup:])), "times_s": times}), flush=True)
             if args.profile:
                 profile_steps(step, batch, n=10)
 
