@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -1307,6 +1308,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.torch
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler (g++ or $CXX)")
 def test_compiled_steps_train_as_replayed_steps_do():
     """On the CPU, training.compile_steps: a training shape replayed COMPILE_AFTER times is then
     run as its traced program compiled by inductor, and trains as the replay does: the same losses
