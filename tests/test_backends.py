@@ -1315,7 +1315,8 @@ def test_compiled_steps_train_as_replayed_steps_do():
     and weight updates within float32 round-off, with dropout (its masks still from PyTorch's
     generator) and a learning rate changed after the compilation, the same iteration count. A
     compilation that fails (here: no C++ compiler where inductor looks for one) warns once, puts
-    back what it touched and replays: the replayed run's numbers bit for bit."""
+    back what it touched and replays: the replayed run's numbers bit for bit. `fit` after
+    `prepare_training` compiles its shape (and says so) with compile_steps, not without."""
     code = """
 import json, warnings, keras, numpy as np, torch
 from lif_sbi import backends
@@ -1349,10 +1350,24 @@ with torch._inductor.config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):
     out["failed"] = run(True)
 out["replayed"] = run(False)
 out["compiled"] = run(True)
+import bayesflow as bf
+for compile_steps in (True, False):  # fit, as the training command runs it (prepare_training)
+    backends.set_seed(5)
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1))
+    approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+    train = bf.datasets.OfflineDataset({k: data[k][:128] for k in ("parameters", "observables")}, batch_size=32, adapter=approx.adapter)
+    approx.build_from_data(train[0])
+    backends.prepare_training(approx, compile_steps=compile_steps)
+    history = approx.fit(dataset=train, epochs=3, verbose=0).history  # 12 steps of one shape
+    out[f"fit {compile_steps}"] = {"loss": history["loss"], "train": backends.training_step_kind(approx)}
 print(json.dumps(out))
 """
     res = run_script("torch", code, timeout=600, env={"CUDA_VISIBLE_DEVICES": ""})
     replayed, compiled, failed = res["replayed"], res["compiled"], res["failed"]
+    fit_compiled, fit_replayed = res["fit True"], res["fit False"]
+    assert "1 batch shape recorded); one compiled by inductor after 2 replays" in fit_compiled["train"], fit_compiled
+    assert "compiled" not in fit_replayed["train"] and "1 batch shape recorded" in fit_replayed["train"], fit_replayed
+    np.testing.assert_allclose(fit_compiled["loss"], fit_replayed["loss"], rtol=1e-4, atol=1e-5)
     assert "compiled" not in replayed["described"] and not replayed["warnings"], replayed["described"]
     assert "one compiled by inductor after 2 replays" in compiled["described"] and not compiled["warnings"], compiled
     assert replayed["iterations"] == compiled["iterations"] == failed["iterations"] == 10
