@@ -833,7 +833,7 @@ class _TracedSteps(_RecordedSteps):
     inductor fuses them into C++ loops), the variables still the program's own tensors, updated in
     place. The same step within float32 round-off, not bit for bit (fused loops sum in another
     order). Dropout keeps PyTorch's generator (``fallback_random``). The first compilation of a
-    program costs 20-30 s on a 2-core CPU, ~5 s once inductor's on-disk cache holds it; a
+    program costs 20-40 s on a 2-core CPU, ~5 s once inductor's on-disk cache holds it; a
     compilation that fails (no C++ compiler, say) leaves the shape replayed, with a warning.
     Validation steps are not compiled: forward passes only, a few per epoch."""
 

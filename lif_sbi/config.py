@@ -137,7 +137,7 @@ class TrainingConfig:
     # With record_steps, under torch on the CPU: once a training batch shape has been replayed 200
     # times, compile its recorded program with inductor (torch.compile of the aten program: fused
     # C++ loops) and run that from then on: the default network's step 0.6-0.75x the replay's,
-    # after 20-30 s of compilation the first time (~5 s once inductor's on-disk cache holds it);
+    # after 20-40 s of compilation the first time (~5 s once inductor's on-disk cache holds it);
     # the same step within float32 round-off, not bit for bit. Needs a C++ compiler; where
     # compiling fails the replay goes on, with a warning. Runs too short to replay a shape 200
     # times (the `ci` configuration) never compile. No effect on a GPU or under TensorFlow and JAX.
