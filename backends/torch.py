@@ -469,8 +469,8 @@ def compile_inference(approximator) -> None:
     (``_TracedSampler``), once a shape has been sampled a few times (on the CPU, batches of up to
     4,096 draws, where Keras' Python is most of the time): the same draws, bit for bit on the
     CPU, without Keras' and BayesFlow's Python around each operation (one recording x 1,000
-    draws: 13.1 ms instead of 57.8 ms on the 2-core CPU; bench/RESULTS.md, "Traced sampling under
-    torch"). Replaces the approximator's ``sampler`` (not saved with the model) unless it is of a
+    draws: 13.1 ms instead of 57.8 ms on the 2-core CPU; bench/RESULTS.md, "Recorded sampling under
+    torch and TensorFlow"). Replaces the approximator's ``sampler`` (not saved with the model) unless it is of a
     type other than BayesFlow's default. The summary network stays eager: it runs once per batch
     of recordings, not once per draw batch. (torch.compile would instead add a compilation per
     shape, far longer than a trace.)"""
@@ -801,7 +801,7 @@ class _CudaGraphSteps(_RecordedSteps):
             with _capturable_constants(), torch.cuda.graph(graph):
                 outputs = self._step(inputs)
         except Exception as exc:  # noqa: BLE001 - any capture error: this shape stays eager, said once
-            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            why = _one_line(exc, 300)
             warnings.warn(f"lif_sbi: CUDA graph capture of the {'training' if self._training else 'validation'} step failed, "
                           f"so steps of this batch shape stay eager ({why})", RuntimeWarning, stacklevel=3)
             torch.cuda.synchronize()
@@ -890,7 +890,7 @@ class _TracedSteps(_RecordedSteps):
             program = make_fx(step, tracing_mode="real")(*[tensors[k] for k in keys])
         except Exception as exc:  # noqa: BLE001 - whatever stops the trace: this shape stays eager
             restore()
-            return self._eager(tensors), None, f"the step cannot be traced ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+            return self._eager(tensors), None, f"the step cannot be traced ({_one_line(exc, 160)})"
         outputs = {k: v.detach() for k, v in ran["outputs"].items()}
         if _CPU_GRU_CALLS["n"] != calls:
             return outputs, None, "a GRU on the CPU runs outside PyTorch's dispatcher"
@@ -919,7 +919,7 @@ class _TracedSteps(_RecordedSteps):
         except Exception as exc:  # noqa: BLE001 - whatever stops the compilation: this shape is replayed
             restore()
             self._compiled[id(program)] = None
-            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            why = _one_line(exc, 200)
             self._compile_notes.append(f"compiling one failed, replayed instead ({why})")
             warnings.warn(f"lif_sbi: compiling a recorded training step with inductor failed; its steps are replayed "
                           f"uncompiled ({why})", RuntimeWarning, stacklevel=2)
@@ -929,6 +929,12 @@ class _TracedSteps(_RecordedSteps):
         self._compile_notes.append(f"one compiled by inductor after {self.COMPILE_AFTER} replays "
                                    f"({time.perf_counter() - t0:.1f} s, its first step included)")
         return outputs
+
+
+def _one_line(exc: Exception, limit: int) -> str:
+    """An exception as one line for a warning or the run's report: its type, then at most ``limit``
+    characters of its message with the whitespace collapsed."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"
 
 
 class _HostReads(TorchDispatchMode):

@@ -263,6 +263,17 @@ def test_torch_adam_on_flat_buffers(benchmark, bench_data, adam, on_device, monk
     benchmark.extra_info.update(adam=adam)
 
 
+def torch_warmup_steps(compile_steps: bool) -> int:
+    """Steps before a torch step runs as training runs it from then on: the eager steps and the
+    recording (``_RecordedSteps.WARMUP`` + 1), and with ``compile_steps`` the replays before the
+    compilation and the compiling step (``_TracedSteps.COMPILE_AFTER`` + 1). The same count
+    serves the other backends, whose first call traces."""
+    if backends.name != "torch":
+        return 3
+    steps = backends.module._TracedSteps
+    return steps.WARMUP + 1 + (steps.COMPILE_AFTER + 1 if compile_steps else 0)
+
+
 def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_device, *, record_steps=True, compile_steps=False):
     """Times the step as training runs it (under torch with a few warm-up steps: recorded and
     replayed; compiled with ``compile_steps`` once ``_TracedSteps.COMPILE_AFTER`` replays are
@@ -279,8 +290,7 @@ def _time_training_step(benchmark, bench_data, kind, subnet, jit_compile, on_dev
     first_call_s = None
     # warm-up / tracing; under torch the third call records the step (and with compile_steps the
     # call after COMPILE_AFTER replays compiles it)
-    warmup = 3 + (backends.module._TracedSteps.COMPILE_AFTER + 1 if compile_steps and backends.name == "torch" else 0)
-    for _ in range(warmup if kind != "stock" or backends.name != "torch" else 0):
+    for _ in range(torch_warmup_steps(compile_steps) if kind != "stock" or backends.name != "torch" else 0):
         t0 = time.perf_counter()
         run()
         first_call_s = time.perf_counter() - t0 if first_call_s is None else first_call_s
@@ -483,7 +493,7 @@ def main(argv=None):
                     help="torch on the CPU: the recorded step compiled by inductor after one replay (training.compile_steps; training waits for 200)")
     st.add_argument("--jit", action="store_true", help="compile the model with jit_compile=True (torch: torch.compile of the step; its first call compiles)")
     st.add_argument("--compile-times", action="store_true",
-                    help="torch backend with --jit: print torch._dynamo's compile-time table (run with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for a cold compilation)")
+                    help="torch backend with --jit or --compile: print torch._dynamo's compile-time table (run with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for a cold compilation)")
     args = parser.parse_args(argv)
     print(f"backend {backends.name} on {backends.device_name()}")
     if args.cmd == "steps":
@@ -495,7 +505,7 @@ def main(argv=None):
             step = backends.train_step_function(approximator, record_steps=not args.no_record, compile_steps=args.compile)
             batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
             times = []
-            warmup = 5 if args.compile else 1  # with --compile: eager x2, recording, one replay, compilation
+            warmup = torch_warmup_steps(compile_steps=True) if args.compile else 1
             for _ in range(args.steps + warmup):
                 t0 = time.perf_counter()
                 float(keras.ops.convert_to_numpy(step(batch)["loss"]))
@@ -503,7 +513,7 @@ def main(argv=None):
                 if len(times) == 1:
                     print(f"  {kind}: first step (tracing/compilation) {times[0]:.1f} s", flush=True)
             if args.compile:
-                print(f"  {kind}: the compiling step {times[4]:.1f} s", flush=True)
+                print(f"  {kind}: the compiling step {times[warmup - 1]:.1f} s", flush=True)
             print(json.dumps({"backend": backends.name, "kind": kind, "subnet": args.subnet, "jit_compile": bool(approximator.jit_compile),
                               "compile_steps": args.compile, "median_s_after_warmup": float(np.median(times[warmup:])), "times_s": times}), flush=True)
             if args.profile:

@@ -4,8 +4,8 @@ Times `estimator.sample_posterior` (what the training command's diagnostics and 
 do: the first round, then the rejection rounds, each a new input shape) twice in one process: the
 first call includes every compilation the process needs, the second is warm. Under JAX,
 `--eager` restores BayesFlow's own eager sampler and condition builder, as before
-`compile_inference`; so it does under torch (whose flow sampling is traced since session 14);
-under TensorFlow the two modes are the same code. Prints one JSON
+`compile_inference`; so it does under torch and TensorFlow (whose flow sampling is recorded, as a
+traced program or a tf.function, since session 14). Prints one JSON
 line. Run each mode in its own process, with the JAX compilation cache off so that nothing comes
 from an earlier process::
 
