@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+#: the source checkout the package runs from (the folder holding pyproject.toml), or None where it
+#: is installed from a wheel
+CHECKOUT = _PACKAGE_DIR.parent if (_PACKAGE_DIR.parent / "pyproject.toml").is_file() else None
+#: the named configurations: the checkout's configs/, installed as package data lif_sbi/configs/
+CONFIG_DIR = _PACKAGE_DIR / "configs" if (_PACKAGE_DIR / "configs").is_dir() else _PACKAGE_DIR.parent / "configs"
+#: where run folders are made: $LIF_SBI_RESULTS, else results/ in the checkout (installed: in the current folder)
+RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS") or (CHECKOUT or Path()) / "results")
+#: where simulated datasets (and JAX's compiled programs) are cached: $LIF_SBI_CACHE, else cache/ beside results/
+CACHE_DIR = Path(os.environ.get("LIF_SBI_CACHE") or (CHECKOUT or Path()) / "cache")
 # The summary networks a configuration may name; lif_sbi.networks maps each to its class (and
 # checks the two lists agree). Declared here so that validating a configuration needs no Keras.
 SUMMARY_KINDS: tuple[str, ...] = ("reference", "conv_gru", "conv_pool")
@@ -16,7 +26,7 @@ LR_SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
 # The coupling subnets: "mlp" = BayesFlow's MLP; "fused" = lif_sbi.subnets.CouplingMLP, the same
 # function as one Keras layer (faster under eager PyTorch).
 FLOW_SUBNETS: tuple[str, ...] = ("mlp", "fused")
-# Where the training traces are simulated (lif_sbi.dataset.resolve_device): "auto" = CUDA where
+# Where the training traces are simulated (lif_sbi.simulator.resolve_device): "auto" = CUDA where
 # torch sees a GPU, else the CPU.
 DATA_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -123,8 +133,9 @@ class TrainingConfig:
     calibrate_widths: bool = False
     # Compile the training step as Keras' `compile(jit_compile=...)` does: "auto" is Keras' choice
     # (eager under torch, XLA under JAX, XLA under TensorFlow only with a GPU); true under torch is
-    # torch.compile of the whole step (on a 2-core CPU 138 s of compilation, then 49 instead of
-    # 60 ms per default-network step; bench/RESULTS.md, "torch.compile"), false is eager everywhere.
+    # torch.compile of the whole step (on a 2-core CPU about a minute of compilation per graph, then
+    # 1.22-1.26x TensorFlow's default-network step; bench/RESULTS.md, "torch.compile of the whole
+    # training step"), false is eager everywhere.
     jit_compile: bool | str = "auto"
     # Under torch with an eager step (jit_compile not true): record each batch shape's training and
     # validation step once, after two eager steps, and replay it from then on (lif_sbi.backends.torch,

@@ -12,30 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cpu_kernel, priors, simulator, stimulus
-from .config import DATA_DEVICES, ConfigError
+from .config import CACHE_DIR
 
 CHUNK = 10_000  # traces simulated per seed chunk; part of the dataset's definition
-DEFAULT_CACHE_DIR = Path(os.environ.get("LIF_SBI_CACHE", Path(__file__).resolve().parent.parent / "cache"))
+DEFAULT_CACHE_DIR = CACHE_DIR
 KEYS = ("parameters", "observables", "current", "amplitude")
-
-
-def resolve_device(name: str) -> str:
-    """`data.device` -> the torch device type the traces are simulated on ("cpu" or "cuda")."""
-    has_cuda = torch.cuda.is_available()
-    if name == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if name == "cuda" and not has_cuda:
-        raise ConfigError("data.device = 'cuda' is not allowed on this machine: torch sees no CUDA device (use 'auto' or 'cpu')")
-    if name not in DATA_DEVICES:
-        raise ConfigError(f"data.device = {name!r} is not allowed: expected one of {', '.join(DATA_DEVICES)}")
-    return name
-
-
-def device_label(device: str) -> str:
-    """What simulates on `device` ("cpu" or "cuda"), for people: "CPU (Numba)", "CUDA (NVIDIA H200)"."""
-    if device == "cuda":
-        return f"CUDA ({torch.cuda.get_device_name()})"
-    return "CPU (Numba)" if cpu_kernel.AVAILABLE else "CPU (torch)"
 
 
 def dataset_key(n: int, seed: int, device: str = "cpu") -> str:

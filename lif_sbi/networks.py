@@ -17,7 +17,7 @@ Summary networks (all subclass ``bayesflow.networks.SummaryNetwork``, input (bat
   steps, then a small bidirectional FastGRU plus global pooling.
 - ``conv_pool``  :class:`ConvPoolSummary`, strided Conv1D blocks and global pooling, no recurrence:
   the default (``DEFAULT_SUMMARY_KIND``), chosen by measured step time and recovery, see
-  bench/RESULTS.md, section "Training step and sampling".
+  bench/RESULTS.md, section "Why `default` uses conv_pool".
 
 Build one from a configuration string with :func:`build_summary_network`. Loading a saved
 ``.keras`` file needs only ``import lif_sbi.networks`` (the classes register themselves with Keras
@@ -454,7 +454,7 @@ _KINDS = {
 SUMMARY_KINDS: tuple[str, ...] = tuple(_KINDS)
 if set(SUMMARY_KINDS) != set(CONFIG_SUMMARY_KINDS):
     raise ImportError(f"lif_sbi.config.SUMMARY_KINDS {CONFIG_SUMMARY_KINDS} and lif_sbi.networks {SUMMARY_KINDS} disagree")
-#: the kind picked by measurement (bench/RESULTS.md, "Training step and sampling")
+#: the kind picked by measurement (bench/RESULTS.md, "Why `default` uses conv_pool")
 DEFAULT_SUMMARY_KIND = "conv_pool"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .calibration import describe
-from .diagnostics import atomic_write_text
+from .files import atomic_write_text
 from .priors import PARAMETERS
 
 REPORT_NAME = "report.md"
@@ -213,4 +213,41 @@ def write_report(
     return atomic_write_text(run_dir / REPORT_NAME, "\n".join(lines))
 
 
-__all__ = ["REPORT_NAME", "write_report"]
+def run_lines(run_id: str, config, backend: str, device: str, metrics: Mapping, simulator_device: str) -> dict:
+    """The report's "Run" table: what ran where, and how long each stage took (timings.json)."""
+    t = metrics["timings"]
+    return {
+        "run id": run_id, "configuration": config.name, "backend": backend, "device": device,
+        "training step": metrics["training_step"],
+        "simulation": (f"loaded from the cache in {t['simulation_s']:.1f} s" if t.get("data_from_cache")
+                       else f"{t['simulation_s']:.1f} s on {simulator_device}"),
+        "training": f"{t['training_s']:.1f} s" + (f" over {t['sessions']} sessions (--resume)" if "sessions" in t else ""),
+        **({"width calibration": f"{t['calibration_s']:.1f} s"} if "calibration_s" in t else {}),
+        "diagnostics": f"{t['diagnostics_s']:.1f} s", "total": f"{t['total_s']:.1f} s",
+        "posterior widths": _widths_line(metrics.get("calibration")),
+    }
+
+
+def _widths_line(record: Mapping | None) -> str:
+    if record is None:
+        return "as trained (training.calibrate_widths = false)"
+    factors = ", ".join(f"{k} {describe(v)}" for k, v in record["width_scale"].items())
+    return (f"rescaled per parameter, fitted on {record['fitted_on']['validation_traces']} validation traces "
+            f"(calibration.json; the figures below are after it): {factors}")
+
+
+def console_summary(run_dir: Path, metrics: Mapping) -> str:
+    """The table the training command prints at the end: r, coverage, SBC (and width factor) per parameter."""
+    cal = metrics.get("calibration")
+    lines = [f"\n{'parameter':<10}{'r':>8}{'cov50':>8}{'cov90':>8}  SBC" + ("   width factor" if cal else "")]
+    for p in PARAMETERS:
+        m = metrics["parameters"][p.name]
+        r = "n/a" if m["r"] is None else f"{m['r']:.3f}"
+        factor = f"   {describe(cal['width_scale'][p.name])}" if cal else ""
+        lines.append(f"{p.name:<10}{r:>8}{m['coverage_50']:>8.2f}{m['coverage_90']:>8.2f}  {'pass' if m['sbc_pass'] else 'FAIL'}{factor}")
+    t = metrics["timings"]
+    lines.append(f"total {t['total_s']:.0f} s (training {t['training_s']:.0f} s); report: {Path(run_dir) / REPORT_NAME}")
+    return "\n".join(lines)
+
+
+__all__ = ["REPORT_NAME", "console_summary", "run_lines", "write_report"]

@@ -1,17 +1,15 @@
-"""One training run, end to end: data, fit with resumable checkpoints, diagnostics, report."""
+"""One training run, end to end, as a pipeline of named stages: start → simulate → build → fit → calibrate → diagnose → report."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
 import platform
 import sys
 import time
-import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,72 +17,283 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, calibration, dataset, diagnostics, estimator, report
+from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, report, simulator
+from .checkpoints import CHECKPOINTS, ResumeError
 from .config import INITIAL_WEIGHTS, Config, ConfigError
-from .diagnostics import atomic_write_text
-from .priors import PARAMETERS
+from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_tree
 
-HISTORY_FIELDS = ("epoch", "loss", "val_loss", "learning_rate", "wall_s")
-CHECKPOINTS = "checkpoints"
 CALIBRATION_TRACES = 1000  # validation traces the width factors are fitted on (at most)
 CALIBRATION_DRAWS = 500  # posterior draws per such trace
+PRIOR_FIGURE_TRACES = 2000  # training draws shown in the prior histograms and example traces
+
+__all__ = ["CALIBRATION_DRAWS", "CALIBRATION_TRACES", "ResumeError", "new_run_dir", "run", "validation_batch_size"]
 
 
-class ResumeError(Exception):
-    """A run folder that cannot be continued: one line, exit code 2."""
+@dataclasses.dataclass
+class Run:
+    """What the stages share: the resolved configuration, the run folder, the checkpoint being
+    resumed (None for a new run), the wall times so far (timings.json) and the console printer."""
+
+    config: Config
+    run_dir: Path
+    checkpoint: tuple[Path, dict] | None
+    timings: dict
+    say: Callable[..., None]
+    quiet: bool
+    started: float  # time.perf_counter() at the start of this process's part of the run
+
+
+def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool = False) -> int:
+    """Train, calibrate, diagnose and report one configuration into a new folder under
+    `results_dir`, or continue the interrupted run in `run_dir`. Returns the exit code (0)."""
+    r = start(config, run_dir=run_dir, results_dir=results_dir, quiet=quiet)
+    train, val = simulate(r)
+    approximator, train_ds, val_ds = build(r, train, val)
+    rows, best = fit(r, approximator, train_ds, val_ds)
+    width_scale = calibrate(r, approximator, val)
+    metrics, plots, history = diagnose(r, approximator, train, rows, width_scale)
+    write_records(r, approximator, metrics, plots, history)
+    print(report.console_summary(r.run_dir, metrics), flush=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
-# Files
+# Stages
 
 
-def _atomic_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+def start(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool) -> Run:
+    """Resolve the configuration, seed every random stream, and open the run folder: a new one
+    (config.toml and environment.json written first) or the one being resumed."""
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    started = time.perf_counter()
+    # before anything is written: "auto" becomes the device used, saved as such in config.toml
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, device=simulator.resolve_device(config.data.device)))
+    backends.set_seed(config.training.seed)
+    if config.training.initial_weights and run_dir is None and not Path(config.training.initial_weights).is_file():
+        raise ConfigError(f"training.initial_weights = {config.training.initial_weights!r}: no such file")
+    if run_dir is not None:
+        checkpoint = checkpoints.load_checkpoint(run_dir / CHECKPOINTS)
+        say(f"resuming {run_dir} after epoch {checkpoint[1]['epoch']}")
+    else:
+        run_dir = new_run_dir(results_dir, config)
+        checkpoint = None
+        atomic_write_text(run_dir / "config.toml", config.to_toml())
+        atomic_write_json(run_dir / "environment.json", environment())
+        say(f"run folder: {run_dir}")
+    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").exists() else {}
+    return Run(config, run_dir, checkpoint, timings, say, quiet, started)
 
 
-def _atomic_keras_save(model, path: Path) -> None:
-    """Keras needs the real suffix, so save to `<stem>.tmp.keras` and rename over `path`."""
-    tmp = path.with_name(path.name[: -len(".keras")] + ".tmp.keras")
-    model.save(str(tmp))
-    os.replace(tmp, path)
+def simulate(r: Run) -> tuple[dict, dict]:
+    """The training and validation traces: simulated, or loaded from the dataset cache."""
+    t0 = time.perf_counter()
+    dc = r.config.data
+    cache_dir = dataset.DEFAULT_CACHE_DIR if dc.cache else None
+    data, cache_path, from_cache = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not r.quiet)
+    train, val = dataset.split(data, dc.validation_fraction, dc.seed)
+    r.timings.setdefault("simulation_s", round(time.perf_counter() - t0, 3))
+    r.timings.setdefault("data_from_cache", from_cache)
+    origin = (f"loaded from {cache_path}" if from_cache
+              else f"simulated on {simulator.device_label(dc.device)} in {time.perf_counter() - t0:.1f} s"
+              + (f", saved to {cache_path}" if cache_path else ", not cached (data.cache = false)"))
+    r.say(f"data: {len(train['parameters'])} training / {len(val['parameters'])} validation traces ({origin})")
+    return train, val
 
 
-# Checkpoint weights as one NumPy archive of `model.get_weights()`, written by hand: Keras'
-# save_weights (HDF5, one dataset per variable) took 149 ms for the reference model against 8 ms
-# for this on a 2-core CPU (bench/bench_training.py -k checkpoint_weights). In the reference run on
-# an H100 its 100 checkpoints and 37 best-weights files took about 57 s, a quarter of the training
-# time (bench/RESULTS.md, "GPU: NVIDIA H100 (2026-11-26, session 9)"). The final model.keras is
-# still Keras' own format.
-def _save_weights_npz(model, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, *model.get_weights())
-    os.replace(tmp, path)
+def build(r: Run, train: dict, val: dict):
+    """The approximator (compiled, built, from its initial or checkpointed weights) and the
+    training and validation datasets BayesFlow feeds it."""
+    import bayesflow as bf
+
+    tc = r.config.training
+    approximator = estimator.build_approximator(r.config.model)
+    estimator.quiet_file_probe()  # before the first checkpoint save
+    keys = ("parameters", "observables")
+    train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=tc.batch_size, adapter=approximator.adapter)
+    val_ds = bf.datasets.OfflineDataset({k: val[k] for k in keys}, batch_size=validation_batch_size(len(val["parameters"]), tc.batch_size),
+                                        adapter=approximator.adapter, shuffle=False)
+    approximator.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, len(train_ds))), jit_compile=tc.jit_compile)
+    approximator.build_from_data(train_ds[0])
+    if r.checkpoint is None:
+        _start_weights(r, approximator)
+    else:
+        _restore_checkpoint(r, approximator)
+    return approximator, train_ds, val_ds
 
 
-def _load_weights(model, path: Path) -> None:
-    """Weights saved by `_save_weights_npz` or, from checkpoints of earlier versions, Keras' HDF5."""
-    if path.suffix == ".h5":
-        with warnings.catch_warnings():
-            # an HDF5 weights file also holds the optimizer's, which is not built yet here; its
-            # state is restored from optimizer.npz, so Keras' "Skipping variable loading" note is moot
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(str(path))
-        return
-    with np.load(path) as f:
-        values = [f[f"arr_{i}"] for i in range(len(f.files))]
-    shapes = [tuple(w.shape) for w in model.weights]
-    if [v.shape for v in values] != shapes:
-        raise ResumeError(f"{path}: its {len(values)} arrays do not match this model's {len(shapes)} weights")
-    model.set_weights(values)
+def fit(r: Run, approximator, train_ds, val_ds) -> tuple[list[dict], float]:
+    """Train up to `training.epochs` epochs (from the checkpoint when resuming), checkpointing
+    every epoch; then load the best epoch's weights and save model.keras. Returns the history
+    rows and the best validation loss."""
+    tc = r.config.training
+    rows, best, start_epoch, finished, cb_state = _resume_point(r)
+    early = checkpoints.ResumableEarlyStopping(
+        monitor="val_loss", patience=tc.early_stopping_patience, mode="min",
+        restore_best_weights=False,  # the best epoch's weights are loaded from best.weights.npz after fit
+        resume_state=cb_state.get("ResumableEarlyStopping"),
+    )
+    plateau = checkpoints.ResumableReduceLROnPlateau(
+        monitor="val_loss", factor=tc.lr_plateau_factor, patience=tc.lr_plateau_patience,
+        min_lr=tc.min_learning_rate, mode="min", resume_state=cb_state.get("ResumableReduceLROnPlateau"),
+    )
+    recorder = checkpoints.EpochRecorder(r.run_dir, tc.epochs, rows, best, [early, plateau], r.quiet)
+    _count_session(r, rows)
+    t0 = time.perf_counter()
+    if not finished and start_epoch < tc.epochs:
+        backends.prepare_training(approximator, record_steps=tc.record_steps, compile_steps=tc.compile_steps)
+        r.say(f"training under Keras backend '{backends.name}' on {backends.device_name()} "
+              f"(training step: {backends.training_step_kind(approximator)}): up to {tc.epochs} epochs")
+        approximator.fit(
+            dataset=train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=start_epoch,
+            callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,
+        )
+        checkpoints.save_checkpoint(r.run_dir / CHECKPOINTS, approximator, len(rows), rows, recorder.best,
+                                    recorder.callback_states(), finished=True)
+    r.timings["training_s"] = round(r.timings.get("training_s", 0.0) + time.perf_counter() - t0, 3)
+    if not rows:
+        raise ResumeError("training recorded no epoch")
+    best_weights = checkpoints.weights_file(r.run_dir / CHECKPOINTS, "best")
+    if best_weights is not None:
+        checkpoints.load_weights(approximator, best_weights)
+    atomic_save_keras(approximator, r.run_dir / "model.keras")
+    atomic_write_json(r.run_dir / "timings.json", r.timings)
+    return rows, recorder.best
 
 
-def _weights_file(folder: Path, stem: str) -> Path | None:
-    """`<stem>.weights.npz`, else `<stem>.weights.h5` (earlier versions), else None."""
-    for suffix in (".weights.npz", ".weights.h5"):
-        if (folder / (stem + suffix)).exists():
-            return folder / (stem + suffix)
-    return None
+def calibrate(r: Run, approximator, val: dict):
+    """Fit the width factors on held-out validation traces (never the test traces) where the
+    configuration asks for it; returns the factors in force (None: the flow as trained)."""
+    if not r.config.training.calibrate_widths:
+        return None
+    cal_path = r.run_dir / calibration.FILENAME
+    if not cal_path.exists():  # a resumed run keeps the factors it already fitted
+        t0 = time.perf_counter()
+        n_fit = min(CALIBRATION_TRACES, len(val["parameters"]))
+        r.say(f"calibrating posterior widths on {n_fit} validation traces")
+        raw = estimator.sample_posterior(approximator, val["observables"][:n_fit], CALIBRATION_DRAWS,
+                                         seed=r.config.training.seed, within_prior=False)
+        atomic_write_json(cal_path, calibration.fit(approximator.adapter, raw, val["parameters"][:n_fit]))
+        r.timings["calibration_s"] = round(time.perf_counter() - t0, 3)
+        atomic_write_json(r.run_dir / "timings.json", r.timings)
+    return calibration.load_for(r.run_dir / "model.keras")
+
+
+def diagnose(r: Run, approximator, train: dict, rows: list[dict], width_scale):
+    """Recovery, calibration and posterior-predictive checks on fresh test traces; every figure
+    written into plots/. Returns (metrics, plot paths, loss history)."""
+    t0 = time.perf_counter()
+    diag = r.config.diagnostics
+    r.say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
+    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False)
+    draws, acceptance = estimator.sample_posterior(
+        approximator, test["observables"], diag.n_draws, seed=diag.seed, return_acceptance=True, width_scale=width_scale
+    )
+    ppc_cases = [
+        {"theta_draws": draws[i], "current": test["current"][i], "observed": test["observables"][i, :, 0],
+         "theta_true": test["parameters"][i], "label": f"test trace {i}"}
+        for i in range(diag.n_ppc)
+    ]
+    history = {k: [row[k] for row in rows] for k in ("loss", "val_loss", "learning_rate")}
+    n_prior = min(PRIOR_FIGURE_TRACES, len(train["parameters"]))
+    metrics, plots = diagnostics.run_all(
+        r.run_dir / "plots", test["parameters"].astype(np.float64), draws, history=history,
+        prior_theta=train["parameters"][:n_prior].astype(np.float64), prior_traces=train["observables"][:n_prior, :, 0],
+        ppc_cases=ppc_cases, seed=diag.seed, metrics_file=None,
+    )
+    r.timings["diagnostics_s"] = round(time.perf_counter() - t0, 3)
+    r.timings["total_s"] = round(r.timings.get("total_s", 0.0) + time.perf_counter() - r.started, 3)
+    metrics["training"] = _training_summary(rows, r.config.training.epochs)
+    metrics["sampling"] = {  # share of posterior draws inside the prior's support, per test trace
+        "acceptance_mean": float(acceptance.mean()), "acceptance_min": float(acceptance.min()),
+        "traces_without_any_draw_in_support": int((acceptance == 0).sum()),
+    }
+    if width_scale is not None:
+        metrics["calibration"] = json.loads((r.run_dir / calibration.FILENAME).read_text())
+    metrics["timings"] = r.timings
+    metrics["jit_compile"] = bool(approximator.jit_compile)  # Keras' resolved choice ("auto": eager under torch)
+    metrics["training_step"] = backends.training_step_kind(approximator)
+    return metrics, plots, history
+
+
+def write_records(r: Run, approximator, metrics: dict, plots, history: dict) -> None:
+    """metrics.json, timings.json and report.md (the run is complete once report.md exists)."""
+    atomic_write_json(r.run_dir / "metrics.json", metrics)
+    atomic_write_json(r.run_dir / "timings.json", r.timings)
+    env = json.loads((r.run_dir / "environment.json").read_text())
+    report.write_report(
+        r.run_dir, config_text=r.config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
+        extra=report.run_lines(r.run_dir.name, r.config, backends.name, env["device"], metrics,
+                               simulator.device_label(r.config.data.device)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts of the stages
+
+
+def _learning_rate(tc, steps_per_epoch: int):
+    """Adam's learning rate: a number (the plateau schedule halves it from a callback) or Keras' cosine decay."""
+    if tc.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            tc.learning_rate, decay_steps=tc.epochs * steps_per_epoch, alpha=tc.min_learning_rate / tc.learning_rate
+        )
+    return tc.learning_rate
+
+
+def _start_weights(r: Run, approximator) -> None:
+    """A new run: load `training.initial_weights` where given, and save the weights training starts from."""
+    start_from = r.config.training.initial_weights
+    if start_from:
+        try:
+            checkpoints.load_weights(approximator, Path(start_from))
+        except Exception as exc:  # a user's file: whatever NumPy or the shape check says, it is bad input
+            remove_tree(r.run_dir)  # nothing half-written: the run had not started
+            raise ConfigError(f"training.initial_weights = {start_from!r}: not initial weights of this model configuration ({' '.join(str(exc).split())})") from None
+    checkpoints.save_weights(approximator, r.run_dir / INITIAL_WEIGHTS)
+
+
+def _restore_checkpoint(r: Run, approximator) -> None:
+    """A resumed run: the checkpoint's weights and optimizer state; history.csv rewritten from it."""
+    ckpt_path, state = r.checkpoint
+    weights = checkpoints.weights_file(ckpt_path, "model")
+    if weights is None:
+        raise ResumeError(f"{ckpt_path} holds no model weights to resume from")
+    checkpoints.load_weights(approximator, weights)
+    checkpoints.restore_optimizer(approximator, ckpt_path / "optimizer.npz")
+    checkpoints.write_history(r.run_dir, state["history"])  # the checkpoint is the truth; drop any row written after it
+
+
+def _resume_point(r: Run):
+    """(history rows, best validation loss, first epoch to run, training finished, callback counters)."""
+    if r.checkpoint is None:
+        return [], float("inf"), 0, False, {}
+    state = r.checkpoint[1]
+    best = float(checkpoints.unplain({"b": state["best_val_loss"]})["b"])
+    cb_state = {k: checkpoints.unplain(v) for k, v in state["callbacks"].items()}
+    return state["history"], best, state["epoch"], state.get("finished_training", False), cb_state
+
+
+def _count_session(r: Run, rows: list[dict]) -> None:
+    """timings.json's training time and number of sessions when a run is resumed."""
+    if "training_s" not in r.timings and rows:
+        # resuming a run killed during training: timings.json is written after training, so the
+        # earlier sessions' training time is the sum of their epochs' wall seconds in the history
+        r.timings["training_s"] = round(sum(row["wall_s"] for row in rows), 3)
+        r.timings["total_s"] = r.timings["training_s"]
+    if r.checkpoint is not None:
+        r.timings["sessions"] = r.timings.get("sessions", 1) + 1
+
+
+def _training_summary(rows: list[dict], epochs: int) -> dict:
+    best_row = min(rows, key=lambda row: row["val_loss"] if math.isfinite(row["val_loss"]) else float("inf"))
+    return {
+        "epochs_run": len(rows), "best_epoch": best_row["epoch"], "best_val_loss": best_row["val_loss"],
+        "final_learning_rate": rows[-1]["learning_rate"], "stopped_early": len(rows) < epochs,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
 
 
 def validation_batch_size(n_val: int, batch_size: int) -> int:
@@ -97,14 +306,6 @@ def validation_batch_size(n_val: int, batch_size: int) -> int:
         return max(1, n_val)
     size = next(d for d in range(batch_size, 0, -1) if n_val % d == 0)
     return size if 2 * size >= batch_size else batch_size
-
-
-def _write_history(run_dir: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run_dir / "history.csv", buf.getvalue())
 
 
 def new_run_dir(results_dir: Path, config: Config) -> Path:
@@ -123,8 +324,8 @@ def new_run_dir(results_dir: Path, config: Config) -> Path:
 
 
 def environment() -> dict:
+    """Versions, backend and device, saved as the run's environment.json."""
     import bayesflow
-    import torch
 
     env = {
         "lif_sbi": __version__,
@@ -140,351 +341,5 @@ def environment() -> dict:
         "torch (simulator)": torch.__version__,
     }
     if not env["backend_version"]:
-        env["backend_version"] = sys.modules[{"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[backends.name]].__version__
+        env["backend_version"] = sys.modules[backends.name].__version__  # the framework's module is named as Keras' backend
     return env
-
-
-# ---------------------------------------------------------------------------------------------
-# Resumable callbacks. Keras' EarlyStopping and ReduceLROnPlateau reset their counters in
-# on_train_begin; these subclasses put back the counters saved with the last checkpoint.
-
-
-class _Resumable:
-    """Mixin: put back the counters named in STATE after the callback's own on_train_begin."""
-
-    STATE: tuple[str, ...] = ()
-
-    def __init__(self, *args, resume_state: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.resume_state = resume_state or {}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        for k, v in self.resume_state.items():
-            setattr(self, k, v)
-
-    def state(self) -> dict:
-        return {k: _plain(getattr(self, k)) for k in self.STATE}
-
-
-class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
-    STATE = ("wait", "best", "best_epoch", "stopped_epoch")
-
-
-class ResumableReduceLROnPlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
-    STATE = ("wait", "best", "cooldown_counter")
-
-
-def _plain(x):
-    x = float(x) if isinstance(x, (np.floating, float)) else int(x) if isinstance(x, (np.integer, int)) else x
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf" if x > 0 else "-inf"
-    return x
-
-
-def _unplain(state: dict) -> dict:
-    return {k: float(v) if v in ("inf", "-inf") else v for k, v in state.items()}
-
-
-class EpochRecorder(keras.callbacks.Callback):
-    """After every epoch: history row, resumable checkpoint, best weights, one progress line.
-
-    Written by hand: Keras' ModelCheckpoint does not save the optimizer state with the weights
-    in a resumable form, nor callback counters, and its progress bar shows neither the learning
-    rate nor the time left.
-    """
-
-    def __init__(self, run_dir: Path, epochs: int, rows: list[dict], best: float, others, quiet: bool):
-        super().__init__()
-        self.run_dir, self.epochs, self.rows, self.best, self.others, self.quiet = run_dir, epochs, rows, best, others, quiet
-        self.ckpt_dir = run_dir / CHECKPOINTS
-        self.ckpt_dir.mkdir(exist_ok=True)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.perf_counter()
-        self.lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        wall = time.perf_counter() - self.t0
-        row = {
-            "epoch": epoch + 1,
-            "loss": float(logs.get("loss", float("nan"))),
-            "val_loss": float(logs.get("val_loss", float("nan"))),
-            "learning_rate": self.lr,
-            "wall_s": round(wall, 3),
-        }
-        self.rows.append(row)
-        if math.isfinite(row["val_loss"]) and row["val_loss"] < self.best:
-            self.best = row["val_loss"]
-            _save_weights_npz(self.model, self.ckpt_dir / "best.weights.npz")
-        # history.csv first, then the checkpoint: a run killed in between resumes from the previous
-        # checkpoint and rewrites history.csv from it, so the file is never behind `latest`.
-        _write_history(self.run_dir, self.rows)
-        save_checkpoint(self.ckpt_dir, self.model, epoch + 1, self.rows, self.best, {type(c).__name__: c.state() for c in self.others})
-        if not self.quiet:
-            mean = sum(r["wall_s"] for r in self.rows[-5:]) / len(self.rows[-5:])
-            left = mean * (self.epochs - epoch - 1)
-            print(
-                f"epoch {epoch + 1:>3}/{self.epochs}  loss {row['loss']:8.4f}  val_loss {row['val_loss']:8.4f}  "
-                f"lr {self.lr:.1e}  {wall:5.1f} s  ~{_duration(left)} left at most",
-                flush=True,
-            )
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-
-
-def save_checkpoint(ckpt_dir: Path, model, epoch: int, rows, best: float, callbacks: dict, finished: bool = False) -> None:
-    """checkpoints/epoch_NNNN/ (weights, optimizer variables, state), then the `latest` pointer.
-
-    Each step is a rename, so a killed process leaves the previous checkpoint intact.
-    """
-    target = ckpt_dir / f"epoch_{epoch:04d}"
-    tmp = ckpt_dir / f"epoch_{epoch:04d}.tmp"
-    if tmp.exists():
-        _rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _save_weights_npz(model, tmp / "model.weights.npz")
-    np.savez(tmp / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-    state = {"epoch": epoch, "history": rows, "best_val_loss": _plain(best), "callbacks": callbacks, "finished_training": finished}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    if target.exists():
-        _rmtree(target)
-    os.replace(tmp, target)
-    atomic_write_text(ckpt_dir / "latest", target.name + "\n")
-    for old in ckpt_dir.glob("epoch_*"):
-        if old.name != target.name and not old.name.endswith(".tmp"):
-            _rmtree(old)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def load_checkpoint(ckpt_dir: Path) -> tuple[Path, dict]:
-    try:
-        name = (ckpt_dir / "latest").read_text().strip()
-        state = json.loads((ckpt_dir / name / "state.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ResumeError(f"{ckpt_dir} holds no complete checkpoint to resume from ({exc.__class__.__name__})") from None
-    return ckpt_dir / name, state
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
-def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool = False) -> int:
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    t_start = time.perf_counter()
-    resuming = run_dir is not None
-    # before anything is written: "auto" becomes the device used, saved as such in config.toml
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, device=dataset.resolve_device(config.data.device)))
-    backends.set_seed(config.training.seed)
-    start_from = Path(config.training.initial_weights) if config.training.initial_weights and not resuming else None
-    if start_from is not None and not start_from.is_file():
-        raise ConfigError(f"training.initial_weights = {str(start_from)!r}: no such file")
-    if resuming:
-        ckpt_path, state = load_checkpoint(run_dir / CHECKPOINTS)
-        say(f"resuming {run_dir} after epoch {state['epoch']}")
-    else:
-        run_dir = new_run_dir(results_dir, config)
-        state = None
-        atomic_write_text(run_dir / "config.toml", config.to_toml())
-        _atomic_json(run_dir / "environment.json", environment())
-        say(f"run folder: {run_dir}")
-    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").exists() else {}
-
-    # Data
-    t0 = time.perf_counter()
-    dc = config.data
-    cache_dir = dataset.DEFAULT_CACHE_DIR if dc.cache else None
-    data, cache_path, from_cache = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not quiet)
-    train, val = dataset.split(data, dc.validation_fraction, dc.seed)
-    timings.setdefault("simulation_s", round(time.perf_counter() - t0, 3))
-    timings.setdefault("data_from_cache", from_cache)
-    origin = (f"loaded from {cache_path}" if from_cache
-              else f"simulated on {dataset.device_label(dc.device)} in {time.perf_counter() - t0:.1f} s"
-              + (f", saved to {cache_path}" if cache_path else ", not cached (data.cache = false)"))
-    say(f"data: {len(train['parameters'])} training / {len(val['parameters'])} validation traces ({origin})")
-
-    # Model
-    import bayesflow as bf
-
-    approximator = estimator.build_approximator(config.model)
-    estimator.quiet_file_probe()  # before the first checkpoint save
-    keys = ("parameters", "observables")
-    train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=config.training.batch_size, adapter=approximator.adapter)
-    val_ds = bf.datasets.OfflineDataset({k: val[k] for k in keys}, batch_size=validation_batch_size(len(val["parameters"]), config.training.batch_size),
-                                        adapter=approximator.adapter, shuffle=False)
-    tc = config.training
-    if tc.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            tc.learning_rate, decay_steps=tc.epochs * len(train_ds), alpha=tc.min_learning_rate / tc.learning_rate
-        )
-    else:
-        learning_rate = tc.learning_rate
-    approximator.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=tc.jit_compile)
-    approximator.build_from_data(train_ds[0])
-    if state is None:
-        if start_from is not None:
-            try:
-                _load_weights(approximator, start_from)
-            except Exception as exc:  # a user's file: whatever NumPy or the shape check says, it is bad input
-                _rmtree(run_dir)  # nothing half-written: the run had not started
-                raise ConfigError(f"training.initial_weights = {str(start_from)!r}: not initial weights of this model configuration ({' '.join(str(exc).split())})") from None
-        _save_weights_npz(approximator, run_dir / INITIAL_WEIGHTS)
-
-    rows: list[dict] = []
-    best = float("inf")
-    start_epoch = 0
-    cb_state: dict = {}
-    finished = False
-    if state is not None:
-        weights = _weights_file(ckpt_path, "model")
-        if weights is None:
-            raise ResumeError(f"{ckpt_path} holds no model weights to resume from")
-        _load_weights(approximator, weights)
-        opt = approximator.optimizer
-        opt.build(approximator.trainable_variables)
-        with np.load(ckpt_path / "optimizer.npz") as f:
-            values = [f[f"arr_{i}"] for i in range(len(f.files))]
-        if len(values) != len(opt.variables):
-            raise ResumeError(f"{ckpt_path}: optimizer state does not match this model ({len(values)} vs {len(opt.variables)} variables)")
-        for var, value in zip(opt.variables, values):
-            var.assign(value)
-        rows, start_epoch, finished = state["history"], state["epoch"], state.get("finished_training", False)
-        best = float(_unplain({"b": state["best_val_loss"]})["b"])
-        cb_state = {k: _unplain(v) for k, v in state["callbacks"].items()}
-        _write_history(run_dir, rows)  # the checkpoint is the truth; drop any row written after it
-
-    early = ResumableEarlyStopping(
-        monitor="val_loss", patience=config.training.early_stopping_patience, mode="min",
-        restore_best_weights=False,  # the best epoch's weights are loaded from best.weights.npz after fit
-        resume_state=cb_state.get("ResumableEarlyStopping"),
-    )
-    plateau = ResumableReduceLROnPlateau(
-        monitor="val_loss", factor=config.training.lr_plateau_factor, patience=config.training.lr_plateau_patience,
-        min_lr=config.training.min_learning_rate, mode="min", resume_state=cb_state.get("ResumableReduceLROnPlateau"),
-    )
-    recorder = EpochRecorder(run_dir, config.training.epochs, rows, best, [early, plateau], quiet)
-
-    if "training_s" not in timings and rows:
-        # resuming a run killed during training: timings.json is written after training, so the
-        # earlier sessions' training time is the sum of their epochs' wall seconds in the history
-        timings["training_s"] = round(sum(r["wall_s"] for r in rows), 3)
-        timings["total_s"] = timings["training_s"]
-    if resuming:
-        timings["sessions"] = timings.get("sessions", 1) + 1
-    t0 = time.perf_counter()
-    if not finished and start_epoch < config.training.epochs:
-        backends.prepare_training(approximator, record_steps=tc.record_steps, compile_steps=tc.compile_steps)
-        say(f"training under Keras backend '{backends.name}' on {backends.device_name()} "
-            f"(training step: {backends.training_step_kind(approximator)}): up to {config.training.epochs} epochs")
-        approximator.fit(
-            dataset=train_ds, validation_data=val_ds, epochs=config.training.epochs, initial_epoch=start_epoch,
-            callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,
-        )
-        save_checkpoint(run_dir / CHECKPOINTS, approximator, len(rows), rows, recorder.best,
-                        {type(c).__name__: c.state() for c in (early, plateau)}, finished=True)
-    timings["training_s"] = round(timings.get("training_s", 0.0) + time.perf_counter() - t0, 3)
-    if not rows:
-        raise ResumeError("training recorded no epoch")
-    best_weights = _weights_file(run_dir / CHECKPOINTS, "best")
-    if best_weights is not None:
-        _load_weights(approximator, best_weights)
-    _atomic_keras_save(approximator, run_dir / "model.keras")
-    _atomic_json(run_dir / "timings.json", timings)
-
-    # Width recalibration on held-out validation traces (never the test traces below)
-    width_scale = None
-    if tc.calibrate_widths:
-        cal_path = run_dir / calibration.FILENAME
-        if not cal_path.exists():  # a resumed run keeps the factors it already fitted
-            t0 = time.perf_counter()
-            n_fit = min(CALIBRATION_TRACES, len(val["parameters"]))
-            say(f"calibrating posterior widths on {n_fit} validation traces")
-            raw = estimator.sample_posterior(approximator, val["observables"][:n_fit], CALIBRATION_DRAWS,
-                                             seed=config.training.seed, within_prior=False)
-            record = calibration.fit(approximator.adapter, raw, val["parameters"][:n_fit])
-            _atomic_json(cal_path, record)
-            timings["calibration_s"] = round(time.perf_counter() - t0, 3)
-            _atomic_json(run_dir / "timings.json", timings)
-        width_scale = calibration.load_for(run_dir / "model.keras")
-
-    # Diagnostics on fresh test traces
-    t0 = time.perf_counter()
-    diag = config.diagnostics
-    say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
-    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False)
-    draws, acceptance = estimator.sample_posterior(
-        approximator, test["observables"], diag.n_draws, seed=diag.seed, return_acceptance=True, width_scale=width_scale
-    )
-    ppc_cases = [
-        {"theta_draws": draws[i], "current": test["current"][i], "observed": test["observables"][i, :, 0],
-         "theta_true": test["parameters"][i], "label": f"test trace {i}"}
-        for i in range(diag.n_ppc)
-    ]
-    history = {k: [r[k] for r in rows] for k in ("loss", "val_loss", "learning_rate")}
-    n_prior = min(2000, len(train["parameters"]))
-    metrics, plots = diagnostics.run_all(
-        run_dir / "plots", test["parameters"].astype(np.float64), draws, history=history,
-        prior_theta=train["parameters"][:n_prior].astype(np.float64), prior_traces=train["observables"][:n_prior, :, 0],
-        ppc_cases=ppc_cases, seed=diag.seed, metrics_file=None,
-    )
-    timings["diagnostics_s"] = round(time.perf_counter() - t0, 3)
-    timings["total_s"] = round(timings.get("total_s", 0.0) + time.perf_counter() - t_start, 3)
-    best_row = min(rows, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else float("inf"))
-    metrics["training"] = {
-        "epochs_run": len(rows), "best_epoch": best_row["epoch"], "best_val_loss": best_row["val_loss"],
-        "final_learning_rate": rows[-1]["learning_rate"], "stopped_early": len(rows) < config.training.epochs,
-    }
-    metrics["sampling"] = {  # share of posterior draws inside the prior's support, per test trace
-        "acceptance_mean": float(acceptance.mean()), "acceptance_min": float(acceptance.min()),
-        "traces_without_any_draw_in_support": int((acceptance == 0).sum()),
-    }
-    if width_scale is not None:
-        metrics["calibration"] = json.loads((run_dir / calibration.FILENAME).read_text())
-    metrics["timings"] = timings
-    metrics["jit_compile"] = bool(approximator.jit_compile)  # Keras' resolved choice ("auto": eager under torch)
-    metrics["training_step"] = backends.training_step_kind(approximator)
-    _atomic_json(run_dir / "metrics.json", metrics)
-    _atomic_json(run_dir / "timings.json", timings)
-    env = json.loads((run_dir / "environment.json").read_text())
-    report.write_report(
-        run_dir, config_text=config.to_toml(), environment=env, metrics=metrics, plots=plots, history=history,
-        extra={"run id": run_dir.name, "configuration": config.name, "backend": backends.name, "device": env["device"],
-               "training step": metrics["training_step"],
-               "simulation": (f"loaded from the cache in {timings['simulation_s']:.1f} s" if timings.get("data_from_cache")
-                              else f"{timings['simulation_s']:.1f} s on {dataset.device_label(config.data.device)}"), "training": f"{timings['training_s']:.1f} s" + (f" over {timings['sessions']} sessions (--resume)" if "sessions" in timings else ""),
-               **({"width calibration": f"{timings['calibration_s']:.1f} s"} if "calibration_s" in timings else {}),
-               "diagnostics": f"{timings['diagnostics_s']:.1f} s", "total": f"{timings['total_s']:.1f} s",
-               "posterior widths": _widths_line(metrics.get("calibration"))},
-    )
-    print(summary(run_dir, metrics), flush=True)
-    return 0
-
-
-def _widths_line(record: dict | None) -> str:
-    if record is None:
-        return "as trained (training.calibrate_widths = false)"
-    factors = ", ".join(f"{k} {calibration.describe(v)}" for k, v in record["width_scale"].items())
-    return (f"rescaled per parameter, fitted on {record['fitted_on']['validation_traces']} validation traces "
-            f"(calibration.json; the figures below are after it): {factors}")
-
-
-def summary(run_dir: Path, metrics: dict) -> str:
-    cal = metrics.get("calibration")
-    lines = [f"\n{'parameter':<10}{'r':>8}{'cov50':>8}{'cov90':>8}  SBC" + ("   width factor" if cal else "")]
-    for p in PARAMETERS:
-        m = metrics["parameters"][p.name]
-        r = "n/a" if m["r"] is None else f"{m['r']:.3f}"
-        factor = f"   {calibration.describe(cal['width_scale'][p.name])}" if cal else ""
-        lines.append(f"{p.name:<10}{r:>8}{m['coverage_50']:>8.2f}{m['coverage_90']:>8.2f}  {'pass' if m['sbc_pass'] else 'FAIL'}{factor}")
-    t = metrics["timings"]
-    lines.append(f"total {t['total_s']:.0f} s (training {t['training_s']:.0f} s); report: {run_dir / 'report.md'}")
-    return "\n".join(lines)

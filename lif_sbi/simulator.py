@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import torch
 
+from .config import DATA_DEVICES, ConfigError
 from .priors import INDEX, N_PARAMS, check_theta, sample_prior, sample_prior_torch
 from . import cpu_kernel
 from .stimulus import DT_S, N_SAMPLES, sample_current
@@ -229,6 +230,25 @@ def _integrate(theta64: torch.Tensor, current_tm: torch.Tensor, out: torch.Tenso
         i += k
 
 
+def resolve_device(name: str) -> str:
+    """`data.device` -> the torch device type the traces are simulated on ("cpu" or "cuda")."""
+    has_cuda = torch.cuda.is_available()
+    if name == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if name == "cuda" and not has_cuda:
+        raise ConfigError("data.device = 'cuda' is not allowed on this machine: torch sees no CUDA device (use 'auto' or 'cpu')")
+    if name not in DATA_DEVICES:
+        raise ConfigError(f"data.device = {name!r} is not allowed: expected one of {', '.join(DATA_DEVICES)}")
+    return name
+
+
+def device_label(device: str) -> str:
+    """What simulates on `device` ("cpu" or "cuda"), for people: "CPU (Numba)", "CUDA (NVIDIA H200)"."""
+    if device == "cuda":
+        return f"CUDA ({torch.cuda.get_device_name()})"
+    return "CPU (Numba)" if cpu_kernel.AVAILABLE else "CPU (torch)"
+
+
 def simulate_batch(
     n: int,
     seed: int | np.random.Generator | None = None,
@@ -263,4 +283,4 @@ def simulate_batch(
     }
 
 
-__all__ = ["simulate_reference", "simulate", "simulate_batch", "refractory_steps", "sample_prior", "N_PARAMS"]
+__all__ = ["simulate_reference", "simulate", "simulate_batch", "resolve_device", "device_label", "refractory_steps", "sample_prior", "N_PARAMS"]

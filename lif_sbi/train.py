@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from . import quiet
-from .config import Config, ConfigError, available_configs, from_dict, load_config
+from .config import RESULTS_DIR, Config, ConfigError, available_configs, from_dict, load_config
 
-RESULTS_DIR = Path(os.environ.get("LIF_SBI_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 
 
 class UsageError(Exception):

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from lif_sbi import dataset
-from lif_sbi.config import ConfigError
-from lif_sbi.dataset import KEYS, dataset_key, load_or_simulate, resolve_device, simulate_dataset, split
+from lif_sbi.dataset import KEYS, dataset_key, load_or_simulate, simulate_dataset, split
 from lif_sbi.simulator import simulate_batch
 
 
@@ -123,19 +122,6 @@ def test_bad_seed(seed, tmp_path):
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         load_or_simulate(10, seed, cache_dir=tmp_path, progress=False)
     assert not list(tmp_path.iterdir())  # nothing cached under a non-reproducible key
-
-
-def test_resolve_device():
-    has_cuda = torch.cuda.is_available()
-    assert resolve_device("auto") == ("cuda" if has_cuda else "cpu")
-    assert resolve_device("cpu") == "cpu"
-    if has_cuda:
-        assert resolve_device("cuda") == "cuda"
-    else:
-        with pytest.raises(ConfigError, match="data.device = 'cuda' .* no CUDA device"):
-            resolve_device("cuda")
-    with pytest.raises(ConfigError, match="data.device = 'gpu'"):
-        resolve_device("gpu")
 
 
 @pytest.mark.gpu

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from conftest import spike_times
+from lif_sbi import simulator
+from lif_sbi.config import ConfigError
 from lif_sbi.priors import INDEX, sample_prior, sample_prior_torch
 from lif_sbi.simulator import refractory_steps, simulate, simulate_batch, simulate_reference
 from lif_sbi.stimulus import DT_S, N_SAMPLES, sample_current
@@ -346,3 +348,16 @@ def test_simulate_batch_bad_n(n):
 def test_simulate_batch_bad_seed(seed):
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         simulate_batch(4, seed=seed)
+
+
+def test_resolve_device():
+    has_cuda = torch.cuda.is_available()
+    assert simulator.resolve_device("auto") == ("cuda" if has_cuda else "cpu")
+    assert simulator.resolve_device("cpu") == "cpu"
+    if has_cuda:
+        assert simulator.resolve_device("cuda") == "cuda"
+    else:
+        with pytest.raises(ConfigError, match="data.device = 'cuda' .* no CUDA device"):
+            simulator.resolve_device("cuda")
+    with pytest.raises(ConfigError, match="data.device = 'gpu'"):
+        simulator.resolve_device("gpu")

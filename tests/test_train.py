@@ -200,34 +200,6 @@ def test_data_cache_false_writes_no_dataset_and_a_second_run_loads_a_cached_one(
     assert len(reports) == 3 and "loaded from the cache" in reports[-1].read_text()
 
 
-def test_checkpoint_weights_load_from_npz_and_from_earlier_hdf5(tmp_path):
-    """Checkpoints hold `model.get_weights()` as one .npz (fast); checkpoints of earlier versions,
-    Keras' HDF5, still load; an archive of another model's weights is refused with ResumeError."""
-    import keras
-    import numpy as np
-
-    from lif_sbi import runner
-
-    def model(width=4):
-        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(width), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
-
-    saved, from_npz, from_h5 = model(), model(), model()
-    saved.layers[1].moving_mean.assign(np.arange(4.0))  # a non-trainable weight travels too
-    runner._save_weights_npz(saved, tmp_path / "model.weights.npz")
-    saved.save_weights(str(tmp_path / "old.weights.h5"))
-    assert not list(tmp_path.glob("*.tmp"))
-    assert runner._weights_file(tmp_path, "model") == tmp_path / "model.weights.npz"
-    assert runner._weights_file(tmp_path, "old") == tmp_path / "old.weights.h5"
-    assert runner._weights_file(tmp_path, "best") is None
-    assert any(not np.array_equal(a, b) for a, b in zip(saved.get_weights(), from_npz.get_weights()))
-    runner._load_weights(from_npz, tmp_path / "model.weights.npz")
-    runner._load_weights(from_h5, tmp_path / "old.weights.h5")
-    for loaded in (from_npz, from_h5):
-        assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), loaded.get_weights()))
-    with pytest.raises(runner.ResumeError, match="do not match this model"):
-        runner._load_weights(model(width=5), tmp_path / "model.weights.npz")
-
-
 def test_validation_batches_are_whole_where_a_close_batch_size_allows():
     """No partial last validation batch (one more shape to compile) where a batch size of at least
     half the training batch divides the validation set; else the training batch size."""
