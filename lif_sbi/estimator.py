@@ -118,6 +118,102 @@ def as_observables(traces_v) -> np.ndarray:
     return x
 
 
+def _draw(approximator, obs, idx, k, round_seed, batch_size, width_scale, state):
+    """One call of ``approximator.sample``: `k` draws for each trace ``obs[idx]``, (len(idx), k, 6)
+    SI, rescaled by `width_scale` when given. Returns (draws, state): the rescaling state (per-trace
+    medians in unbounded coordinates) of the first call, kept for every later one."""
+    x = obs[idx]
+    # BayesFlow samples `batch_size` traces at a time. Batches of one size (the last one padded
+    # with copies of the last trace, whose draws are dropped: fewer than one per batch) give
+    # one input shape per call, so JAX, whose eager operations compile once per shape,
+    # compiles once per call instead of twice.
+    n_batches = max(1, -(-len(x) // batch_size))
+    per_batch = max(1, -(-len(x) // n_batches))
+    padded = np.concatenate([x, np.repeat(x[-1:], n_batches * per_batch - len(x), axis=0)])
+    out = approximator.sample(num_samples=k, conditions={"observables": padded}, batch_size=per_batch, seed=round_seed)
+    d = np.asarray(out["parameters"], dtype=np.float64)[: len(x)]
+    if d.shape != (len(x), k, N_PARAMS):
+        raise RuntimeError(f"unexpected posterior draw shape {d.shape}")
+    if width_scale is not None:
+        d, st = calibration.rescale(approximator.adapter, d, width_scale, None if state is None else calibration.subset(state, idx))
+        state = st if state is None else state
+    return d, state
+
+
+def _top_up_request(kept, tried, short, n_draws) -> int:
+    """Draws per trace for the next top-up round of the traces `short`: a power of two."""
+    # Each short trace asks for what it still misses over its acceptance so far (x1.2, at
+    # most 10 x n_draws). All of them are drawn in one call per round, the request being the
+    # power of two that covers 90 % of the asks: the few that ask for more get that many now
+    # and the rest in the next round, so one trace with a low acceptance does not multiply
+    # the draws of all the others. Each call is one more pass of the summary network over its
+    # traces and one more (traces x draws) shape, which JAX compiles: grouping the traces by
+    # their own power of two made 5 calls for the first top-up of a `reference` run's 400
+    # test traces, which cost 5 compilations (about 4.5 s each on an H200) and 5 passes.
+    asks = [min(10 * n_draws, max(64, np.ceil(1.2 * (n_draws - len(kept[i])) / (max(len(kept[i]), 1) / tried[i]))))
+            for i in short]
+    return 1 << (int(np.quantile(asks, 0.9, method="higher")) - 1).bit_length()
+
+
+def _top_up(draw, kept, tried, accepted, n_draws, seed, max_rounds) -> None:
+    """Draw again for every trace with fewer than `n_draws` kept draws, up to `max_rounds` rounds;
+    extends `kept` (lists of draws in the support) and counts into `tried` and `accepted`."""
+    n = len(kept)
+    for round_ in range(1, max_rounds + 1):
+        short = [i for i in range(n) if len(kept[i]) < n_draws]
+        if not short:
+            break
+        k = _top_up_request(kept, tried, short, n_draws)
+        round_seed = None if seed is None else seed + 1000 * round_
+        extra = onto_atoms(draw(np.asarray(short), k, round_seed))
+        for j, i in enumerate(short):
+            ok = extra[j][in_support(extra[j])]
+            kept[i].extend(ok)
+            accepted[i] += len(ok)
+            tried[i] += k
+
+
+def _repair_empty(first, kept, empty) -> None:
+    """Give each trace in `empty` (no draw in the support) its first-round draws clipped into the
+    prior's bounds and ordered by the prior's repair, those then in the support if any."""
+    # The posterior mass lies (almost) wholly outside the prior (seen: a trace that never
+    # spikes, E_L 1.4 mV above V_res's lower bound, where the flow put 99 % of V_res above
+    # E_L). Rather than fail, take the first round's draws clipped into the prior's bounds and
+    # ordered as the prior orders its own draws (priors.repair: V_res = E_L - 2 mV, clipped,
+    # where V_res >= E_L), keep those then in the support, and say so (acceptance 0).
+    warnings.warn(f"{len(empty)} trace(s), e.g. #{empty[0]}, had no posterior draw inside the prior's support; "
+                  "their draws are clipped into the prior's bounds and ordered by the prior's own repair")
+    for i in empty:
+        fixed = repair(np.clip(first[i], LOW, HIGH))
+        inside = fixed[in_support(fixed)]
+        kept[i] = list(inside if len(inside) else fixed)
+
+
+def _confine_to_prior(draw, first, n_draws, seed, max_rounds):
+    """Draws of `first` (N, S, 6) SI confined to the prior's support, topped up by `draw` and filled
+    where short: returns (draws (N, n_draws, 6), acceptance (N,))."""
+    n = len(first)
+    # Written by hand: BayesFlow 2.0 has no rejection step for bounded priors.
+    first = onto_atoms(first)
+    kept = [list(row[in_support(row)]) for row in first]
+    tried = np.full(n, n_draws, dtype=np.int64)
+    accepted = np.array([len(k) for k in kept], dtype=np.int64)
+    _top_up(draw, kept, tried, accepted, n_draws, seed, max_rounds)
+    short = [i for i in range(n) if len(kept[i]) < n_draws]
+    empty = [i for i in short if not kept[i]]
+    if empty:
+        _repair_empty(first, kept, empty)
+    if len(short) > len(empty):
+        warnings.warn(f"{len(short) - len(empty)} trace(s) kept fewer than {n_draws} draws inside the prior; filled by resampling")
+    rng = np.random.default_rng(seed)
+    for i in short:
+        if len(kept[i]) < n_draws:
+            kept[i] = [kept[i][j] for j in rng.integers(len(kept[i]), size=n_draws)]
+    draws = np.stack([np.asarray(kept[i][:n_draws]) for i in range(n)])
+    acceptance = np.array([accepted[i] / tried[i] for i in range(n)])
+    return draws, acceptance
+
+
 def sample_posterior(
     approximator,
     traces_v,
@@ -154,73 +250,11 @@ def sample_posterior(
 
     def draw(idx, k, round_seed):
         nonlocal state
-        x = obs[idx]
-        # BayesFlow samples `batch_size` traces at a time. Batches of one size (the last one padded
-        # with copies of the last trace, whose draws are dropped: fewer than one per batch) give
-        # one input shape per call, so JAX, whose eager operations compile once per shape,
-        # compiles once per call instead of twice.
-        n_batches = max(1, -(-len(x) // batch_size))
-        per_batch = max(1, -(-len(x) // n_batches))
-        padded = np.concatenate([x, np.repeat(x[-1:], n_batches * per_batch - len(x), axis=0)])
-        out = approximator.sample(num_samples=k, conditions={"observables": padded}, batch_size=per_batch, seed=round_seed)
-        d = np.asarray(out["parameters"], dtype=np.float64)[: len(x)]
-        if d.shape != (len(x), k, N_PARAMS):
-            raise RuntimeError(f"unexpected posterior draw shape {d.shape}")
-        if width_scale is not None:
-            d, st = calibration.rescale(approximator.adapter, d, width_scale, None if state is None else calibration.subset(state, idx))
-            state = st if state is None else state
+        d, state = _draw(approximator, obs, idx, k, round_seed, batch_size, width_scale, state)
         return d
 
     first = draw(np.arange(n), n_draws, seed)
     if not within_prior:
         return (first, np.ones(n)) if return_acceptance else first
-    # Written by hand: BayesFlow 2.0 has no rejection step for bounded priors.
-    first = onto_atoms(first)
-    kept = [list(row[in_support(row)]) for row in first]
-    tried = np.full(n, n_draws, dtype=np.int64)
-    accepted = np.array([len(k) for k in kept], dtype=np.int64)
-    for round_ in range(1, max_rounds + 1):
-        short = [i for i in range(n) if len(kept[i]) < n_draws]
-        if not short:
-            break
-        # Each short trace asks for what it still misses over its acceptance so far (x1.2, at
-        # most 10 x n_draws). All of them are drawn in one call per round, the request being the
-        # power of two that covers 90 % of the asks: the few that ask for more get that many now
-        # and the rest in the next round, so one trace with a low acceptance does not multiply
-        # the draws of all the others. Each call is one more pass of the summary network over its
-        # traces and one more (traces x draws) shape, which JAX compiles: grouping the traces by
-        # their own power of two made 5 calls for the first top-up of a `reference` run's 400
-        # test traces, which cost 5 compilations (about 4.5 s each on an H200) and 5 passes.
-        asks = [min(10 * n_draws, max(64, np.ceil(1.2 * (n_draws - len(kept[i])) / (max(len(kept[i]), 1) / tried[i]))))
-                for i in short]
-        k = 1 << (int(np.quantile(asks, 0.9, method="higher")) - 1).bit_length()
-        round_seed = None if seed is None else seed + 1000 * round_
-        extra = onto_atoms(draw(np.asarray(short), k, round_seed))
-        for j, i in enumerate(short):
-            ok = extra[j][in_support(extra[j])]
-            kept[i].extend(ok)
-            accepted[i] += len(ok)
-            tried[i] += k
-    short = [i for i in range(n) if len(kept[i]) < n_draws]
-    empty = [i for i in short if not kept[i]]
-    if empty:
-        # The posterior mass lies (almost) wholly outside the prior (seen: a trace that never
-        # spikes, E_L 1.4 mV above V_res's lower bound, where the flow put 99 % of V_res above
-        # E_L). Rather than fail, take the first round's draws clipped into the prior's bounds and
-        # ordered as the prior orders its own draws (priors.repair: V_res = E_L - 2 mV, clipped,
-        # where V_res >= E_L), keep those then in the support, and say so (acceptance 0).
-        warnings.warn(f"{len(empty)} trace(s), e.g. #{empty[0]}, had no posterior draw inside the prior's support; "
-                      "their draws are clipped into the prior's bounds and ordered by the prior's own repair")
-        for i in empty:
-            fixed = repair(np.clip(first[i], LOW, HIGH))
-            inside = fixed[in_support(fixed)]
-            kept[i] = list(inside if len(inside) else fixed)
-    if len(short) > len(empty):
-        warnings.warn(f"{len(short) - len(empty)} trace(s) kept fewer than {n_draws} draws inside the prior; filled by resampling")
-    rng = np.random.default_rng(seed)
-    for i in short:
-        if len(kept[i]) < n_draws:
-            kept[i] = [kept[i][j] for j in rng.integers(len(kept[i]), size=n_draws)]
-    draws = np.stack([np.asarray(kept[i][:n_draws]) for i in range(n)])
-    acceptance = np.array([accepted[i] / tried[i] for i in range(n)])
+    draws, acceptance = _confine_to_prior(draw, first, n_draws, seed, max_rounds)
     return (draws, acceptance) if return_acceptance else draws

@@ -203,8 +203,10 @@ def test_posterior_plots_write_png(tmp_path, small_case, fn):
 
 
 def test_recovery_panels_titled_by_parameter(tmp_path, small_case, monkeypatch):
+    from lif_sbi.diagnostics import recovery_plots
+
     titles = []
-    save = d._save
+    save = recovery_plots._save
 
     def spy(fig, path):
         titles.extend(ax.get_title() for ax in fig.axes)
@@ -212,7 +214,7 @@ def test_recovery_panels_titled_by_parameter(tmp_path, small_case, monkeypatch):
         assert sum("$r$" in t for t in texts) == N_PARAMS
         return save(fig, path)
 
-    monkeypatch.setattr(d, "_save", spy)
+    monkeypatch.setattr(recovery_plots, "_save", spy)
     d.plot_recovery(*small_case, tmp_path / "rec.png")
     assert titles == [f"{p.name} [{p.display_unit}]" for p in PARAMETERS]
 
