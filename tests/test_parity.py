@@ -233,7 +233,7 @@ def test_cli_exit_code_1_and_numbers_on_failure(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "parity_ci_x"
     run_dir.mkdir()
     fake = parity.ParityRun(run_dir, load_config("ci"), "smoke", BACKENDS, {}, {}, [failing, passing], {"timings_s": {}})
-    monkeypatch.setattr(parity, "run_parity", lambda *a, **k: fake)
+    monkeypatch.setattr(parity.cli, "run_parity", lambda *a, **k: fake)
     assert parity.main(["--config", "ci", "--results-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "FAIL level 1 torch → tensorflow" in out and "0.0032" in out
@@ -253,7 +253,7 @@ def test_cli_backends_picks_a_subset(tmp_path, monkeypatch):
         run_dir.mkdir(exist_ok=True)
         return parity.ParityRun(run_dir, load_config("ci"), "smoke", k["backends"] or parity.installed_backends(), {}, {}, [], {"timings_s": {}})
 
-    monkeypatch.setattr(parity, "run_parity", fake_run)
+    monkeypatch.setattr(parity.cli, "run_parity", fake_run)
     installed = parity.installed_backends()
     if len(installed) < 2:
         pytest.skip("needs two installed backends")
