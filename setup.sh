@@ -18,4 +18,4 @@ case "${1:-}" in
 esac
 # Build the torch backend's fused CPU GRU kernel now (about 25 s, once; cached by torch) rather
 # than during the first training step. Where it cannot be built, training uses PyTorch's native GRU.
-KERAS_BACKEND=torch .venv/bin/python -c 'from lif_sbi.backends import torch as t; t._cpu_kernel()'
+KERAS_BACKEND=torch .venv/bin/python -c 'from lif_sbi.backends.torch import gru_kernel; gru_kernel._cpu_kernel()'

@@ -55,8 +55,8 @@ class RecordedSampler(Sampler):
     # per shape, are not (bench/RESULTS.md, "Recorded sampling under torch and TensorFlow").
     WARMUP = 8
     # On the CPU only batches of up to this many draws are recorded: larger ones are compute-bound
-    # (torch, 100 recordings x 500 draws: 375 against 498 ms eager when a first version traced
-    # them, bench_training.py test_recorded_sampling), not worth a recording for the
+    # (torch, 100 recordings x 500 draws: 375 ms traced against 498 ms eager,
+    # bench_training.py test_recorded_sampling), not worth a recording for the
     # few calls a diagnostics pass makes of each shape. On a GPU every batch is launch-bound.
     MAX_CPU_DRAWS = 4096
     MAX_PROGRAMS = 32  # batch shapes recorded per sampler; later new shapes run eagerly

@@ -27,8 +27,8 @@ def _use_persistent_compilation_cache() -> str | None:
     """Keep XLA's compiled programs on disk, so that a new process does not compile them again.
 
     BayesFlow samples eagerly, and eager JAX compiles every operation once per input shape in each
-    process: one recording's posterior from a `ci` model took 3.7 s in a fresh process, of which
-    about 3.6 s compiling, and 0.03 s once compiled; with this cache a second process took 0.76 s,
+    process: one recording's posterior from a `ci` model takes 3.7 s in a fresh process, of which
+    about 3.6 s compiling, and 0.03 s once compiled; with this cache a second process takes 0.76 s,
     and loading the model 2.3 instead of 5.0 s (2-core CPU, ad hoc). Training's compiled step is
     kept as well. The cache is `LIF_SBI_JAX_CACHE`, else `jax/` in the dataset cache folder
     (`LIF_SBI_CACHE`, else `cache/` in the project), at most 1 GB, least recently used entries
@@ -86,9 +86,9 @@ SCAN_UNROLL = 1 if jax.default_backend() == "cpu" else 4
 
 # Jitted at module level so that an eager call (sampling, inference: Keras does not jit those
 # under JAX) compiles once per input shape. A scan over a step function created anew in each call
-# was traced and compiled again at every call: one recording's posterior with the reference
-# network took 458 ms on the CPU, now 64 ms (bench/bench_training.py -k test_posterior_one_trace).
-# Inside a jitted training step this is inlined as before.
+# would be traced and compiled again at every call: one recording's posterior with the reference
+# network takes 458 ms that way on the CPU, 64 ms this way (bench/bench_training.py -k
+# test_posterior_one_trace). Inside a jitted training step it is inlined.
 @functools.partial(jax.jit, static_argnames=("return_sequences", "unroll"))
 def _scan_gru(x, h0, kernel, recurrent_kernel, bias, *, return_sequences: bool, unroll: int):
     """One GRU: x (batch, time, in), h0 (batch, u), Keras weights; see ``_scan_grus``."""
@@ -153,16 +153,16 @@ def compile_inference(approximator) -> None:
     XLA programs, one per input shape.
 
     BayesFlow calls both eagerly, and eager JAX compiles every operation on its own for every new
-    input shape (107 compilations for a new shape, 3 jitted: tests/test_backends.py, compiled
-    inference); the `reference` run's diagnostics took 96 s on an H200 (session 12), nearly all
-    of it compiling. Jitted, a fresh process's 400 x 1,000 posterior took 10.2-10.7 s instead of
+    input shape (107 compilations for a new shape, 3 jitted: tests/test_backends_jax.py, compiled
+    inference); eager, the `reference` run's diagnostics take 96 s on an H200, nearly all
+    of it compiling. Jitted, a fresh process's 400 x 1,000 posterior takes 10.2-10.7 s instead of
     16.9-17.4 s on the 2-core CPU and 32 s instead of more than 78 s on the H200
     (bench/inference_compile.py). The draws are the same as the eager ones (the same random
     stream, to float32 rounding) and the seed generator advances as it would have. Used by
     `lif_sbi.estimator` on every approximator it builds or loads. Replaces the approximator's
     `sampler` and `condition_builder` (neither is saved with the model) unless they are of types
     other than BayesFlow's defaults; training's condition resolution (`purpose="metrics"`) is
-    BayesFlow's as before."""
+    BayesFlow's own."""
     if type(getattr(approximator, "sampler", None)) is Sampler:
         approximator.sampler = _JitSampler()
     if type(getattr(approximator, "condition_builder", None)) is ConditionBuilder:

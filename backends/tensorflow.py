@@ -61,7 +61,7 @@ def gru(inputs, kernel, recurrent_kernel, bias, *, return_sequences: bool, initi
         except NotImplementedError:
             pass
 
-    scan = _scan_gru_graph if tf.executing_eagerly() else _scan_gru_inline  # inside a graph: inline, as before
+    scan = _scan_gru_graph if tf.executing_eagerly() else _scan_gru_inline  # inside a graph: inlined
     return scan(x, h0, kernel, recurrent_kernel, bias, return_sequences)
 
 
@@ -89,7 +89,7 @@ def _scan_gru_inline(x, h0, kernel, recurrent_kernel, bias, return_sequences: bo
 # TensorFlow) runs the scan as one graph instead of one Python step per time step: 1.1 s vs
 # 0.2 s for one recording's posterior with the reference network on the CPU
 # (bench/bench_training.py -k test_posterior_one_trace). Inside a graph (the tf.function or XLA
-# training step) the scan is inlined as before: XLA needs the static shapes that the relaxed
+# training step) the scan is inlined: XLA needs the static shapes that the relaxed
 # shapes of reduce_retracing would take away.
 _scan_gru_graph = tf.function(_scan_gru_inline, reduce_retracing=True)
 

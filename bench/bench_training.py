@@ -174,9 +174,11 @@ def _use_torch_gru_kernel(kernel: str, monkeypatch) -> None:
     (as LIF_SBI_NATIVE_GRU=1 does); skip under other backends or where the kernel is not built."""
     if backends.name != "torch":
         pytest.skip("the fused CPU GRU kernel is torch's")
+    from lif_sbi.backends.torch import gru_kernel
+
     if kernel == "native":
-        monkeypatch.setitem(backends.module._cpu_kernel_state, "module", None)
-    elif backends.module._cpu_kernel() is None:
+        monkeypatch.setitem(gru_kernel._cpu_kernel_state, "module", None)
+    elif gru_kernel._cpu_kernel() is None:
         pytest.skip("the fused CPU GRU kernel could not be built here")
 
 
@@ -185,7 +187,7 @@ def _use_torch_gru_kernel(kernel: str, monkeypatch) -> None:
 @pytest.mark.parametrize("on_device", DEVICES[:1], indirect=True)
 def test_torch_cpu_gru_kernel(benchmark, bench_data, kernel, on_device, monkeypatch):
     """The reference network's training step under torch on the CPU with its GRUs on the fused
-    kernel (backends/gru_cpu.cpp, the default) vs PyTorch's native one (LIF_SBI_NATIVE_GRU=1)."""
+    kernel (backends/torch/gru_cpu.cpp, the default) vs PyTorch's native one (LIF_SBI_NATIVE_GRU=1)."""
     _use_torch_gru_kernel(kernel, monkeypatch)
     _time_training_step(benchmark, bench_data, "reference", "mlp", "auto", on_device)
     benchmark.extra_info.update(gru_kernel=kernel)
@@ -201,6 +203,8 @@ def test_torch_cpu_gru_pass(benchmark, kernel, grad, monkeypatch):
     _use_torch_gru_kernel(kernel, monkeypatch)
     import torch
 
+    from lif_sbi.backends.torch import gru_ops
+
     gen = torch.Generator().manual_seed(0)
     x, h0 = torch.randn(BATCH_SIZE, 501, 32, generator=gen), torch.zeros(1, BATCH_SIZE, 128)
     params = [0.1 * torch.randn(*shape, generator=gen) for shape in ((384, 32), (384, 128), (384,), (384,))]
@@ -208,7 +212,7 @@ def test_torch_cpu_gru_pass(benchmark, kernel, grad, monkeypatch):
 
     def run():
         with torch.set_grad_enabled(grad):
-            outputs, last = backends.module._eager_gru(inputs[0], inputs[1], inputs[2:], grad)
+            outputs, last = gru_ops._eager_gru(inputs[0], inputs[1], inputs[2:], grad)
             if grad:
                 torch.autograd.grad(outputs.sum() + last.sum(), inputs)
 
@@ -245,7 +249,9 @@ def test_torch_compiled_step(benchmark, bench_data, compiled, on_device, monkeyp
     in the warm-up) vs the plain replay of the traced program."""
     if backends.name != "torch":
         pytest.skip("compiled recorded steps are torch's")
-    monkeypatch.setattr(backends.module._TracedSteps, "COMPILE_AFTER", 1)
+    from lif_sbi.backends.torch import steps as torch_steps
+
+    monkeypatch.setattr(torch_steps._TracedSteps, "COMPILE_AFTER", 1)
     _time_training_step(benchmark, bench_data, DEFAULT_SUMMARY_KIND, "mlp", "auto", on_device, compile_steps=compiled)
     benchmark.extra_info.update(compile_steps=compiled)
 
@@ -258,7 +264,9 @@ def test_torch_adam_on_flat_buffers(benchmark, bench_data, adam, on_device, monk
     if backends.name != "torch":
         pytest.skip("Adam on flat buffers is torch's")
     if adam == "keras":
-        monkeypatch.setattr(backends.module, "_adam_on_flat_buffers", lambda model: None)
+        from lif_sbi.backends.torch import steps as torch_steps
+
+        monkeypatch.setattr(torch_steps, "_adam_on_flat_buffers", lambda model: None)
     _time_training_step(benchmark, bench_data, DEFAULT_SUMMARY_KIND, "mlp", "auto", on_device)
     benchmark.extra_info.update(adam=adam)
 
@@ -270,7 +278,9 @@ def torch_warmup_steps(compile_steps: bool) -> int:
     serves the other backends, whose first call traces."""
     if backends.name != "torch":
         return 3
-    steps = backends.module._TracedSteps
+    from lif_sbi.backends.torch import steps as torch_steps
+
+    steps = torch_steps._TracedSteps
     return steps.WARMUP + 1 + (steps.COMPILE_AFTER + 1 if compile_steps else 0)
 
 
@@ -501,7 +511,9 @@ def main(argv=None):
         for kind in args.kinds:
             approximator = make_approximator(kind, data, subnet=args.subnet, jit_compile=True if args.jit else "auto")
             if args.compile:
-                backends.module._TracedSteps.COMPILE_AFTER = 1
+                from lif_sbi.backends.torch import steps as torch_steps
+
+                torch_steps._TracedSteps.COMPILE_AFTER = 1
             step = backends.train_step_function(approximator, record_steps=not args.no_record, compile_steps=args.compile)
             batch = adapted_batch(approximator, data, slice(0, BATCH_SIZE))
             times = []

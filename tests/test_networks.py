@@ -18,7 +18,7 @@ from lif_sbi.networks import (
     build_summary_network,
 )
 
-from test_backends import run_script
+from backend_scripts import run_script
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
@@ -124,8 +124,8 @@ for kind, kwargs in [("reference", {}), ("reference", {"bidirectional": False}),
     (y1, g1), (y2, g2) = res
     out[f"{kind} {kwargs}"] = {"out_err": float(np.abs(y1 - y2).max()), "out_scale": float(np.abs(y1).max()),
                                "grad_err": max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)) for a, b in zip(g1, g2))}
-from lif_sbi.backends import torch as tb
-out["threaded"] = bool(tb._POOLS)
+from lif_sbi.backends.torch import gru_ops
+out["threaded"] = bool(gru_ops._POOLS)
 print(json.dumps(out))
 """
     res = run_script("torch", code)

@@ -1,4 +1,4 @@
-// A GRU layer's forward and backward pass on the CPU in float32, for lif_sbi/backends/torch.py.
+// A GRU layer's forward and backward pass on the CPU in float32, for lif_sbi/backends/torch (gru_ops.py).
 //
 // Written by hand because no library does this: PyTorch's native CPU GRU runs each time step as
 // about ten separate ATen ops (and records each for autograd), so on this project's CPU two thirds
