@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# One lent-GPU session in one call: CUDA tests, GPU benchmarks, the reference run end to end.
+# The GPU measurements in one call: CUDA tests, GPU benchmarks, a configuration end to end.
 #
-# Written for this workplace's device machine (one H100/H200, PyTorch and JAX installed, no Keras,
+# Written for the lent device machine (one H100/H200, PyTorch and JAX installed, no Keras,
 # BayesFlow or TensorFlow, no network), run from the repository root:
 #
 #   bash bench/gpu_session.sh        # with .whl/ holding keras, bayesflow, namex, optree (and ninja) wheels
 #
 # Every step has its own time limit inside an overall budget (BUDGET_S, default 560 s), so a slow
 # step cannot take the rest down with it. Everything lands in $WORK and is packed after each step
-# into $OUT/gpu_session.tar.gz (logs, pytest-benchmark JSON, the reference run's folder without
-# its model file). The summary table is printed last. Figures from it go to bench/RESULTS.md, "GPU".
+# into $OUT/gpu_session.tar.gz (logs, pytest-benchmark JSON, a training run's folder without its
+# model file). The summary table is printed last. Figures from it go to bench/RESULTS.md ("GPU:
+# NVIDIA H100" / "H200"), the raw files behind them to results/bench/gpu-h100/ or gpu-h200/.
 #
-# A whole `reference` run under JAX on an H100 trained its 100 epochs in 219 s in session 9 (162 s
-# of epochs, the rest checkpoint writes, since made cheap), and its diagnostics did not finish in
-# the 26 s left: more than the budget leaves after the tests and benchmarks, so it is not part of
-# the default plan:
-# REF_ONLY="<backend> <jit_compile>" (for example REF_ONLY="jax auto" or REF_ONLY="torch true")
-# skips the benchmarks and spends the budget on that run, then on the backend and CUDA tests, then
-# on torch.compile's conv_pool step.
-# GRAPHS=1 (session 13): torch's CUDA-graph steps, their GPU test first (a failure ends the call),
-# torch's graphed vs eager and JAX's steps, then `reference` end to end under torch (147 s on an H100).
-# SAMPLING_ONLY=1: JAX's compiled vs eager sampling in fresh processes (session 12).
-# SAMPLER=1: torch's traced sampler's GPU test and benchmark (session 14).
+# With no option: the backend and CUDA tests, JAX's and torch's eager steps and sampling, then
+# torch.compile's steps with inductor's CUDA graphs with what is left of the budget. Each option
+# below is a call of its own instead:
+# REF_ONLY="<backend> <jit_compile>" (for example REF_ONLY="jax auto" or REF_ONLY="torch true"):
+#   REF_CONFIG (default `reference`) end to end under that backend, then, with what is left of the
+#   budget, sampling under JAX and torch, the backend and CUDA tests, and torch.compile's conv_pool
+#   step. `reference` under JAX trains for about 200 s on an H200.
+# GRAPHS=1: torch's recorded steps as CUDA graphs (training.record_steps): their GPU tests first (a
+#   failure ends the call), torch's recorded vs eager and JAX's steps, then REF_CONFIG end to end
+#   under torch (`reference`: about 150 s on an H100).
+# SAMPLING_ONLY=1: JAX's compiled vs eager sampling (backends.compile_inference) in fresh processes,
+#   on a `reference` model trained for 4 epochs.
+# SAMPLER=1: torch's recorded sampler's GPU test and benchmark.
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 WORK=${WORK:-/tmp/gpu_session}
@@ -62,8 +65,8 @@ export LIF_SBI_BENCH_CACHE=$WORK/bench_cache
 {
   date -u +%FT%TZ
   nvidia-smi -L 2>&1
-  # The device copy's HEAD can lag the working tree it carries (session 9: it printed the session's
-  # base commit), so also print the tree's hash: compare with `git rev-parse <commit>^{tree}` here.
+  # The device copy's HEAD can lag the working tree it carries (it can be the base commit of the
+  # checkout), so also print the tree's hash: compare with `git rev-parse <commit>^{tree}` here.
   echo "HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)')"
   echo "working tree $(cp .git/index /tmp/gpu_session_index 2>/dev/null; GIT_INDEX_FILE=/tmp/gpu_session_index git add -A . >/dev/null 2>&1; GIT_INDEX_FILE=/tmp/gpu_session_index git write-tree 2>/dev/null || echo '(no git)')"
   python3 - <<'EOF'
@@ -83,13 +86,13 @@ cat "$WORK/environment.txt"
 
 STEP_K="cuda and (reference-mlp or conv_pool-mlp) and not fused"
 SAMPLE_K="(test_posterior_sampling or test_posterior_one_trace) and cuda and (reference or conv_pool) and not gru"
-# --- GRAPHS=1: torch's eager step replayed as CUDA graphs (training.record_steps, session 13), its own
-# call: the GPU test against eager steps (it stops the call if it fails), torch's graphed and eager
-# steps and JAX's on the card, then the `reference` configuration end to end under torch ----------
+# --- GRAPHS=1: torch's eager step recorded and replayed as CUDA graphs (training.record_steps), its
+# own call: the GPU tests against eager steps (the call stops if they fail), torch's recorded and
+# eager steps and JAX's on the card, then REF_CONFIG end to end under torch ------------------------
 if [ -n "${GRAPHS:-}" ]; then
-  # session 14: also Adam on flat buffers, a failed capture's eager fallback, and the GRU's shape
-  # inference on meta tensors (with CUDA the Keras device) on the card
-  step graph_test 200 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py \
+  # the tests: recorded vs eager steps, Adam on flat buffers left alone on CUDA, a failed capture's
+  # eager fallback, gru_many, and the GRU's shape inference on meta tensors (CUDA the Keras device)
+  step graph_test 200 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends*.py \
     -k "(recorded_steps_train and cuda) or (gru_many_is_one and torch) or (flat_buffers and cuda) or capture_that_fails or meta_tensors"
   if ! grep -q "5 passed" "$WORK/graph_test.log"; then echo "== graph test failed: stopping" | tee -a "$WORK/summary.txt"; END=$SECONDS; fi
   step bench_torch_graphs 110 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
@@ -99,9 +102,9 @@ if [ -n "${GRAPHS:-}" ]; then
   step "train_${REF_CONFIG}_torch" 600 env KERAS_BACKEND=torch python3 -m lif_sbi.train --config "$REF_CONFIG" --results-dir "$WORK/results"
 fi
 
-# --- SAMPLER=1 (session 14): torch's traced sampler on the card, its test first, then its benchmark
+# --- SAMPLER=1: torch's recorded sampler on the card, its test first, then its benchmark
 if [ -n "${SAMPLER:-}" ]; then
-  step sampler_test 120 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "recorded_sampling and cuda"
+  step sampler_test 120 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider tests/test_backends*.py -k "recorded_sampling and cuda"
   step bench_torch_sampler 90 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
     -k "test_recorded_sampling and cuda" --benchmark-json="$WORK/bench_torch_sampler.json"
 fi
@@ -110,24 +113,24 @@ if [ -z "${REF_ONLY:-}${SAMPLING_ONLY:-}${GRAPHS:-}${SAMPLER:-}" ]; then
 # Steps in order of what is least known; each one's figures are packed as soon as it ends.
 # --- 1. the backend interface on the GPU under torch and JAX: the native-kernel GRU (cuDNN, and as
 # torch.compile's opaque op) vs keras.layers.GRU, gru_many, Conv1D, two training steps ----------------
-step backend_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "not tensorflow"
+step backend_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_backends*.py -k "not tensorflow"
 
-# --- 2. JAX steps: the reference network (its GRUs share one scan: gru_many), the scan's unroll,
-# conv_pool (session 9 also ran the reference step with session 8's backends/jax.py: 36.3 ms) -----
+# --- 2. JAX steps: the reference network (its GRUs share one scan: gru_many), the scan's unroll
+# (SCAN_UNROLL 1, 4, 16), conv_pool -----------------------------------------------------------------
 step bench_jax_steps 110 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
   -k "(test_training_step and $STEP_K) or (test_jax_gru_scan_unroll and cuda)" --benchmark-json="$WORK/bench_training_jax.json"
 # --- 3. torch eager: steps, sampling, one recording's posterior ------------------------------------
 step bench_torch 70 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
   -k "(test_training_step and $STEP_K) or ($SAMPLE_K)" --benchmark-json="$WORK/bench_training_torch.json"
-# --- 4. JAX sampling and one recording's posterior (session 7: 722 ms for the reference sampling,
-# before the scan was jitted at module level) ------------------------------------------------------
+# --- 4. JAX sampling and one recording's posterior (backends.compile_inference) -------------------
 step bench_jax_sampling 60 env KERAS_BACKEND=jax python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
   -k "$SAMPLE_K" --benchmark-json="$WORK/bench_sampling_jax.json"
 # --- 5. CUDA correctness: the simulator vs the float64 reference and the CPU; parity level 3 -------
 step gpu_tests 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_simulator.py tests/test_parity.py tests/test_dataset.py
 # --- 6. torch.compile of the whole step (jit_compile=True) with inductor's CUDA graphs, conv_pool
-# first; `steps` prints each network's figures as soon as it has them (compilation: 100 s or more).
+# first; `steps` prints each network's figures as soon as it has them (compiling conv_pool's step
+# takes over 160 s on an H100).
 # TORCH_LOGS=perf_hints logs it when inductor skips the CUDA graphs, and why. ------------------------
 step torch_jit_cudagraphs 400 env KERAS_BACKEND=torch TORCHINDUCTOR_CUDAGRAPHS=1 TORCH_LOGS=perf_hints python3 bench/bench_training.py \
   steps --kinds conv_pool reference --steps 25 --jit
@@ -144,7 +147,7 @@ if [ -n "${SAMPLING_ONLY:-}" ]; then
     step "sampling_$mode" 80 env KERAS_BACKEND=jax LIF_SBI_JAX_CACHE= python3 bench/inference_compile.py "$RUN" \
       $([ $mode = eager ] && echo --eager)
   done
-  step gru_many_torch 40 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py -k "gru_many_is_one and torch"
+  step gru_many_torch 40 python3 -m pytest -q -p no:cacheprovider tests/test_backends*.py -k "gru_many_is_one and torch"
 fi
 
 # --- the reference configuration end to end: its own call, REF_ONLY="<backend> <jit>" ---------------
@@ -153,16 +156,15 @@ if [ -n "${REF_ONLY:-}" ]; then
   echo "== reference run under $REF_BACKEND, training.jit_compile=$REF_JIT" | tee -a "$WORK/summary.txt"
   step "train_${REF_CONFIG}_${REF_BACKEND}" 600 env KERAS_BACKEND="$REF_BACKEND" python3 -m lif_sbi.train \
     --config "$REF_CONFIG" --set "training.jit_compile=$REF_JIT" --results-dir "$WORK/results"
-  # then, with what is left: the backend tests (test_gru_many[torch] failed on GPUs twice, for a
-  # bug in the test fixed in session 12; compile_inference's test has not run on a GPU), JAX's
-  # compiled sampling against torch's eager on the card (session 9, before compile_inference:
-  # torch 42-52 ms, JAX 73-79 ms), the CUDA correctness tests, and torch.compile's conv_pool step
-  # with CUDA graphs (its compilation outlasted 192 s and 33 s), each only if the budget allows it
+  # then, each only if the budget allows it: JAX's compiled sampling against torch's on the card,
+  # the backend tests (gru_many under torch, compile_inference, Conv1D, the GRU on meta tensors),
+  # the CUDA correctness tests, and torch.compile's conv_pool step with CUDA graphs (its compilation
+  # takes over 160 s on an H100, so it runs last)
   for b in jax torch; do
     step "bench_sampling_$b" 50 env KERAS_BACKEND=$b python3 -m pytest -q -p no:cacheprovider bench/bench_training.py \
       -k "$SAMPLE_K" --benchmark-json="$WORK/bench_sampling_$b.json"
   done
-  step backend_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_backends.py \
+  step backend_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_backends*.py \
     -k "(gru_many_is_one and torch) or compiled_inference or (fast_conv1d and torch) or meta_tensors"
   step gpu_tests 60 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_simulator.py tests/test_parity.py tests/test_dataset.py

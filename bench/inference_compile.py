@@ -3,9 +3,9 @@
 Times `estimator.sample_posterior` (what the training command's diagnostics and `lif_sbi.infer`
 do: the first round, then the rejection rounds, each a new input shape) twice in one process: the
 first call includes every compilation the process needs, the second is warm. Under JAX,
-`--eager` restores BayesFlow's own eager sampler and condition builder, as before
-`compile_inference`; so it does under torch and TensorFlow (whose flow sampling is recorded, as a
-traced program or a tf.function, since session 14). Prints one JSON
+`--eager` restores BayesFlow's own eager sampler and condition builder in place of the jitted
+program `compile_inference` builds; under torch and TensorFlow it likewise replaces the recorded
+flow sampling (a traced program or a tf.function) with BayesFlow's eager one. Prints one JSON
 line. Run each mode in its own process, with the JAX compilation cache off so that nothing comes
 from an earlier process::
 
