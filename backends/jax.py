@@ -31,7 +31,7 @@ def _use_persistent_compilation_cache() -> str | None:
     about 3.6 s compiling, and 0.03 s once compiled; with this cache a second process takes 0.76 s,
     and loading the model 2.3 instead of 5.0 s (2-core CPU, ad hoc). Training's compiled step is
     kept as well. The cache is `LIF_SBI_JAX_CACHE`, else `jax/` in the dataset cache folder
-    (`LIF_SBI_CACHE`, else `cache/` in the project), at most 1 GB, least recently used entries
+    (`LIF_SBI_CACHE`, else `cache/` beside `results/`; `lif_sbi.config.CACHE_DIR`), at most 1 GB, least recently used entries
     dropped first (JAX's own cache, with its locking). `LIF_SBI_JAX_CACHE=""` turns it off; a cache
     folder the user gave JAX itself (`JAX_COMPILATION_CACHE_DIR`) is left as it is. Returns the
     folder in use."""
@@ -39,9 +39,9 @@ def _use_persistent_compilation_cache() -> str | None:
         return jax.config.jax_compilation_cache_dir
     folder = os.environ.get("LIF_SBI_JAX_CACHE")
     if folder is None:
-        from lif_sbi.dataset import DEFAULT_CACHE_DIR  # the datasets' folder, wherever the package is installed
+        from lif_sbi.config import CACHE_DIR  # the datasets' folder, wherever the package is installed
 
-        folder = str(DEFAULT_CACHE_DIR / "jax")
+        folder = str(CACHE_DIR / "jax")
     if not folder:
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
