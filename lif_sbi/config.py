@@ -74,6 +74,93 @@ class DataConfig:
         _require(self.device in DATA_DEVICES, "data.device", f"one of {', '.join(DATA_DEVICES)}", self.device)
 
 
+# The stimulus protocols (lif_sbi.stimulus.PROTOCOLS; declared here so that validating a
+# configuration needs no torch) and the prior kinds (lif_sbi.priors.PRIOR_KINDS).
+STIMULUS_PROTOCOLS: tuple[str, ...] = ("coloured", "step", "ramp", "file")
+PRIOR_KINDS: tuple[str, ...] = ("reference", "ordered")
+
+
+@dataclass(frozen=True)
+class StimulusConfig:
+    """The injected current and the time grid (lif_sbi.stimulus). The defaults are the reference
+    study's: the coloured current, 50 ms at 0.1 ms (501 samples)."""
+
+    # One or more of STIMULUS_PROTOCOLS; with several, each trace draws one with equal probability.
+    # "coloured": a (1 + 0.25 sin(2π 10 Hz t) + 0.15 c(t)), the reference's; "step": a on
+    # [onset, onset + width), 0 elsewhere; "ramp": rising from 0 at the onset to a at onset + width;
+    # "file": a user's command waveform (`file`) times a factor drawn from [file_scale_low, file_scale_high].
+    protocols: tuple[str, ...] = ("coloured",)
+    duration_s: float = 0.05  # the window, s; samples t_i = i dt_s, i = 0 ... duration_s / dt_s
+    dt_s: float = 1e-4  # the sampling and integration step, s
+    amplitude_low_a: float = 0.3e-9  # a ~ U(low, high), A: the coloured mean, a step's height, a ramp's end
+    amplitude_high_a: float = 3e-9
+    onset_low_s: float = 0.01  # step and ramp onset ~ U(low, high), s
+    onset_high_s: float = 0.01
+    width_low_s: float = 0.03  # step and ramp duration ~ U(low, high), s
+    width_high_s: float = 0.03
+    # "file": an ABF recording (its command channel, sweep `file_sweep`) or .npy/.csv/.txt with one
+    # value per sample in A at `file_dt_s` (0: dt_s); the window starts `file_start_s` into it.
+    file: str = ""
+    file_sweep: int = 0
+    file_dt_s: float = 0.0
+    file_start_s: float = 0.0
+    file_scale_low: float = 1.0
+    file_scale_high: float = 1.0
+
+    def __post_init__(self):
+        _require(isinstance(self.protocols, tuple) and len(self.protocols) >= 1 and all(p in STIMULUS_PROTOCOLS for p in self.protocols)
+                 and len(set(self.protocols)) == len(self.protocols), "stimulus.protocols",
+                 f"a list of distinct names from {', '.join(STIMULUS_PROTOCOLS)}", list(self.protocols) if isinstance(self.protocols, tuple) else self.protocols)
+        _require(isinstance(self.dt_s, float) and 1e-6 <= self.dt_s <= 1e-2, "stimulus.dt_s", "a step in [1e-6, 1e-2] s", self.dt_s)
+        _require(isinstance(self.duration_s, float) and 10 * self.dt_s <= self.duration_s <= 100.0, "stimulus.duration_s",
+                 "a window of at least 10 steps and at most 100 s", self.duration_s)
+        for name in ("amplitude", "onset", "width", "file_scale"):
+            unit = "_a" if name == "amplitude" else "" if name == "file_scale" else "_s"
+            lo, hi = getattr(self, f"{name}_low{unit}"), getattr(self, f"{name}_high{unit}")
+            _require(isinstance(lo, float) and isinstance(hi, float) and lo <= hi, f"stimulus.{name}_low{unit}",
+                     f"a number <= stimulus.{name}_high{unit} ({hi!r})", lo)
+        _require(self.onset_low_s >= 0 and self.width_low_s > 0, "stimulus.onset_low_s / width_low_s",
+                 "onsets >= 0 s and widths > 0 s", (self.onset_low_s, self.width_low_s))
+        needs_file = "file" in self.protocols
+        _require(not needs_file or (self.file and Path(self.file).is_file()), "stimulus.file",
+                 "an existing .abf, .npy, .csv or .txt file when stimulus.protocols holds 'file'", self.file)
+        _require(not self.file or Path(self.file).suffix.lower() in (".abf", ".npy", ".csv", ".txt"), "stimulus.file",
+                 "an .abf, .npy, .csv or .txt file", self.file)
+        _require(isinstance(self.file_sweep, int) and self.file_sweep >= 0, "stimulus.file_sweep", "a non-negative integer", self.file_sweep)
+        _require(isinstance(self.file_dt_s, float) and self.file_dt_s >= 0, "stimulus.file_dt_s", "0 (the model's dt_s) or a step in s", self.file_dt_s)
+        _require(isinstance(self.file_start_s, float) and self.file_start_s >= 0, "stimulus.file_start_s", "a time >= 0 s", self.file_start_s)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per trace: round(duration_s / dt_s) + 1."""
+        return int(round(self.duration_s / self.dt_s)) + 1
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Measurement noise on the observed voltage; the simulator stays noise-free underneath."""
+
+    # Gaussian, this sd in V (0.5e-3 = 0.5 mV), independent per sample: fresh every time a training
+    # trace is drawn into a batch, fixed (seeded) for the validation and test traces.
+    sd_v: float = 0.0
+
+    def __post_init__(self):
+        _require(isinstance(self.sd_v, float) and 0.0 <= self.sd_v <= 0.05, "noise.sd_v", "a standard deviation in [0, 0.05] V", self.sd_v)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """The prior over the six parameters (lif_sbi.priors)."""
+
+    # "reference": the study's (uniform bounds, then its ordering repair: no density); "ordered": the
+    # same box restricted to V_res <= E_L - 2 mV by rejection, which has a density, so exact (MCMC)
+    # reference posteriors exist for it.
+    kind: str = "reference"
+
+    def __post_init__(self):
+        _require(self.kind in PRIOR_KINDS, "prior.kind", f"one of {', '.join(PRIOR_KINDS)}", self.kind)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     summary_network: str = "reference"  # a name from lif_sbi.networks.SUMMARY_KINDS
@@ -97,8 +184,12 @@ class ModelConfig:
     # "mlp": BayesFlow's coupling MLP (the study's); "fused": the same function and initialisation
     # as one Keras layer (lif_sbi.subnets.CouplingMLP), far fewer layer calls per step under torch.
     flow_subnet: str = "mlp"
+    # The summary network also sees the injected current (in nA, standardised like the voltage) as
+    # a second input channel: what an experimenter knows of their own recording.
+    observe_current: bool = False
 
     def __post_init__(self):
+        _require(isinstance(self.observe_current, bool), "model.observe_current", "true or false", self.observe_current)
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
         _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
         _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)
@@ -206,6 +297,9 @@ class Config:
     name: str = "default"
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
+    stimulus: StimulusConfig = field(default_factory=StimulusConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
@@ -230,7 +324,7 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "diagnostics": DiagnosticsConfig}
+SECTIONS = {"data": DataConfig, "stimulus": StimulusConfig, "noise": NoiseConfig, "prior": PriorConfig, "model": ModelConfig, "training": TrainingConfig, "diagnostics": DiagnosticsConfig}
 
 
 def _toml_value(v) -> str:
@@ -238,11 +332,18 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check a TOML value against a field's type; ints are accepted where floats are meant."""
+    """Check a TOML value against a field's type; ints are accepted where floats are meant, and a
+    list of strings where a tuple of them is."""
+    if getattr(annotation, "__origin__", None) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list of strings")
+        return tuple(value)
     expected = {"int": int, "float": float, "str": str, "bool": bool}.get(getattr(annotation, "__name__", str(annotation)), None)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -63,15 +63,38 @@ def repair(theta) -> np.ndarray:
     return flat.reshape(theta.shape)
 
 
-def sample_prior(n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
-    """Draw `n` parameter vectors from the reference prior.
+#: The priors a configuration may name (`prior.kind`):
+#: - "reference": the study's: independent uniforms in the bounds, then the ordering repair (which
+#:   puts a third of its mass on the line V_res = E_L - 2 mV and 12 % exactly at V_res = -80 mV, so
+#:   it has no density);
+#: - "ordered": the same box restricted to V_res <= E_L - 2 mV by rejection: uniform there, with
+#:   a density (`log_prior`), so exact (MCMC) reference posteriors exist for it.
+PRIOR_KINDS: tuple[str, ...] = ("reference", "ordered")
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"prior kind must be one of {', '.join(PRIOR_KINDS)}; got {kind!r}")
+    return kind
+
+
+def sample_prior(n: int, rng: np.random.Generator | int | None = None, *, kind: str = "reference") -> np.ndarray:
+    """Draw `n` parameter vectors from the prior `kind` (PRIOR_KINDS).
 
     Returns theta: (n, 6) float64 in SI units, columns in `PARAM_NAMES` order.
     """
     n = _check_n(n)
     rng = np.random.default_rng(rng)
-    theta = rng.uniform(LOW, HIGH, size=(n, N_PARAMS))
-    return _repair(theta, np.where, np.clip)
+    if _check_kind(kind) == "reference":
+        theta = rng.uniform(LOW, HIGH, size=(n, N_PARAMS))
+        return _repair(theta, np.where, np.clip)
+    parts, have = [], 0
+    while have < n:  # rejection: about 53 % of the box's draws are kept
+        box = rng.uniform(LOW, HIGH, size=(2 * (n - have) + 16, N_PARAMS))
+        box = box[_ordered(box)]
+        parts.append(box)
+        have += len(box)
+    return np.concatenate(parts)[:n]
 
 
 def sample_prior_torch(
@@ -80,19 +103,58 @@ def sample_prior_torch(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
+    kind: str = "reference",
 ) -> torch.Tensor:
-    """Draw `n` parameter vectors on `device` with torch's RNG.
+    """Draw `n` parameter vectors from the prior `kind` on `device` with torch's RNG.
 
     Returns theta: (n, 6) tensor in SI units. Same distribution as `sample_prior`
     (different random stream).
     """
     n = _check_n(n)
+    if _check_kind(kind) == "reference":
+        theta = _uniform_box(n, generator, device)
+        theta = _repair(theta, torch.where, lambda x, lo, hi: torch.clamp(x, float(lo), float(hi)))
+        return theta.to(dtype)
+    parts, have = [], 0
+    while have < n:
+        box = _uniform_box(2 * (n - have) + 16, generator, device)
+        box = box[torch.as_tensor(_ordered(box.cpu().numpy()), device=box.device)]
+        parts.append(box)
+        have += len(box)
+    return torch.cat(parts)[:n].to(dtype)
+
+
+def _uniform_box(n: int, generator, device) -> torch.Tensor:
     u = torch.rand((n, N_PARAMS), generator=generator, device=device, dtype=torch.float64)
     low = torch.as_tensor(LOW, device=u.device)
     high = torch.as_tensor(HIGH, device=u.device)
-    theta = low + u * (high - low)
-    theta = _repair(theta, torch.where, lambda x, lo, hi: torch.clamp(x, float(lo), float(hi)))
-    return theta.to(dtype)
+    return low + u * (high - low)
+
+
+def _ordered(theta) -> np.ndarray:
+    """(..., 6) → bool (...): V_res <= E_L - 2 mV, the "ordered" prior's restriction of the box."""
+    theta = np.asarray(theta)
+    return theta[..., INDEX["V_res"]] <= theta[..., INDEX["E_L"]] - V_RES_SHIFT_V
+
+
+def _ordered_log_volume() -> float:
+    """log of the "ordered" prior's support volume (SI units): the box's volume times the share of
+    it where V_res <= E_L - 2 mV. Closed form for these bounds, where V_res + 2 mV stays inside
+    E_L's range: the share is (E_L_high - 2 mV - mean V_res) / (E_L_high - E_L_low)."""
+    e, r = INDEX["E_L"], INDEX["V_res"]
+    assert LOW[e] <= LOW[r] + V_RES_SHIFT_V and HIGH[r] + V_RES_SHIFT_V <= HIGH[e]
+    share = (HIGH[e] - V_RES_SHIFT_V - 0.5 * (LOW[r] + HIGH[r])) / (HIGH[e] - LOW[e])
+    return float(np.sum(np.log(HIGH - LOW)) + np.log(share))
+
+
+def log_prior(theta, *, kind: str = "ordered") -> np.ndarray:
+    """(..., 6) SI → (...) log density of the prior `kind` (-inf outside its support). Only the
+    "ordered" prior has a density; the reference prior's repair gives it none (see PRIOR_KINDS)."""
+    if _check_kind(kind) != "ordered":
+        raise ValueError("the reference prior has no density (its ordering repair puts mass on a line and a point); use kind='ordered'")
+    theta = np.asarray(theta, dtype=np.float64)
+    inside = np.all((theta >= LOW) & (theta <= HIGH), axis=-1) & _ordered(theta)
+    return np.where(inside, -_ordered_log_volume(), -np.inf)
 
 
 def _check_n(n) -> int:
@@ -103,25 +165,29 @@ def _check_n(n) -> int:
 
 # The ordering repair piles prior mass onto one bound: V_res = -80 mV, wherever E_L - 2 mV falls
 # below V_res's range (about 12 % of draws). (The E_L repair never fires with these ranges:
-# E_L <= -65 mV < -60 mV <= V_th.) A flow can only smear such an atom. (index, bound) pairs:
+# E_L <= -65 mV < -60 mV <= V_th.) A flow can only smear such an atom. (index, bound) pairs, per
+# prior kind ("ordered" has none):
 ATOMS = ((INDEX["V_res"], LOW[INDEX["V_res"]]),)
+_ATOMS = {"reference": ATOMS, "ordered": ()}
 
 
-def onto_atoms(theta) -> np.ndarray:
+def onto_atoms(theta, *, kind: str = "reference") -> np.ndarray:
     """Move values beyond a bound that carries a prior atom (see ATOMS) onto that bound (copy)."""
     theta = np.array(theta, dtype=np.float64)
-    for i, bound in ATOMS:
+    for i, bound in _ATOMS[_check_kind(kind)]:
         col = theta[..., i]
         theta[..., i] = np.maximum(col, bound) if bound == LOW[i] else np.minimum(col, bound)
     return theta
 
 
-def in_support(theta) -> np.ndarray:
-    """(..., 6) → bool (...): inside the prior's bounds and ordered V_res < E_L < V_th."""
+def in_support(theta, *, kind: str = "reference") -> np.ndarray:
+    """(..., 6) → bool (...): inside the prior's support: the bounds, ordered V_res < E_L < V_th, and
+    for the "ordered" prior V_res <= E_L - 2 mV."""
     theta = np.asarray(theta)
     inside = np.all((theta >= LOW) & (theta <= HIGH), axis=-1)
     e, th, r = theta[..., INDEX["E_L"]], theta[..., INDEX["V_th"]], theta[..., INDEX["V_res"]]
-    return inside & (r < e) & (e < th)
+    inside = inside & (r < e) & (e < th)
+    return inside & _ordered(theta) if _check_kind(kind) == "ordered" else inside
 
 
 def check_theta(theta: np.ndarray, *, name: str = "theta") -> None:

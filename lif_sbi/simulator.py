@@ -11,14 +11,14 @@ import torch
 from .config import DATA_DEVICES, ConfigError
 from .priors import INDEX, N_PARAMS, check_theta, sample_prior, sample_prior_torch
 from . import cpu_kernel
-from .stimulus import DT_S, N_SAMPLES, sample_current
+from .stimulus import DT_S, sample_current, sample_stimulus
 
 
 def simulate_reference(theta, current, dt: float = DT_S) -> np.ndarray:
     """Forward-Euler LIF with reset and refractory clamp, one trace at a time (DESIGN.md §2).
 
-    theta: (6,) or (N, 6) in SI units; current: (501,) or (N, 501) in A.
-    Returns V: (501,) or (N, 501) in V, float64. This is the definition the fast path is
+    theta: (6,) or (N, 6) in SI units; current: (T,) or (N, T) in A on the grid t_i = i dt.
+    Returns V: (T,) or (N, T) in V, float64. This is the definition the fast path is
     tested against; it is deliberately written as literally as the model's text.
     """
     theta = np.asarray(theta, dtype=np.float64)
@@ -59,9 +59,9 @@ def _check_inputs(theta, current, dt):
     theta_np = theta.detach().cpu().numpy() if torch.is_tensor(theta) else np.asarray(theta, dtype=np.float64)
     check_theta(theta_np)
     shape = tuple(current.shape)
-    if len(shape) != 2 or shape[0] != theta_np.shape[0] or shape[1] != N_SAMPLES:
+    if len(shape) != 2 or shape[0] != theta_np.shape[0] or shape[1] < 2:
         raise ValueError(
-            f"current must have shape (N, {N_SAMPLES}) = ({theta_np.shape[0]}, {N_SAMPLES}) in A to match theta; got {shape}"
+            f"current must have shape (N, samples) = ({theta_np.shape[0]}, samples >= 2) in A to match theta; got {shape}"
         )
     # The sum is finite iff every element is (|I| << float max), and costs no (N, 501) mask.
     total = current.sum() if torch.is_tensor(current) else np.sum(current)
@@ -87,9 +87,10 @@ def simulate(
 ) -> torch.Tensor:
     """Batched LIF simulation, vectorised over traces, on the CPU or a CUDA device.
 
-    theta: (N, 6) in SI units; current: (N, 501) in A; NumPy arrays or tensors.
-    Returns V: (N, 501) in V as a tensor of `dtype` on `device` (default: current's device).
-    out: optional (N, 501) tensor of `dtype` on `device` to write into (saves the allocation).
+    theta: (N, 6) in SI units; current: (N, T) in A on the grid t_i = i dt (T = 501 for the
+    reference's 50 ms at 0.1 ms); NumPy arrays or tensors.
+    Returns V: (N, T) in V as a tensor of `dtype` on `device` (default: current's device).
+    out: optional (N, T) tensor of `dtype` on `device` to write into (saves the allocation).
 
     Same arithmetic as `simulate_reference`, reorganised for speed: coefficients are
     computed once in float64, V_i = V_{i-1} * (1 - dt g_L / C_m) + (dt g_L / C_m) E_L
@@ -113,7 +114,7 @@ def simulate(
     if device is None:
         device = current.device if torch.is_tensor(current) else torch.device("cpu")
     device = torch.device(device)
-    n = theta_np.shape[0]
+    n, n_samples = theta_np.shape[0], current.shape[1]
     if kernel == "auto":
         if device.type == "cpu":
             kernel = "numba" if cpu_kernel.AVAILABLE else "eager"
@@ -121,12 +122,12 @@ def simulate(
             kernel = "compiled" if n >= COMPILE_MIN_TRACES else "eager"
     if kernel == "numba" and (device.type != "cpu" or not cpu_kernel.AVAILABLE):
         raise ValueError("kernel='numba' needs device='cpu' and the numba package")
-    if out is not None and (tuple(out.shape) != (n, N_SAMPLES) or out.dtype != dtype or out.device != device or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous ({n}, {N_SAMPLES}) {dtype} tensor on {device}; got {tuple(out.shape)} {out.dtype} on {out.device}")
+    if out is not None and (tuple(out.shape) != (n, n_samples) or out.dtype != dtype or out.device != device or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous ({n}, {n_samples}) {dtype} tensor on {device}; got {tuple(out.shape)} {out.dtype} on {out.device}")
     theta64 = torch.as_tensor(theta_np, dtype=torch.float64, device=device)
     if kernel == "numba":
         if out is None:
-            out = torch.empty((n, N_SAMPLES), dtype=dtype, device=device)
+            out = torch.empty((n, n_samples), dtype=dtype, device=device)
         coeffs = _coefficients(theta64, dt, dtype)
         cur = torch.as_tensor(current).to(device=device, dtype=dtype).contiguous()
         cpu_kernel.integrate(*[c.numpy() for c in coeffs], cur.numpy(), out.numpy())
@@ -134,8 +135,8 @@ def simulate(
     if chunk_size is None:
         # On the CPU, chunks keep each step's working set in cache; a GPU wants one big launch.
         chunk_size = (65536 if kernel == "compiled" else 16384) if device.type == "cpu" else n
-    current_tm = torch.as_tensor(current, device=device).to(dtype).T.contiguous()  # (501, N) time-major
-    out_tm = torch.empty((N_SAMPLES, n), dtype=dtype, device=device)
+    current_tm = torch.as_tensor(current, device=device).to(dtype).T.contiguous()  # (T, N) time-major
+    out_tm = torch.empty((n_samples, n), dtype=dtype, device=device)
     for lo in range(0, n, chunk_size):
         hi = min(lo + chunk_size, n)
         _integrate(theta64[lo:hi], current_tm[:, lo:hi], out_tm[:, lo:hi], dt, kernel == "compiled")
@@ -212,7 +213,7 @@ def _get_compiled_steps():
 
 
 def _integrate(theta64: torch.Tensor, current_tm: torch.Tensor, out: torch.Tensor, dt: float, compile: bool) -> None:
-    """Fill out (501, n) from theta (n, 6) float64 and time-major current (501, n)."""
+    """Fill out (T, n) from theta (n, 6) float64 and time-major current (T, n)."""
     # Contiguous constants: in float64 .to(dtype) would return strided views of theta64, which
     # cost torch.compile a recompilation (guards on the view's base) and strided loads.
     decay, rest, gain, v, v_th, v_res, n_ref = _coefficients(theta64, dt, out.dtype)
@@ -255,12 +256,16 @@ def simulate_batch(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    stimulus=None,
+    prior: str = "reference",
 ) -> dict[str, np.ndarray]:
     """Draw `n` (theta, stimulus) pairs from the prior and simulate them on `device`.
 
-    Returns a dict of NumPy arrays, as BayesFlow's offline datasets and online simulators take:
-    `parameters` (n, 6) float32 SI units, `observables` (n, 501, 1) float32 V,
-    `current` (n, 501) float32 A, `amplitude` (n,) float32 A.
+    stimulus: a `lif_sbi.config.StimulusConfig` (protocols, window, step); None is the reference
+    study's coloured current on 50 ms at 0.1 ms, drawn as `stimulus.sample_current` draws it.
+    prior: a `priors.PRIOR_KINDS` name. Returns a dict of NumPy arrays, as BayesFlow's offline
+    datasets and online simulators take: `parameters` (n, 6) float32 SI units, `observables`
+    (n, T, 1) float32 V, `current` (n, T) float32 A, `amplitude` (n,) float32 A.
     The draws always come from a CPU generator, so the same seed gives bitwise the same
     parameters and stimuli on every device; the traces are bitwise the same on the same device
     and agree across devices within the float32 tolerances of the CPU-vs-CUDA parity tests.
@@ -272,9 +277,14 @@ def simulate_batch(
     device = torch.device(device or "cpu")
     gen = torch.Generator()  # on the CPU whatever `device` is: draws independent of the machine
     gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
-    theta = sample_prior_torch(n, gen)
-    current, amplitude, _ = sample_current(n, gen)
-    v = simulate(theta, current, device=device, dtype=dtype)
+    theta = sample_prior_torch(n, gen, kind=prior)
+    if stimulus is None:
+        current, amplitude, _ = sample_current(n, gen)
+        dt = DT_S
+    else:
+        current, amplitude = sample_stimulus(n, gen, stimulus)
+        dt = stimulus.dt_s
+    v = simulate(theta, current, dt, device=device, dtype=dtype)
     return {
         "parameters": theta.to(torch.float32).cpu().numpy(),
         "observables": v.contiguous().cpu().numpy()[:, :, None],

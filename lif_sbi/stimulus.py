@@ -1,4 +1,4 @@
-"""The time grid and the coloured stimulus current of the reference study."""
+"""The time grid and the injected currents: the reference study's coloured stimulus, steps, ramps and a user's waveform."""
 
 from __future__ import annotations
 
@@ -66,9 +66,113 @@ def current(white, amplitude_a, dt_s: float = DT_S) -> torch.Tensor:
     return amplitude_a[:, None] * (1.0 + SINE_DEPTH * sine + NOISE_DEPTH * c)
 
 
-def sample_current(n: int, generator: torch.Generator | None = None, *, device=None, dtype=torch.float64):
-    """Draw `n` stimuli: returns (current (n, 501) in A, amplitude_a (n,) in A, white (n, 501))."""
-    white = torch.randn((n, N_SAMPLES), generator=generator, device=device, dtype=torch.float64)
+def sample_current(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    device=None,
+    dtype=torch.float64,
+    n_samples: int = N_SAMPLES,
+    dt_s: float = DT_S,
+    amplitude_a: tuple[float, float] = (AMPLITUDE_LOW_A, AMPLITUDE_HIGH_A),
+):
+    """Draw `n` coloured stimuli (the reference study's): returns (current (n, n_samples) in A,
+    amplitude_a (n,) in A, white (n, n_samples)). The defaults are the reference's grid and range."""
+    white = torch.randn((n, n_samples), generator=generator, device=device, dtype=torch.float64)
     u = torch.rand((n,), generator=generator, device=device, dtype=torch.float64)
-    amplitude_a = AMPLITUDE_LOW_A + u * (AMPLITUDE_HIGH_A - AMPLITUDE_LOW_A)
-    return current(white, amplitude_a).to(dtype), amplitude_a, white
+    low, high = amplitude_a
+    amplitude_a = low + u * (high - low)
+    return current(white, amplitude_a, dt_s).to(dtype), amplitude_a, white
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocols an experimenter injects (`[stimulus]` in a configuration, lif_sbi.config.StimulusConfig)
+
+PROTOCOLS: tuple[str, ...] = ("coloured", "step", "ramp", "file")
+
+
+def n_samples_of(duration_s: float, dt_s: float) -> int:
+    """Samples t_i = i dt, i = 0 ... round(duration / dt): 501 for the reference's 50 ms at 0.1 ms."""
+    return int(round(duration_s / dt_s)) + 1
+
+
+def time_grid(duration_s: float = T_S, dt_s: float = DT_S) -> np.ndarray:
+    """(n_samples,) sample times in s."""
+    return np.arange(n_samples_of(duration_s, dt_s)) * dt_s
+
+
+def pulse(amplitude_a, onset_s, width_s, n_samples: int, dt_s: float, *, ramp: bool = False) -> torch.Tensor:
+    """Steps (or ramps) of height `amplitude_a` from `onset_s` for `width_s`, each (N,) (NumPy or
+    torch): I(t_i) = a on onset <= t_i < onset + width (ramp: rising linearly from 0 at the onset to a
+    at its end), 0 elsewhere. Returns (N, n_samples) float64 in A."""
+    a, onset, width = (torch.as_tensor(x, dtype=torch.float64)[:, None] for x in (amplitude_a, onset_s, width_s))
+    t = torch.arange(n_samples, dtype=torch.float64)[None, :] * dt_s
+    on = (t >= onset) & (t < onset + width)
+    shape = (t - onset) / width if ramp else torch.ones_like(t)
+    return torch.where(on, a * shape, torch.zeros(()))
+
+
+def _uniform(n: int, low: float, high: float, generator) -> torch.Tensor:
+    return low + torch.rand((n,), generator=generator, dtype=torch.float64) * (high - low)
+
+
+def sample_protocol(protocol: str, n: int, generator, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` currents (n, n_samples) float64 in A of one protocol, and their amplitudes (n,) in A (the
+    coloured mean or step height; a file waveform's scale factor times its largest |value|).
+    `spec`: a `lif_sbi.config.StimulusConfig`."""
+    n_samples = n_samples_of(spec.duration_s, spec.dt_s)
+    amplitude = (spec.amplitude_low_a, spec.amplitude_high_a)
+    if protocol == "coloured":
+        cur, amp, _ = sample_current(n, generator, n_samples=n_samples, dt_s=spec.dt_s, amplitude_a=amplitude)
+        return cur, amp
+    if protocol in ("step", "ramp"):
+        amp = _uniform(n, *amplitude, generator)
+        onset = _uniform(n, spec.onset_low_s, spec.onset_high_s, generator)
+        width = _uniform(n, spec.width_low_s, spec.width_high_s, generator)
+        return pulse(amp, onset, width, n_samples, spec.dt_s, ramp=protocol == "ramp"), amp
+    if protocol == "file":
+        wave = torch.as_tensor(load_waveform(spec), dtype=torch.float64)
+        scale = _uniform(n, spec.file_scale_low, spec.file_scale_high, generator)
+        return scale[:, None] * wave[None, :], scale * wave.abs().max()
+    raise ValueError(f"stimulus protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+
+
+def sample_stimulus(n: int, generator: torch.Generator | None, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw `n` currents of `spec.protocols` (one protocol: all of it; several: each trace one of them
+    with equal probability). Returns (current (n, n_samples) float64 in A, amplitude (n,) in A)."""
+    protocols = tuple(spec.protocols)
+    if len(protocols) == 1:
+        return sample_protocol(protocols[0], n, generator, spec)
+    pick = torch.randint(len(protocols), (n,), generator=generator)
+    drawn = [sample_protocol(p, n, generator, spec) for p in protocols]
+    current = torch.stack([c for c, _ in drawn])[pick, torch.arange(n)]
+    amplitude = torch.stack([a for _, a in drawn])[pick, torch.arange(n)]
+    return current, amplitude
+
+
+def load_waveform(spec) -> np.ndarray:
+    """The `file` protocol's command waveform on the model's grid: (n_samples,) float64 in A.
+
+    `spec.file`: an ABF recording (pyabf: the command channel of sweep `spec.file_sweep`, in pA,
+    at the file's own sampling rate), or .npy / .csv / .txt holding one value per sample in A at
+    `spec.file_dt_s` (0: the model's `dt_s`). The model's window starts `spec.file_start_s` into
+    the waveform; each model sample takes the waveform's value at or just before its time (a
+    zero-order hold: commands are piecewise constant, so no smoothing)."""
+    path = str(spec.file)
+    if path.lower().endswith(".abf"):
+        import pyabf
+
+        abf = pyabf.ABF(path)
+        abf.setSweep(int(spec.file_sweep))
+        values, dt = np.asarray(abf.sweepC, dtype=np.float64) * 1e-12, 1.0 / abf.dataRate
+    else:
+        values = np.load(path) if path.lower().endswith(".npy") else np.loadtxt(path, delimiter="," if path.lower().endswith(".csv") else None)
+        values, dt = np.asarray(values, dtype=np.float64).reshape(-1), spec.file_dt_s or spec.dt_s
+    t = spec.file_start_s + time_grid(spec.duration_s, spec.dt_s)
+    k = np.floor(t / dt + 1e-9).astype(np.int64)
+    if k[-1] >= len(values):
+        raise ValueError(f"stimulus.file {path!r} holds {len(values) * dt:g} s of waveform; the window needs "
+                         f"{t[-1] + dt:g} s (stimulus.file_start_s + stimulus.duration_s)")
+    if not np.isfinite(values[k]).all():
+        raise ValueError(f"stimulus.file {path!r}: the waveform holds NaN or inf inside the window")
+    return values[k]

@@ -1,0 +1,29 @@
+"""Measurement noise on the observed voltage: Gaussian, fixed (seeded) for validation and test traces, fresh for every training draw."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def add_noise(observables: np.ndarray, sd_v: float, seed: int) -> np.ndarray:
+    """observables (N, T, 1) V plus independent N(0, sd_v²) per sample, from a generator seeded
+    by `seed`: a new float32 array (the input itself where sd_v is 0)."""
+    if sd_v == 0.0:
+        return observables
+    rng = np.random.default_rng(seed)
+    return (observables + rng.normal(0.0, sd_v, size=observables.shape)).astype(np.float32)
+
+
+class FreshNoise:
+    """A BayesFlow augmentation for a batch's "observables" (N, T, 1) V: new Gaussian noise of sd
+    `sd_v` every time a trace is drawn into a batch, from one generator seeded by `seed` (the same
+    run draws the same noise). BayesFlow applies augmentations to training batches before its
+    adapter (`bf.datasets.OfflineDataset(augmentations=...)`); written by hand because BayesFlow
+    has no noise transform."""
+
+    def __init__(self, sd_v: float, seed: int):
+        self.sd_v = float(sd_v)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, observables: np.ndarray) -> np.ndarray:
+        return (observables + self.rng.normal(0.0, self.sd_v, size=observables.shape)).astype(np.float32)
