@@ -14,9 +14,9 @@ from bayesflow.networks.defaults import COUPLING_MLP_DEFAULTS
 from . import backends, calibration, networks, quiet, subnets  # noqa: F401  (networks, subnets register their layers for loading)
 from .config import ModelConfig
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms, repair
-from .stimulus import N_SAMPLES
 
 VOLT_TO_MV = 1e3
+AMPERE_TO_NA = 1e9
 
 
 #: the logit map of the adapter is stretched this share of each prior width beyond both bounds, so
@@ -25,7 +25,7 @@ VOLT_TO_MV = 1e3
 BOUND_MARGIN = 0.01
 
 
-def make_adapter(logit_bounds: bool = True) -> bf.Adapter:
+def make_adapter(logit_bounds: bool = True, observe_current: bool = False) -> bf.Adapter:
     """Map simulator output (SI units) to the approximator's inputs, invertibly.
 
     parameters (N, 6) SI → display units (pF, nS, mV, mV, mV, ms) → logit of the position within
@@ -35,19 +35,30 @@ def make_adapter(logit_bounds: bool = True) -> bf.Adapter:
     90 % intervals covered 0.77 / 0.82 of true values without this, 0.86 / 0.92 with it, same
     training). Draws come back inside the widened bounds by construction.
     logit_bounds=False skips the logit (the reference study's plain standardisation).
-    observables (N, 501, 1) V → mV → summary_variables. Standardisation is the approximator's.
+    observables (N, T, 1) V → mV → summary_variables; with observe_current, current (N, T) A →
+    nA as a second channel: summary_variables (N, T, 2). Standardisation (per channel) is the
+    approximator's.
     """
     low, high = LOW * DISPLAY_SCALE, HIGH * DISPLAY_SCALE
     margin = BOUND_MARGIN * (high - low)
     adapter = (
         bf.Adapter()
-        .keep(["parameters", "observables"])
+        .keep(["parameters", "observables", "current"] if observe_current else ["parameters", "observables"])
         .convert_dtype("float64", "float32")
         .scale("parameters", by=DISPLAY_SCALE.astype("float32"))
     )
     if logit_bounds:
         adapter = adapter.constrain("parameters", lower=(low - margin).astype("float32"), upper=(high + margin).astype("float32"))
-    return adapter.scale("observables", by=VOLT_TO_MV).rename("parameters", "inference_variables").rename("observables", "summary_variables")
+    adapter = adapter.scale("observables", by=VOLT_TO_MV).rename("parameters", "inference_variables")
+    if not observe_current:
+        return adapter.rename("observables", "summary_variables")
+    return (adapter.expand_dims("current", axis=-1).scale("current", by=AMPERE_TO_NA)
+            .concatenate(["observables", "current"], into="summary_variables", axis=-1))
+
+
+def observes_current(approximator) -> bool:
+    """Whether the approximator's summary network takes the injected current (`model.observe_current`)."""
+    return any("current" in str(t.get_config()) for t in getattr(approximator.adapter, "transforms", []))
 
 
 def subnet_arguments(kind: str, dropout: float) -> dict:
@@ -73,7 +84,7 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
         **subnet_arguments(model.flow_subnet, model.flow_dropout),
     )
     approximator = bf.approximators.ContinuousApproximator(
-        adapter=make_adapter(model.logit_bounds),
+        adapter=make_adapter(model.logit_bounds, model.observe_current),
         inference_network=flow,
         summary_network=summary,
         standardize=["inference_variables", "summary_variables"],
@@ -105,32 +116,51 @@ def load_approximator(path: str | Path):
 
 
 def as_observables(traces_v) -> np.ndarray:
-    """Traces (N, 501) or (N, 501, 1) or (501,) in V → (N, 501, 1) float32, checked."""
+    """Traces (N, T) or (N, T, 1) or (T,) in V → (N, T, 1) float32, checked (T as the model was
+    trained for: 501 for the reference's window)."""
     x = np.asarray(traces_v, dtype=np.float32)
     if x.ndim == 1:
         x = x[None]
     if x.ndim == 2:
         x = x[:, :, None]
-    if x.ndim != 3 or x.shape[1:] != (N_SAMPLES, 1):
-        raise ValueError(f"traces must have shape (N, {N_SAMPLES}) or (N, {N_SAMPLES}, 1) in V; got {np.shape(traces_v)}")
+    if x.ndim != 3 or x.shape[2] != 1 or x.shape[1] < 2:
+        raise ValueError(f"traces must have shape (N, T) or (N, T, 1) in V; got {np.shape(traces_v)}")
     if not np.isfinite(x).all():
         raise ValueError("traces must be finite (no NaN or inf)")
     return x
 
 
-def _draw(approximator, obs, idx, k, round_seed, batch_size, width_scale, state):
-    """One call of ``approximator.sample``: `k` draws for each trace ``obs[idx]``, (len(idx), k, 6)
-    SI, rescaled by `width_scale` when given. Returns (draws, state): the rescaling state (per-trace
-    medians in unbounded coordinates) of the first call, kept for every later one."""
-    x = obs[idx]
+def _as_currents(current_a, obs: np.ndarray, approximator) -> np.ndarray | None:
+    """The injected currents (N, T) float32 in A a model with `observe_current` needs, checked
+    against the traces `obs` (N, T, 1); None for a model that does not take them."""
+    if not observes_current(approximator):
+        return None
+    if current_a is None:
+        raise ValueError("this model was trained with the injected current observed (model.observe_current): pass current=(N, T) in A")
+    cur = np.asarray(current_a, dtype=np.float32)
+    cur = cur[None] if cur.ndim == 1 else cur
+    if cur.shape != obs.shape[:2]:
+        raise ValueError(f"current must have the traces' shape {obs.shape[:2]} in A; got {np.shape(current_a)}")
+    if not np.isfinite(cur).all():
+        raise ValueError("current must be finite (no NaN or inf)")
+    return cur
+
+
+def _draw(approximator, conditions, idx, k, round_seed, batch_size, width_scale, state):
+    """One call of ``approximator.sample``: `k` draws for each trace ``conditions[key][idx]``,
+    (len(idx), k, 6) SI, rescaled by `width_scale` when given. Returns (draws, state): the
+    rescaling state (per-trace medians in unbounded coordinates) of the first call, kept for
+    every later one."""
+    x = conditions["observables"][idx]
     # BayesFlow samples `batch_size` traces at a time. Batches of one size (the last one padded
     # with copies of the last trace, whose draws are dropped: fewer than one per batch) give
     # one input shape per call, so JAX, whose eager operations compile once per shape,
     # compiles once per call instead of twice.
     n_batches = max(1, -(-len(x) // batch_size))
     per_batch = max(1, -(-len(x) // n_batches))
-    padded = np.concatenate([x, np.repeat(x[-1:], n_batches * per_batch - len(x), axis=0)])
-    out = approximator.sample(num_samples=k, conditions={"observables": padded}, batch_size=per_batch, seed=round_seed)
+    pad = n_batches * per_batch - len(x)
+    padded = {key: np.concatenate([v[idx], np.repeat(v[idx][-1:], pad, axis=0)]) for key, v in conditions.items()}
+    out = approximator.sample(num_samples=k, conditions=padded, batch_size=per_batch, seed=round_seed)
     d = np.asarray(out["parameters"], dtype=np.float64)[: len(x)]
     if d.shape != (len(x), k, N_PARAMS):
         raise RuntimeError(f"unexpected posterior draw shape {d.shape}")
@@ -155,7 +185,7 @@ def _top_up_request(kept, tried, short, n_draws) -> int:
     return 1 << (int(np.quantile(asks, 0.9, method="higher")) - 1).bit_length()
 
 
-def _top_up(draw, kept, tried, accepted, n_draws, seed, max_rounds) -> None:
+def _top_up(draw, kept, tried, accepted, n_draws, seed, max_rounds, prior) -> None:
     """Draw again for every trace with fewer than `n_draws` kept draws, up to `max_rounds` rounds;
     extends `kept` (lists of draws in the support) and counts into `tried` and `accepted`."""
     n = len(kept)
@@ -165,15 +195,15 @@ def _top_up(draw, kept, tried, accepted, n_draws, seed, max_rounds) -> None:
             break
         k = _top_up_request(kept, tried, short, n_draws)
         round_seed = None if seed is None else seed + 1000 * round_
-        extra = onto_atoms(draw(np.asarray(short), k, round_seed))
+        extra = onto_atoms(draw(np.asarray(short), k, round_seed), kind=prior)
         for j, i in enumerate(short):
-            ok = extra[j][in_support(extra[j])]
+            ok = extra[j][in_support(extra[j], kind=prior)]
             kept[i].extend(ok)
             accepted[i] += len(ok)
             tried[i] += k
 
 
-def _repair_empty(first, kept, empty) -> None:
+def _repair_empty(first, kept, empty, prior) -> None:
     """Give each trace in `empty` (no draw in the support) its first-round draws clipped into the
     prior's bounds and ordered by the prior's repair, those then in the support if any."""
     # The posterior mass lies (almost) wholly outside the prior (seen: a trace that never
@@ -185,24 +215,24 @@ def _repair_empty(first, kept, empty) -> None:
                   "their draws are clipped into the prior's bounds and ordered by the prior's own repair")
     for i in empty:
         fixed = repair(np.clip(first[i], LOW, HIGH))
-        inside = fixed[in_support(fixed)]
+        inside = fixed[in_support(fixed, kind=prior)]
         kept[i] = list(inside if len(inside) else fixed)
 
 
-def _confine_to_prior(draw, first, n_draws, seed, max_rounds):
+def _confine_to_prior(draw, first, n_draws, seed, max_rounds, prior):
     """Draws of `first` (N, S, 6) SI confined to the prior's support, topped up by `draw` and filled
     where short: returns (draws (N, n_draws, 6), acceptance (N,))."""
     n = len(first)
     # Written by hand: BayesFlow 2.0 has no rejection step for bounded priors.
-    first = onto_atoms(first)
-    kept = [list(row[in_support(row)]) for row in first]
+    first = onto_atoms(first, kind=prior)
+    kept = [list(row[in_support(row, kind=prior)]) for row in first]
     tried = np.full(n, n_draws, dtype=np.int64)
     accepted = np.array([len(k) for k in kept], dtype=np.int64)
-    _top_up(draw, kept, tried, accepted, n_draws, seed, max_rounds)
+    _top_up(draw, kept, tried, accepted, n_draws, seed, max_rounds, prior)
     short = [i for i in range(n) if len(kept[i]) < n_draws]
     empty = [i for i in short if not kept[i]]
     if empty:
-        _repair_empty(first, kept, empty)
+        _repair_empty(first, kept, empty, prior)
     if len(short) > len(empty):
         warnings.warn(f"{len(short) - len(empty)} trace(s) kept fewer than {n_draws} draws inside the prior; filled by resampling")
     rng = np.random.default_rng(seed)
@@ -225,8 +255,14 @@ def sample_posterior(
     max_rounds: int = 10,
     return_acceptance: bool = False,
     width_scale=None,
+    current=None,
+    prior: str = "reference",
 ):
-    """Posterior draws for each trace: returns (N, n_draws, 6) in SI units.
+    """Posterior draws for each trace (N, T) V: returns (N, n_draws, 6) in SI units.
+
+    current (N, T) A: the injected currents, which a model trained with `model.observe_current`
+    needs (and any other ignores). prior: the kind the model was trained on (`prior.kind`), whose
+    support the draws are confined to.
 
     within_prior=True confines the draws to the prior's support, where the true posterior
     lives: draws below V_res = -80 mV, the bound on which the prior's ordering repair puts a
@@ -244,17 +280,21 @@ def sample_posterior(
     """
     obs = as_observables(traces_v)
     n = len(obs)
+    conditions = {"observables": obs}
+    cur = _as_currents(current, obs, approximator)
+    if cur is not None:
+        conditions["current"] = cur
     if width_scale is not None and np.all(np.asarray(width_scale) == 1.0):
         width_scale = None  # nothing to rescale: skip the adapter round trip
     state = None  # per-trace medians (and sorted first draws) in unbounded coordinates, when rescaling
 
     def draw(idx, k, round_seed):
         nonlocal state
-        d, state = _draw(approximator, obs, idx, k, round_seed, batch_size, width_scale, state)
+        d, state = _draw(approximator, conditions, idx, k, round_seed, batch_size, width_scale, state)
         return d
 
     first = draw(np.arange(n), n_draws, seed)
     if not within_prior:
         return (first, np.ones(n)) if return_acceptance else first
-    draws, acceptance = _confine_to_prior(draw, first, n_draws, seed, max_rounds)
+    draws, acceptance = _confine_to_prior(draw, first, n_draws, seed, max_rounds, prior)
     return (draws, acceptance) if return_acceptance else draws

@@ -114,6 +114,20 @@ def _ppc_section(ppc: Mapping) -> list[str]:
     return lines
 
 
+def _spike_section(spikes: Mapping) -> list[str]:
+    if not spikes.get("spikes_observed"):
+        return ["## Spike times", "", f"No spikes in the {spikes.get('n_traces')} test traces checked.", ""]
+    return [
+        "## Spike times",
+        "",
+        f"{spikes['spikes_inside']} of the {spikes['spikes_observed']} spikes of {spikes['n_traces']} test traces "
+        f"({_fmt(100 * spikes['share_inside'], 1)} %) lie inside the central {_fmt(100 * spikes['level'], 0)} % interval "
+        f"of the predicted time of that spike ({spikes['draws_per_trace']} posterior draws per trace simulated with the "
+        "trace's own current; a draw without that spike counts as spiking after the window).",
+        "",
+    ]
+
+
 def _calibration_section(record: Mapping) -> list[str]:
     fitted = record["fitted_on"]
     lines = [
@@ -198,6 +212,8 @@ def write_report(
         lines += _calibration_section(metrics["calibration"])
     if metrics.get("posterior_predictive"):
         lines += _ppc_section(metrics["posterior_predictive"])
+    if metrics.get("spike_times"):
+        lines += _spike_section(metrics["spike_times"])
     lines += _training_section(history)
     lines += ["## Figures", ""]
     for p in plots:
@@ -218,6 +234,7 @@ def run_lines(run_id: str, config, backend: str, device: str, metrics: Mapping, 
     t = metrics["timings"]
     return {
         "run id": run_id, "configuration": config.name, "backend": backend, "device": device,
+        "data": _data_line(config),
         "training step": metrics["training_step"],
         "simulation": (f"loaded from the cache in {t['simulation_s']:.1f} s" if t.get("data_from_cache")
                        else f"{t['simulation_s']:.1f} s on {simulator_device}"),
@@ -226,6 +243,14 @@ def run_lines(run_id: str, config, backend: str, device: str, metrics: Mapping, 
         "diagnostics": f"{t['diagnostics_s']:.1f} s", "total": f"{t['total_s']:.1f} s",
         "posterior widths": _widths_line(metrics.get("calibration")),
     }
+
+
+def _data_line(config) -> str:
+    """What the traces are: protocol, window, step, observed current, noise, prior."""
+    st = config.stimulus
+    return (f"{' + '.join(st.protocols)} current, {st.duration_s * 1e3:g} ms at {st.dt_s * 1e3:g} ms ({st.n_samples} samples), "
+            f"current {'observed' if config.model.observe_current else 'not observed'} by the estimator, "
+            f"recording noise {config.noise.sd_v * 1e3:g} mV, prior '{config.prior.kind}'")
 
 
 def _widths_line(record: Mapping | None) -> str:

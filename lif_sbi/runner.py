@@ -17,7 +17,7 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, report, simulator
+from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, noise, report, simulator
 from .checkpoints import CHECKPOINTS, ResumeError
 from .config import INITIAL_WEIGHTS, Config, ConfigError
 from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_tree
@@ -25,6 +25,8 @@ from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remo
 CALIBRATION_TRACES = 1000  # validation traces the width factors are fitted on (at most)
 CALIBRATION_DRAWS = 500  # posterior draws per such trace
 PRIOR_FIGURE_TRACES = 2000  # training draws shown in the prior histograms and example traces
+SPIKE_CHECK_TRACES = 100  # test traces of the spike-time posterior-predictive check
+NOISE_SEED_OFFSET = 7919  # the recording noise's seeds: the data's (validation) or test traces' seed plus this
 
 __all__ = ["CALIBRATION_DRAWS", "CALIBRATION_TRACES", "ResumeError", "new_run_dir", "run", "validation_batch_size"]
 
@@ -89,8 +91,11 @@ def simulate(r: Run) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     dc = r.config.data
     cache_dir = dataset.DEFAULT_CACHE_DIR if dc.cache else None
-    data, cache_path, from_cache = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not r.quiet)
+    data, cache_path, from_cache = dataset.load_or_simulate(dc.n_traces, dc.seed, device=dc.device, cache_dir=cache_dir, progress=not r.quiet,
+                                                            stimulus_spec=r.config.stimulus, prior=r.config.prior.kind)
     train, val = dataset.split(data, dc.validation_fraction, dc.seed)
+    # recording noise on the validation traces, fixed; the training traces get theirs fresh per draw (`build`)
+    val["observables"] = noise.add_noise(val["observables"], r.config.noise.sd_v, seed=dc.seed + NOISE_SEED_OFFSET)
     r.timings.setdefault("simulation_s", round(time.perf_counter() - t0, 3))
     r.timings.setdefault("data_from_cache", from_cache)
     origin = (f"loaded from {cache_path}" if from_cache
@@ -108,8 +113,10 @@ def build(r: Run, train: dict, val: dict):
     tc = r.config.training
     approximator = estimator.build_approximator(r.config.model)
     estimator.quiet_file_probe()  # before the first checkpoint save
-    keys = ("parameters", "observables")
-    train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=tc.batch_size, adapter=approximator.adapter)
+    keys = ("parameters", "observables", "current") if r.config.model.observe_current else ("parameters", "observables")
+    fresh = {"observables": noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET)} if r.config.noise.sd_v else None
+    train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=tc.batch_size, adapter=approximator.adapter,
+                                          augmentations=fresh)
     val_ds = bf.datasets.OfflineDataset({k: val[k] for k in keys}, batch_size=validation_batch_size(len(val["parameters"]), tc.batch_size),
                                         adapter=approximator.adapter, shuffle=False)
     approximator.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, len(train_ds))), jit_compile=tc.jit_compile)
@@ -170,7 +177,7 @@ def calibrate(r: Run, approximator, val: dict):
         t0 = time.perf_counter()
         n_fit = min(CALIBRATION_TRACES, len(val["parameters"]))
         r.say(f"calibrating posterior widths on {n_fit} validation traces")
-        raw = estimator.sample_posterior(approximator, val["observables"][:n_fit], CALIBRATION_DRAWS,
+        raw = estimator.sample_posterior(approximator, val["observables"][:n_fit], CALIBRATION_DRAWS, current=val["current"][:n_fit],
                                          seed=r.config.training.seed, within_prior=False)
         atomic_write_json(cal_path, calibration.fit(approximator.adapter, raw, val["parameters"][:n_fit]))
         r.timings["calibration_s"] = round(time.perf_counter() - t0, 3)
@@ -179,27 +186,34 @@ def calibrate(r: Run, approximator, val: dict):
 
 
 def diagnose(r: Run, approximator, train: dict, rows: list[dict], width_scale):
-    """Recovery, calibration and posterior-predictive checks on fresh test traces; every figure
-    written into plots/. Returns (metrics, plot paths, loss history)."""
+    """Recovery, calibration and posterior-predictive checks on fresh test traces (with the
+    configuration's stimulus, prior and recording noise); every figure written into plots/.
+    Returns (metrics, plot paths, loss history)."""
     t0 = time.perf_counter()
-    diag = r.config.diagnostics
+    diag, cfg = r.config.diagnostics, r.config
     r.say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
-    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False)
+    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False, stimulus_spec=cfg.stimulus, prior=cfg.prior.kind)
+    observed = noise.add_noise(test["observables"], cfg.noise.sd_v, seed=diag.seed + NOISE_SEED_OFFSET)
     draws, acceptance = estimator.sample_posterior(
-        approximator, test["observables"], diag.n_draws, seed=diag.seed, return_acceptance=True, width_scale=width_scale
+        approximator, observed, diag.n_draws, seed=diag.seed, return_acceptance=True, width_scale=width_scale,
+        current=test["current"], prior=cfg.prior.kind,
     )
     ppc_cases = [
-        {"theta_draws": draws[i], "current": test["current"][i], "observed": test["observables"][i, :, 0],
+        {"theta_draws": draws[i], "current": test["current"][i], "observed": observed[i, :, 0],
          "theta_true": test["parameters"][i], "label": f"test trace {i}"}
         for i in range(diag.n_ppc)
     ]
     history = {k: [row[k] for row in rows] for k in ("loss", "val_loss", "learning_rate")}
     n_prior = min(PRIOR_FIGURE_TRACES, len(train["parameters"]))
+    grid = {"dt_s": cfg.stimulus.dt_s, "noise_sd_v": cfg.noise.sd_v}
     metrics, plots = diagnostics.run_all(
         r.run_dir / "plots", test["parameters"].astype(np.float64), draws, history=history,
         prior_theta=train["parameters"][:n_prior].astype(np.float64), prior_traces=train["observables"][:n_prior, :, 0],
-        ppc_cases=ppc_cases, seed=diag.seed, metrics_file=None,
+        ppc_cases=ppc_cases, seed=diag.seed, metrics_file=None, **grid,
     )
+    n_spike = min(SPIKE_CHECK_TRACES, diag.n_test)
+    metrics["spike_times"] = diagnostics.spike_time_check(draws[:n_spike], test["current"][:n_spike], observed[:n_spike, :, 0],
+                                                          seed=diag.seed, **grid)
     r.timings["diagnostics_s"] = round(time.perf_counter() - t0, 3)
     r.timings["total_s"] = round(r.timings.get("total_s", 0.0) + time.perf_counter() - r.started, 3)
     metrics["training"] = _training_summary(rows, r.config.training.epochs)

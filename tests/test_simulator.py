@@ -288,7 +288,7 @@ def good_inputs(n=3):
         (lambda t, c: (t[:, :5], c), r"theta must have shape \(N, 6\)"),
         (lambda t, c: (t[0], c), r"theta must have shape \(N, 6\)"),
         (lambda t, c: (t[:0], c[:0]), "at least one"),
-        (lambda t, c: (t, c[:, :500]), r"current must have shape \(N, 501\) = \(3, 501\).*\(3, 500\)"),
+        (lambda t, c: (t, c[:, :1]), r"current must have shape \(N, samples\) = \(3, samples >= 2\).*\(3, 1\)"),
         (lambda t, c: (t, c[:2]), r"current must have shape .*\(2, 501\)"),
         (lambda t, c: (t, c[0]), r"current must have shape"),
         (lambda t, c: (_set(t, 1, "C_m", np.nan), c), r"theta\[1\] C_m is nan; expected a finite value"),

@@ -33,7 +33,15 @@ from .metrics import (  # noqa: E402
     coverage_tolerance,
     interval_coverage,
 )
-from .predictive import PPC_LEVEL, _as_results, _ppc_summary, plot_posterior_predictive, posterior_predictive  # noqa: E402
+from ..stimulus import DT_S  # noqa: E402
+from .predictive import (  # noqa: E402
+    PPC_LEVEL,
+    _as_results,
+    _ppc_summary,
+    plot_posterior_predictive,
+    posterior_predictive,
+    spike_time_check,
+)
 from .recovery_plots import plot_recovery  # noqa: E402
 from .traces import plot_example_traces, plot_prior_histograms  # noqa: E402
 
@@ -61,15 +69,18 @@ def run_all(
     ppc_cases: Sequence | None = None,
     seed: int | None = 0,
     metrics_file: str | None = "metrics.json",
+    dt_s: float = DT_S,
+    noise_sd_v: float = 0.0,
 ) -> tuple[dict, list[Path]]:
     """Compute every metric and write every figure into `out_dir`.
 
     theta_true (N, 6) SI and draws (N, S, 6) SI: test set and its posterior draws.
     history: Keras History.history dict (loss plot skipped if None/empty).
-    prior_theta (M, 6) SI [+ prior_traces (M, 501) V]: prior histograms [+ example traces].
+    prior_theta (M, 6) SI [+ prior_traces (M, T) V]: prior histograms [+ example traces].
     ppc_cases: posterior-predictive cases, each either a `posterior_predictive` result or a
-    dict with keys theta_draws (S, 6), current (501,), observed (501,) [label, theta_true]
-    (or a tuple (theta_draws, current, observed)).
+    dict with keys theta_draws (S, 6), current (T,), observed (T,) [label, theta_true]
+    (or a tuple (theta_draws, current, observed)). dt_s: the traces' step; noise_sd_v: the
+    recording noise the observations carry (added to the posterior-predictive traces).
     Writes `metrics_file` (JSON, atomically; None to skip) and the PNGs named in `PLOT_FILES`.
     Returns (metrics, plot paths in report order); metrics gains "posterior_predictive" when
     cases are given.
@@ -89,9 +100,9 @@ def run_all(
     if prior_theta is not None:
         paths.append(plot_prior_histograms(prior_theta, out_dir / PLOT_FILES["prior_histograms"]))
         if prior_traces is not None:
-            paths.append(plot_example_traces(prior_theta, prior_traces, out_dir / PLOT_FILES["example_traces"]))
+            paths.append(plot_example_traces(prior_theta, prior_traces, out_dir / PLOT_FILES["example_traces"], dt_s=dt_s))
     if ppc_cases:
-        cases = _as_results(ppc_cases)
+        cases = _as_results(ppc_cases, dt_s=dt_s, noise_sd_v=noise_sd_v)
         metrics["posterior_predictive"] = _ppc_summary(cases)
         paths.append(plot_posterior_predictive(cases, out_dir / PLOT_FILES["posterior_predictive"]))
     if metrics_file:
@@ -119,4 +130,5 @@ __all__ = [
     "plot_z_score_contraction",
     "posterior_predictive",
     "run_all",
+    "spike_time_check",
 ]

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..priors import N_PARAMS, PARAMETERS
-from ..stimulus import TIME_S
+from ..stimulus import DT_S
 from ._common import _TIME, _VOLT, _save
 
 
@@ -39,19 +39,19 @@ def _traces_2d(traces) -> np.ndarray:
     return traces
 
 
-def plot_example_traces(theta, traces, path) -> Path:
+def plot_example_traces(theta, traces, path, *, dt_s: float = DT_S) -> Path:
     """For each parameter, the traces of the draws with its min, median and max value.
 
-    theta: (M, 6) SI; traces: (M, 501) or (M, 501, 1) in V. Drawn in mV vs ms.
+    theta: (M, 6) SI; traces: (M, T) or (M, T, 1) in V on the grid t_i = i dt_s. Drawn in mV vs ms.
     Hand-written (Matplotlib): no library plot for this.
     """
     theta = np.asarray(theta, dtype=np.float64)
     traces = _traces_2d(traces)
-    if theta.ndim != 2 or theta.shape[1] != N_PARAMS or traces.shape != (theta.shape[0], TIME_S.size):
+    if theta.ndim != 2 or theta.shape[1] != N_PARAMS or traces.ndim != 2 or traces.shape[0] != theta.shape[0]:
         raise ValueError(
-            f"theta must be (M, {N_PARAMS}) and traces (M, {TIME_S.size}); got {theta.shape} and {traces.shape}"
+            f"theta must be (M, {N_PARAMS}) and traces (M, T); got {theta.shape} and {traces.shape}"
         )
-    t = _TIME.to_display(TIME_S)
+    t = _TIME.to_display(np.arange(traces.shape[1]) * dt_s)
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=True)
     styles = (("min", "#7a9cd6"), ("median", "#132a70"), ("max", "#b03a2e"))
     for i, (p, ax) in enumerate(zip(PARAMETERS, axes.flat)):
