@@ -114,6 +114,9 @@ class StimulusConfig:
         _require(isinstance(self.dt_s, float) and 1e-6 <= self.dt_s <= 1e-2, "stimulus.dt_s", "a step in [1e-6, 1e-2] s", self.dt_s)
         _require(isinstance(self.duration_s, float) and 10 * self.dt_s <= self.duration_s <= 100.0, "stimulus.duration_s",
                  "a window of at least 10 steps and at most 100 s", self.duration_s)
+        steps = self.duration_s / self.dt_s
+        _require(abs(steps - round(steps)) <= 1e-6 * steps, "stimulus.duration_s",
+                 f"a whole number of stimulus.dt_s = {self.dt_s!r} s steps", self.duration_s)
         for name in ("amplitude", "onset", "width", "file_scale"):
             unit = "_a" if name == "amplitude" else "" if name == "file_scale" else "_s"
             lo, hi = getattr(self, f"{name}_low{unit}"), getattr(self, f"{name}_high{unit}")
@@ -121,6 +124,8 @@ class StimulusConfig:
                      f"a number <= stimulus.{name}_high{unit} ({hi!r})", lo)
         _require(self.onset_low_s >= 0 and self.width_low_s > 0, "stimulus.onset_low_s / width_low_s",
                  "onsets >= 0 s and widths > 0 s", (self.onset_low_s, self.width_low_s))
+        _require(not {"step", "ramp"} & set(self.protocols) or self.onset_high_s < self.duration_s, "stimulus.onset_high_s",
+                 f"an onset inside the window (< stimulus.duration_s = {self.duration_s!r} s)", self.onset_high_s)
         needs_file = "file" in self.protocols
         _require(not needs_file or (self.file and Path(self.file).is_file()), "stimulus.file",
                  "an existing .abf, .npy, .csv or .txt file when stimulus.protocols holds 'file'", self.file)

@@ -150,6 +150,24 @@ def sample_stimulus(n: int, generator: torch.Generator | None, spec) -> tuple[to
     return current, amplitude
 
 
+def _read_waveform(path: str, spec) -> tuple[np.ndarray, float]:
+    """The waveform file's samples (n,) float64 in A and their step in s."""
+    if path.lower().endswith(".abf"):
+        import pyabf
+
+        abf = pyabf.ABF(path)
+        if not 0 <= int(spec.file_sweep) < abf.sweepCount:
+            raise ValueError(f"stimulus.file_sweep = {spec.file_sweep} is not a sweep of it (0 to {abf.sweepCount - 1})")
+        abf.setSweep(int(spec.file_sweep))
+        return np.asarray(abf.sweepC, dtype=np.float64) * 1e-12, 1.0 / abf.dataRate
+    lower = path.lower()
+    values = np.load(path) if lower.endswith(".npy") else np.loadtxt(path, delimiter="," if lower.endswith(".csv") else None)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim > 1 and sum(n > 1 for n in values.shape) > 1:
+        raise ValueError(f"expected one column of current values in A, got an array of shape {values.shape}")
+    return values.reshape(-1), spec.file_dt_s or spec.dt_s
+
+
 def load_waveform(spec) -> np.ndarray:
     """The `file` protocol's command waveform on the model's grid: (n_samples,) float64 in A.
 
@@ -159,15 +177,10 @@ def load_waveform(spec) -> np.ndarray:
     the waveform; each model sample takes the waveform's value at or just before its time (a
     zero-order hold: commands are piecewise constant, so no smoothing)."""
     path = str(spec.file)
-    if path.lower().endswith(".abf"):
-        import pyabf
-
-        abf = pyabf.ABF(path)
-        abf.setSweep(int(spec.file_sweep))
-        values, dt = np.asarray(abf.sweepC, dtype=np.float64) * 1e-12, 1.0 / abf.dataRate
-    else:
-        values = np.load(path) if path.lower().endswith(".npy") else np.loadtxt(path, delimiter="," if path.lower().endswith(".csv") else None)
-        values, dt = np.asarray(values, dtype=np.float64).reshape(-1), spec.file_dt_s or spec.dt_s
+    try:
+        values, dt = _read_waveform(path, spec)
+    except (OSError, ValueError, IndexError) as err:  # missing, unreadable, a header line, no such sweep
+        raise ValueError(f"stimulus.file {path!r} could not be read as a waveform: {err}") from None
     t = spec.file_start_s + time_grid(spec.duration_s, spec.dt_s)
     k = np.floor(t / dt + 1e-9).astype(np.int64)
     if k[-1] >= len(values):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lif_sbi.config import ConfigError, available_configs, from_dict, load_config, parse_override
+from lif_sbi.config import ConfigError, NoiseConfig, PriorConfig, StimulusConfig, available_configs, from_dict, load_config, parse_override
 
 
 def test_named_configs_load_and_round_trip(tmp_path):
@@ -166,3 +166,110 @@ def test_bad_toml_file(tmp_path):
     bad.write_text("[training\nepochs = 3\n")
     proc = _cli("--config", str(bad), "--results-dir", str(tmp_path / "r"))
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# [stimulus], [noise], [prior] and model.observe_current
+
+
+def test_known_current_config():
+    """configs/known_current.toml: the reference stimulus, no noise, the reference prior, and the current observed."""
+    cfg = load_config("known_current")
+    assert cfg.model.observe_current is True and cfg.model.summary_network == "conv_pool"
+    assert cfg.stimulus == StimulusConfig() and cfg.stimulus.protocols == ("coloured",) and cfg.stimulus.n_samples == 501
+    assert cfg.noise == NoiseConfig() and cfg.noise.sd_v == 0.0
+    assert cfg.prior == PriorConfig() and cfg.prior.kind == "reference"
+    assert load_config("default").model.observe_current is False  # off unless asked for
+
+
+def test_noisy_steps_config():
+    """configs/noisy_steps.toml: steps of 0.3-3 nA from 5-15 ms for 20-35 ms on 50 ms at 0.1 ms, 0.5 mV noise, "ordered" prior."""
+    cfg = load_config("noisy_steps")
+    s = cfg.stimulus
+    assert s.protocols == ("step",) and isinstance(s.protocols, tuple)
+    assert (s.duration_s, s.dt_s, s.n_samples) == (0.05, 1e-4, 501)
+    assert (s.amplitude_low_a, s.amplitude_high_a) == (0.3e-9, 3e-9)
+    assert (s.onset_low_s, s.onset_high_s, s.width_low_s, s.width_high_s) == (0.005, 0.015, 0.02, 0.035)
+    assert cfg.noise.sd_v == 0.5e-3 and cfg.prior.kind == "ordered"
+    assert cfg.model.observe_current is True and cfg.training.calibrate_widths is False
+
+
+@pytest.mark.parametrize("duration, dt, n", [(0.05, 1e-4, 501), (0.5, 1e-4, 5001), (0.05, 5e-5, 1001), (1.0, 1e-3, 1001), (0.003, 1e-4, 31)])
+def test_stimulus_n_samples(duration, dt, n):
+    """StimulusConfig.n_samples = round(duration_s / dt_s) + 1 for the reference and other grids."""
+    assert StimulusConfig(duration_s=duration, dt_s=dt).n_samples == n
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["noise.sd_v=-1e-3"], r"noise.sd_v = -0.001 is not allowed: expected a standard deviation in \[0, 0.05\] V"),
+        (["noise.sd_v=0.1"], r"noise.sd_v .* \[0, 0.05\] V"),
+        (['noise.sd_v="0.5e-3"'], "noise.sd_v .* wrong type: expected float"),
+        (['stimulus.protocols=["sine"]'], r"stimulus.protocols = \['sine'\] is not allowed: expected a list of distinct names from coloured, step, ramp, file"),
+        (['stimulus.protocols=["step", "sine"]'], "stimulus.protocols .* coloured, step, ramp, file"),
+        (["stimulus.protocols=[]"], r"stimulus.protocols = \[\] is not allowed: expected a list of distinct names"),
+        (['stimulus.protocols=["step", "step"]'], "stimulus.protocols .* distinct"),
+        (["stimulus.protocols=step"], "stimulus.protocols = 'step' has the wrong type: expected a list of strings"),
+        (["stimulus.protocols=[1, 2]"], "stimulus.protocols .* wrong type: expected a list of strings"),
+        (["stimulus.duration_s=1e-4"], r"stimulus.duration_s = 0.0001 is not allowed: expected a window of at least 10 steps"),
+        (["stimulus.duration_s=0.0"], "stimulus.duration_s .* at least 10 steps"),
+        (["stimulus.duration_s=1000.0"], "stimulus.duration_s .* at most 100 s"),
+        (["stimulus.dt_s=0.0"], r"stimulus.dt_s = 0.0 is not allowed: expected a step in \[1e-6, 1e-2\] s"),
+        (["stimulus.dt_s=-1e-4"], "stimulus.dt_s"),
+        (["stimulus.amplitude_low_a=5e-9"], r"stimulus.amplitude_low_a = 5e-09 is not allowed: expected a number <= stimulus.amplitude_high_a \(3e-09\)"),
+        (["stimulus.onset_low_s=0.02"], r"stimulus.onset_low_s .* <= stimulus.onset_high_s \(0.01\)"),
+        (["stimulus.width_high_s=0.01"], r"stimulus.width_low_s .* <= stimulus.width_high_s \(0.01\)"),
+        (["stimulus.file_scale_low=2.0"], r"stimulus.file_scale_low .* <= stimulus.file_scale_high \(1.0\)"),
+        (["stimulus.onset_low_s=-0.001"], "stimulus.onset_low_s / width_low_s .* onsets >= 0 s and widths > 0 s"),
+        (["stimulus.width_low_s=0.0"], "stimulus.onset_low_s / width_low_s .* widths > 0 s"),
+        (['stimulus.protocols=["file"]'], "stimulus.file = '' is not allowed: expected an existing .abf, .npy, .csv or .txt file"),
+        (["stimulus.file_sweep=-1"], "stimulus.file_sweep .* a non-negative integer"),
+        (["stimulus.file_dt_s=-1e-4"], "stimulus.file_dt_s"),
+        (["stimulus.file_start_s=-0.1"], "stimulus.file_start_s .* a time >= 0 s"),
+        (["prior.kind=uniform"], "prior.kind = 'uniform' is not allowed: expected one of reference, ordered"),
+        (["model.observe_current=1"], "model.observe_current = 1 has the wrong type: expected bool"),
+        (["stimulus.protocol=step"], r"unknown key 'stimulus.protocol' in .*: allowed keys in \[stimulus\] are protocols, duration_s, dt_s"),
+        (["stimulus.amplitude_low=1e-9"], r"unknown key 'stimulus.amplitude_low' .* amplitude_low_a"),
+        (["noise.sd=1e-3"], r"unknown key 'noise.sd' in .*: allowed keys in \[noise\] are sd_v$"),
+        (["prior.type=ordered"], r"unknown key 'prior.type' in .*: allowed keys in \[prior\] are kind$"),
+        (["model.observe_currents=true"], r"unknown key 'model.observe_currents' .* observe_current"),
+    ],
+)
+def test_bad_stimulus_noise_and_prior_values_name_the_key(overrides, match):
+    """Bad values and unknown keys in [stimulus], [noise], [prior] and model.observe_current raise ConfigError naming the key and what is allowed."""
+    with pytest.raises(ConfigError, match=match):
+        load_config("ci", overrides)
+
+
+@pytest.mark.parametrize("duration, dt", [(0.05005, 1e-4), (0.0501, 2e-4)])
+def test_duration_not_a_multiple_of_dt_is_refused(duration, dt):
+    """stimulus.duration_s must be a whole number of stimulus.dt_s steps; another value is a ConfigError naming both."""
+    with pytest.raises(ConfigError, match="stimulus.duration_s .*dt_s"):
+        load_config("ci", [f"stimulus.duration_s={duration}", f"stimulus.dt_s={dt}"])
+
+
+def test_whole_step_durations_are_accepted_despite_float_rounding():
+    """Durations that are whole steps only up to float rounding (0.05 / 1e-4 = 499.99...) load, with the exact sample count."""
+    for duration, dt, n in ((0.05, 1e-4, 501), (0.3, 1e-4, 3001), (0.07, 1e-5, 7001), (0.0123, 1e-4, 124)):
+        cfg = load_config("ci", [f"stimulus.duration_s={duration}", f"stimulus.dt_s={dt}"])
+        assert cfg.stimulus.n_samples == n
+
+
+def test_config_with_a_protocol_list_round_trips_through_the_saved_toml(tmp_path):
+    """A config with several protocols, a waveform file, noise and the "ordered" prior reads back equal from its to_toml()."""
+    wave = tmp_path / 'my "wave".npy'  # a quote in the path: escaped in TOML
+    np.save(wave, np.zeros(1000))
+    cfg = load_config("noisy_steps", ['stimulus.protocols=["step", "ramp", "file", "coloured"]', f"stimulus.file={str(wave)!r}",
+                                      "stimulus.file_scale_high=2.5", "stimulus.duration_s=0.02", "stimulus.dt_s=5e-5",
+                                      "noise.sd_v=1.5e-3", "prior.kind=ordered", "model.observe_current=false"])
+    assert cfg.stimulus.protocols == ("step", "ramp", "file", "coloured") and cfg.stimulus.file == str(wave)
+    text = cfg.to_toml()
+    assert 'protocols = ["step", "ramp", "file", "coloured"]' in text
+    assert "[stimulus]" in text and "[noise]" in text and "[prior]" in text
+    again = from_dict(tomllib.loads(text))
+    assert again == cfg and isinstance(again.stimulus.protocols, tuple)
+    path = tmp_path / "saved.toml"
+    path.write_text(text)
+    assert load_config(str(path)) == cfg
+    assert (again.noise.sd_v, again.prior.kind, again.model.observe_current, again.stimulus.n_samples) == (1.5e-3, "ordered", False, 401)

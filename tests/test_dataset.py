@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from lif_sbi import dataset
+from lif_sbi.config import StimulusConfig
 from lif_sbi.dataset import KEYS, dataset_key, load_or_simulate, simulate_dataset, split
+from lif_sbi.priors import INDEX
 from lif_sbi.simulator import simulate_batch
 
 
@@ -143,3 +145,81 @@ def test_cuda_dataset_draws_the_cpu_datasets_parameters_and_stimuli():
     same_train = np.array([np.array_equal(a, b) for a, b in zip(trains_cpu, trains_gpu)])
     assert same_count >= th.sim_f32_same_count, same_count
     assert np.abs(v_cpu - v_gpu)[same_train].max() <= th.sim_f32_max_dv
+
+
+# --------------------------------------------------------------------------------------------
+# the stimulus spec and the prior kind are part of the dataset's definition
+
+STEPS = StimulusConfig(protocols=("step",), duration_s=0.02, dt_s=5e-5, onset_low_s=0.002, onset_high_s=0.006,
+                       width_low_s=0.005, width_high_s=0.012)
+
+
+def test_key_changes_with_the_stimulus_spec_and_prior_kind():
+    """dataset_key differs for another protocol, window, step, range or prior kind; None and StimulusConfig() are the same data."""
+    base = dataset_key(1000, 42)
+    assert dataset_key(1000, 42, stimulus_spec=StimulusConfig(), prior="reference") == base
+    variants = [
+        dataset_key(1000, 42, stimulus_spec=STEPS),
+        dataset_key(1000, 42, stimulus_spec=StimulusConfig(protocols=("ramp",))),
+        dataset_key(1000, 42, stimulus_spec=StimulusConfig(protocols=("coloured", "step"))),
+        dataset_key(1000, 42, stimulus_spec=StimulusConfig(duration_s=0.1)),
+        dataset_key(1000, 42, stimulus_spec=StimulusConfig(dt_s=5e-5)),
+        dataset_key(1000, 42, stimulus_spec=StimulusConfig(amplitude_high_a=2e-9)),
+        dataset_key(1000, 42, prior="ordered"),
+        dataset_key(1000, 42, stimulus_spec=STEPS, prior="ordered"),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+    assert dataset_key(1000, 42, stimulus_spec=STEPS, prior="ordered") == variants[-1]  # still deterministic
+
+
+def test_key_follows_a_waveform_files_bytes(tmp_path):
+    """With the file protocol the key changes when the waveform file's contents change under the same name."""
+    path = tmp_path / "w.npy"
+    np.save(path, np.zeros(1000))
+    spec = StimulusConfig(protocols=("file",), file=str(path))
+    first = dataset_key(100, 1, stimulus_spec=spec)
+    assert dataset_key(100, 1, stimulus_spec=spec) == first
+    np.save(path, np.full(1000, 0.1e-9))
+    assert dataset_key(100, 1, stimulus_spec=spec) != first
+
+
+def test_simulate_dataset_with_a_step_spec_and_ordered_prior(small_chunks):
+    """simulate_dataset(stimulus_spec=steps, prior="ordered"): traces of spec.n_samples, step currents, ordered parameters, reproducible."""
+    a = simulate_dataset(250, 42, progress=False, stimulus_spec=STEPS, prior="ordered")
+    assert a["parameters"].shape == (250, 6) and a["observables"].shape == (250, STEPS.n_samples, 1) == (250, 401, 1)
+    assert a["current"].shape == (250, 401) and a["amplitude"].shape == (250,)
+    assert all(a[k].dtype == np.float32 for k in KEYS)
+    p = a["parameters"].astype(np.float64)
+    assert np.all(p[:, INDEX["V_res"]] <= p[:, INDEX["E_L"]] - 2e-3 + 1e-7)  # V_res <= E_L - 2 mV (up to float32 rounding)
+    cur = a["current"]
+    assert np.all(cur == np.where(cur != 0, a["amplitude"][:, None], 0))  # steps: 0 or the height
+    assert np.all(cur[:, 0] == 0) and np.all(cur[:, -1] == 0)  # the pulses start and end inside the window
+    assert_same(a, simulate_dataset(250, 42, progress=False, stimulus_spec=STEPS, prior="ordered"))
+    # each chunk is simulate_batch with its chunk seed and the same spec
+    seed = int(np.random.SeedSequence(42).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    assert_same({k: v[:100] for k, v in a.items()}, simulate_batch(100, seed, stimulus=STEPS, prior="ordered"))
+    ref = simulate_dataset(250, 42, progress=False)
+    assert ref["observables"].shape == (250, 501, 1) and not np.array_equal(ref["parameters"], a["parameters"])
+
+
+def test_default_spec_gives_the_reference_dataset():
+    """simulate_dataset with StimulusConfig() and prior="reference" gives the reference dataset bit for bit."""
+    assert_same(simulate_dataset(40, 8, progress=False, stimulus_spec=StimulusConfig(), prior="reference"),
+                simulate_dataset(40, 8, progress=False))
+
+
+def test_cache_keeps_specs_apart(tmp_path, monkeypatch, small_chunks):
+    """load_or_simulate caches each (stimulus spec, prior) under its own file and loads it back on the second call."""
+    plain, plain_path, _ = load_or_simulate(120, 4, cache_dir=tmp_path, progress=False)
+    steps, steps_path, loaded = load_or_simulate(120, 4, cache_dir=tmp_path, progress=False, stimulus_spec=STEPS, prior="ordered")
+    assert not loaded and steps_path != plain_path and steps_path.name.startswith("lif_120_4_")
+    assert dataset_key(120, 4, stimulus_spec=STEPS, prior="ordered") in steps_path.name
+    assert steps["observables"].shape == (120, 401, 1) and plain["observables"].shape == (120, 501, 1)
+
+    def must_not_simulate(*a, **k):
+        raise AssertionError("simulated although the cache holds the dataset")
+
+    monkeypatch.setattr(dataset, "simulate_dataset", must_not_simulate)
+    again, path, loaded = load_or_simulate(120, 4, cache_dir=tmp_path, progress=False, stimulus_spec=STEPS, prior="ordered")
+    assert loaded and path == steps_path
+    assert_same(steps, again)

@@ -1,4 +1,4 @@
-"""The prior: support, the ordering repair of DESIGN.md §2, reproducibility, distribution."""
+"""The prior: support, the ordering repair of DESIGN.md §2, reproducibility, distribution; the "ordered" prior and its density."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from lif_sbi.priors import (
     _repair,
     repair,
     check_theta,
+    in_support,
+    log_prior,
+    onto_atoms,
     sample_prior,
     sample_prior_torch,
 )
@@ -184,3 +187,133 @@ def test_atoms_and_support():
     assert list(in_support(y)) == [True, False, False, True]
     assert (theta[:, INDEX["E_L"]] < theta[:, INDEX["V_th"]] - 5e-3).all()  # the E_L repair never fires
     assert x[0, INDEX["V_res"]] < LOW[INDEX["V_res"]]  # a copy, input untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# the "ordered" prior: the box restricted to V_res <= E_L - 2 mV, with a density
+
+BOX_VOLUME = float(np.prod(HIGH - LOW))
+
+
+def _ordered_draws(backend: str, n: int, seed: int) -> np.ndarray:
+    if backend == "numpy":
+        return sample_prior(n, np.random.default_rng(seed), kind="ordered")
+    return sample_prior_torch(n, torch.Generator().manual_seed(seed), kind="ordered").numpy()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_ordered_draws_are_in_the_box_and_ordered(backend):
+    """Every "ordered" draw lies in the box with V_res <= E_L - 2 mV (so V_res < E_L < V_th), exactly n of them."""
+    theta = _ordered_draws(backend, 50_000, 3)
+    assert theta.shape == (50_000, N_PARAMS) and theta.dtype == np.float64
+    assert np.all(theta >= LOW) and np.all(theta <= HIGH)
+    assert np.all(theta[:, R] <= theta[:, E] - 2e-3)
+    assert np.all(theta[:, E] < theta[:, TH])
+    check_theta(theta)
+    assert in_support(theta, kind="ordered").all() and in_support(theta).all()
+    for n in (1, 2, 17):  # the rejection loop returns exactly n
+        assert _ordered_draws(backend, n, 4).shape == (n, N_PARAMS)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name", ["C_m", "g_L", "V_th", "t_ref"])
+def test_ordered_prior_leaves_the_other_marginals_uniform(backend, name):
+    """KS test: C_m, g_L, V_th and t_ref stay U(low, high) under the "ordered" restriction (fixed seed)."""
+    i = INDEX[name]
+    theta = _ordered_draws(backend, 20_000, 5)
+    p = stats.kstest(theta[:, i], stats.uniform(loc=LOW[i], scale=HIGH[i] - LOW[i]).cdf).pvalue
+    assert p > 1e-3, f"{name}: KS p = {p:.2e}"
+
+
+@pytest.mark.parametrize("name", ["E_L", "V_res"])
+def test_ordered_prior_is_the_box_conditioned_on_the_order(name):
+    """E_L and V_res under "ordered" follow the uniform box's draws kept where V_res <= E_L - 2 mV (KS, both backends)."""
+    i = INDEX[name]
+    box = np.random.default_rng(6).uniform(LOW, HIGH, size=(60_000, N_PARAMS))
+    kept = box[box[:, R] <= box[:, E] - 2e-3][:, i]
+    for backend in ("numpy", "torch"):
+        p = stats.ks_2samp(_ordered_draws(backend, 20_000, 7)[:, i], kept).pvalue
+        assert p > 1e-3, f"{backend} {name}: KS p = {p:.2e}"
+    # V_res | E_L is uniform on [-80 mV, min(-70, E_L - 2) mV]: E_L's density rises with E_L up to -68 mV
+    e = _ordered_draws("numpy", 20_000, 8)[:, E]
+    assert np.mean(e < -75e-3) < np.mean(e > -70e-3)
+
+
+def test_ordered_draws_are_reproducible_and_the_default_kind_is_the_reference():
+    """Same seed, same "ordered" draws (NumPy and torch); kind defaults to "reference", unchanged."""
+    a = sample_prior(500, 12, kind="ordered")
+    np.testing.assert_array_equal(a, sample_prior(500, np.random.default_rng(12), kind="ordered"))
+    assert not np.array_equal(a, sample_prior(500, 13, kind="ordered"))
+    t = sample_prior_torch(500, torch.Generator().manual_seed(12), kind="ordered")
+    assert torch.equal(t, sample_prior_torch(500, torch.Generator().manual_seed(12), kind="ordered"))
+    t32 = sample_prior_torch(500, torch.Generator().manual_seed(12), kind="ordered", dtype=torch.float32)
+    assert t32.dtype == torch.float32 and torch.equal(t32, t.to(torch.float32))
+    np.testing.assert_array_equal(sample_prior(500, 12), sample_prior(500, 12, kind="reference"))
+    assert torch.equal(sample_prior_torch(500, torch.Generator().manual_seed(12)),
+                       sample_prior_torch(500, torch.Generator().manual_seed(12), kind="reference"))
+
+
+def test_log_prior_is_constant_inside_and_minus_inf_outside():
+    """log_prior(kind="ordered"): one finite value on every draw and the boundary V_res = E_L - 2 mV; -inf off the support."""
+    theta = sample_prior(5000, 14, kind="ordered")
+    lp = log_prior(theta)
+    assert lp.shape == (5000,) and np.all(np.isfinite(lp)) and np.all(lp == lp[0])
+    np.testing.assert_array_equal(log_prior(theta, kind="ordered"), lp)
+    inside = lp[0]
+    x = theta[:8].copy()
+    x[0, E] = -75e-3
+    x[0, R] = x[0, E] - 2e-3  # on the boundary: still inside (<=)
+    x[1, E], x[1, R] = -75e-3, -76.5e-3  # in the box, V_res < E_L, but closer than 2 mV: outside
+    x[2, C] = HIGH[C] * 1.001  # out of the box
+    x[3, TR] = LOW[TR] * 0.999
+    x[4, TH] = np.nan
+    x[5, R], x[5, E] = -79e-3, -80e-3  # V_res > E_L
+    got = log_prior(x)
+    np.testing.assert_array_equal(got, [inside, -np.inf, -np.inf, -np.inf, -np.inf, -np.inf, inside, inside])
+    # any leading shape
+    assert log_prior(theta[:12].reshape(3, 4, N_PARAMS)).shape == (3, 4)
+    assert np.ndim(log_prior(theta[0])) == 0 and log_prior(theta[0]) == inside
+
+
+def test_log_prior_normaliser_matches_the_support_share_of_the_box():
+    """Monte Carlo: the share of uniform box draws with V_res <= E_L - 2 mV equals exp(-log_prior) / box volume (8/15)."""
+    m = 400_000
+    box = np.random.default_rng(15).uniform(LOW, HIGH, size=(m, N_PARAMS))
+    lp = log_prior(box)
+    share = np.isfinite(lp).mean()
+    inside = lp[np.isfinite(lp)][0]
+    expected = np.exp(-inside) / BOX_VOLUME  # support volume / box volume
+    se = np.sqrt(expected * (1 - expected) / m)
+    assert abs(share - expected) < 4 * se, f"MC share {share:.5f} vs {expected:.5f} (se {se:.1e})"
+    # E_L ~ U(-80, -65), V_res ~ U(-80, -70) mV: P(V_res <= E_L - 2) = (-67 - E[V_res]) / 15 = 8/15
+    np.testing.assert_allclose(expected, 8 / 15, rtol=1e-12)
+    # the density integrates to 1 over the box: E_box[exp(log_prior)] * box volume
+    integral = np.mean(np.exp(lp + np.log(BOX_VOLUME)))
+    assert abs(integral - 1.0) < 4 * se / expected
+
+
+def test_log_prior_of_the_reference_prior_and_unknown_kinds_raise():
+    """log_prior(kind="reference") raises ValueError (no density); unknown kinds name the allowed ones everywhere."""
+    theta = sample_prior(3, 16)
+    with pytest.raises(ValueError, match="the reference prior has no density"):
+        log_prior(theta, kind="reference")
+    for call in (lambda: log_prior(theta, kind="box"), lambda: sample_prior(3, 0, kind="box"),
+                 lambda: sample_prior_torch(3, kind="box"), lambda: in_support(theta, kind="box"),
+                 lambda: onto_atoms(theta, kind="box")):
+        with pytest.raises(ValueError, match="prior kind must be one of reference, ordered; got 'box'"):
+            call()
+
+
+def test_in_support_and_onto_atoms_with_the_ordered_kind():
+    """in_support(kind="ordered") also asks V_res <= E_L - 2 mV; onto_atoms(kind="ordered") moves nothing (no atoms)."""
+    theta = sample_prior(4, 17, kind="ordered")
+    x = theta.copy()
+    x[0, R], x[0, E] = -75e-3, -74e-3  # V_res < E_L (the reference support), but not by 2 mV
+    x[1, R] = LOW[R] - 1e-4  # below the reference prior's atom at -80 mV
+    assert list(in_support(x)) == [True, False, True, True]
+    assert list(in_support(x, kind="ordered")) == [False, False, True, True]
+    y = onto_atoms(x, kind="ordered")
+    np.testing.assert_array_equal(y, x)  # nothing moved ...
+    assert y is not x  # ... on a copy
+    assert onto_atoms(x, kind="reference")[1, R] == LOW[R]  # the reference prior's atom does move it
+    assert list(in_support(onto_atoms(x, kind="ordered"), kind="ordered")) == [False, False, True, True]

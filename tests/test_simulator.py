@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -10,10 +11,10 @@ import torch
 
 from conftest import spike_times
 from lif_sbi import simulator
-from lif_sbi.config import ConfigError
+from lif_sbi.config import ConfigError, StimulusConfig
 from lif_sbi.priors import INDEX, sample_prior, sample_prior_torch
 from lif_sbi.simulator import refractory_steps, simulate, simulate_batch, simulate_reference
-from lif_sbi.stimulus import DT_S, N_SAMPLES, sample_current
+from lif_sbi.stimulus import DT_S, N_SAMPLES, sample_current, sample_stimulus
 
 C, G, E, TH, R, TR = (INDEX[k] for k in ("C_m", "g_L", "E_L", "V_th", "V_res", "t_ref"))
 FLOAT32_AGREE = 0.995  # fraction of traces whose float32 spike train must equal float64's
@@ -361,3 +362,139 @@ def test_resolve_device():
             simulator.resolve_device("cuda")
     with pytest.raises(ConfigError, match="data.device = 'gpu'"):
         simulator.resolve_device("gpu")
+
+
+# --------------------------------------------------------------------------------------------
+# other windows and steps, stimulus protocols and prior kinds
+
+# (duration_s, dt_s, pulse onset range, pulse width range): a long window and a fine step
+WINDOWS = {
+    "500ms_at_0.1ms": (0.5, 1e-4, (0.01, 0.1), (0.1, 0.35)),
+    "50ms_at_0.05ms": (0.05, 5e-5, (0.005, 0.015), (0.01, 0.03)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _window_cases(name: str, n: int, seed: int):
+    """n prior draws and mixed coloured/step/ramp currents on the window `name`: (theta, current (n, T) float64, dt).
+    Cached (the tests only read them)."""
+    duration, dt, onset, width = WINDOWS[name]
+    spec = StimulusConfig(protocols=("coloured", "step", "ramp"), duration_s=duration, dt_s=dt,
+                          onset_low_s=onset[0], onset_high_s=onset[1], width_low_s=width[0], width_high_s=width[1])
+    theta = sample_prior(n, np.random.default_rng(seed))
+    current, _ = sample_stimulus(n, torch.Generator().manual_seed(seed), spec)
+    assert current.shape == (n, spec.n_samples)
+    return theta, current.numpy(), dt
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name: str, n: int, seed: int) -> np.ndarray:
+    """simulate_reference of `_window_cases(name, n, seed)`, computed once for both kernels."""
+    theta, current, dt = _window_cases(name, n, seed)
+    return simulate_reference(theta, current, dt)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "numba"])
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_other_windows_and_steps_match_the_reference(window, kernel):
+    """500 ms at 0.1 ms and 50 ms at 0.05 ms: float64 simulate gives simulate_reference's spike trains and voltages (1e-9 V)."""
+    if kernel == "numba" and not simulator.cpu_kernel.AVAILABLE:
+        pytest.skip("numba is not installed")
+    theta, current, dt = _window_cases(window, 24, seed=31)
+    v_ref = _reference(window, 24, 31)
+    assert v_ref.shape == current.shape
+    v = simulate(theta, current, dt, dtype=torch.float64, kernel=kernel).numpy()
+    n_ref = refractory_steps(theta[:, TR], dt)
+    ref_spikes, got_spikes = spike_times(v_ref, theta[:, R], n_ref), spike_times(v, theta[:, R], n_ref)
+    assert sum(len(s) for s in ref_spikes) > 3 * len(theta)  # the comparison sees spikes and resets
+    bad = [k for k, (a, b) in enumerate(zip(ref_spikes, got_spikes)) if not np.array_equal(a, b)]
+    assert not bad, f"different spike trains in traces {bad}"
+    assert np.abs(v - v_ref).max() <= FLOAT64_DV
+
+
+@pytest.mark.parametrize("kernel", ["eager", "numba"])
+def test_batched_equals_one_at_a_time_at_another_step(kernel):
+    """At dt = 0.05 ms (1001 samples) each trace of a batch equals the same trace simulated alone, bit for bit."""
+    if kernel == "numba" and not simulator.cpu_kernel.AVAILABLE:
+        pytest.skip("numba is not installed")
+    theta, current, dt = _window_cases("50ms_at_0.05ms", 12, seed=32)
+    batch = simulate(theta, current, dt, dtype=torch.float64, kernel=kernel)
+    assert batch.shape == (12, 1001)
+    for k in range(len(theta)):
+        assert torch.equal(simulate(theta[k : k + 1], current[k : k + 1], dt, dtype=torch.float64, kernel=kernel)[0], batch[k]), k
+
+
+def test_two_sample_traces():
+    """The shortest trace (T = 2): V_0 = E_L and V_1 one Euler step, in simulate and simulate_reference alike."""
+    theta = sample_prior(5, np.random.default_rng(33))
+    current = np.full((5, 2), 1e-9)
+    v_ref = simulate_reference(theta, current, 5e-5)
+    c_m, g_l, e_l = theta[:, C], theta[:, G], theta[:, E]
+    np.testing.assert_array_equal(v_ref[:, 0], e_l)
+    np.testing.assert_allclose(v_ref[:, 1], e_l + 1e-9 / g_l * 5e-5 * g_l / c_m, rtol=1e-12)
+    np.testing.assert_allclose(simulate(theta, current, 5e-5, dtype=torch.float64).numpy(), v_ref, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dt", [5e-5, 2.5e-5])
+@pytest.mark.parametrize("i_na", [0.4, 1.0, 2.0])
+def test_constant_current_isi_closed_form_at_another_step(dt, i_na):
+    """At dt = 0.05 and 0.025 ms the ISI under a constant current is t_ref + tau ln((I R + E_L - V_res)/(I R + E_L - V_th)) within one step.
+
+    As test_constant_current_isi_closed_form (which runs at the reference's 0.1 ms), with t_ref = 2.07 ms
+    off both grids (41.4 and 82.8 steps): exactly n_ref + ceil(ln((V_th - V_inf)/(V_res - V_inf)) / ln(1 - dt/tau))
+    samples in forward Euler, and within one step of the continuous-time interval.
+    """
+    i_a = i_na * 1e-9
+    theta = one_theta(c_m=200e-12, g_l=5e-9, e_l=-70e-3, v_th=-50e-3, v_res=-75e-3, t_ref=2.07e-3)
+    c_m, g_l, e_l, v_th, v_res, t_ref = theta[0]
+    tau, r_m = c_m / g_l, 1 / g_l
+    n_ref = math.ceil(t_ref / dt) - 1
+    assert refractory_steps(t_ref, dt) == n_ref
+    n_samples = int(round(0.1 / dt)) + 1  # 100 ms
+    current = np.full((1, n_samples), i_a)
+    v = simulate(theta, current, dt, dtype=torch.float64, compile=False)[0].numpy()
+    np.testing.assert_allclose(v, simulate_reference(theta, current, dt)[0], rtol=0, atol=FLOAT64_DV)
+    spikes = spike_times(v[None], np.array([v_res]), np.array([n_ref]))[0]
+    assert len(spikes) >= 3
+    isi = np.diff(spikes)
+    assert np.all(isi == isi[0])
+    v_inf = e_l + i_a * r_m
+    x = math.log((v_th - v_inf) / (v_res - v_inf)) / math.log(1 - dt / tau)
+    assert abs(x - round(x)) > 1e-6  # not a rounding tie
+    assert isi[0] == n_ref + math.ceil(x)
+    t_isi = t_ref + tau * math.log((i_a * r_m + e_l - v_res) / (i_a * r_m + e_l - v_th))
+    assert abs(isi[0] * dt - t_isi) <= dt, (isi[0] * dt, t_isi)
+
+
+def test_simulate_batch_with_a_stimulus_spec_and_prior_kind():
+    """simulate_batch(stimulus=spec, prior="ordered"): traces of spec.n_samples, ordered parameters, the draws of one generator."""
+    spec = StimulusConfig(protocols=("step", "ramp"), duration_s=0.02, dt_s=5e-5, onset_low_s=0.002, onset_high_s=0.006,
+                          width_low_s=0.005, width_high_s=0.012)
+    a = simulate_batch(200, seed=34, stimulus=spec, prior="ordered")
+    assert a["parameters"].shape == (200, 6) and a["observables"].shape == (200, 401, 1)
+    assert a["current"].shape == (200, 401) and a["amplitude"].shape == (200,)
+    assert all(a[k].dtype == np.float32 for k in a)
+    gen = torch.Generator().manual_seed(34)
+    theta = sample_prior_torch(200, gen, kind="ordered")
+    assert (theta[:, R] <= theta[:, E] - 2e-3).all()
+    current, amplitude = sample_stimulus(200, gen, spec)
+    np.testing.assert_array_equal(a["parameters"], theta.float().numpy())
+    np.testing.assert_array_equal(a["current"], current.float().numpy())
+    np.testing.assert_array_equal(a["amplitude"], amplitude.float().numpy())
+    np.testing.assert_array_equal(a["observables"][:, :, 0], simulate(theta, current, 5e-5).numpy())
+    b = simulate_batch(200, seed=34, stimulus=spec, prior="ordered")
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert not np.array_equal(simulate_batch(200, seed=34, stimulus=spec)["parameters"], a["parameters"])  # the prior kind matters
+
+
+def test_simulate_batch_default_spec_is_the_reference_path():
+    """simulate_batch with StimulusConfig() and prior="reference" gives the arrays of the reference path bit for bit."""
+    ref = simulate_batch(150, seed=35)
+    got = simulate_batch(150, seed=35, stimulus=StimulusConfig(), prior="reference")
+    assert set(got) == set(ref) and all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+
+
+def test_simulate_batch_bad_prior_kind():
+    """simulate_batch names the allowed prior kinds."""
+    with pytest.raises(ValueError, match="prior kind must be one of reference, ordered"):
+        simulate_batch(4, seed=0, prior="flat")

@@ -151,3 +151,17 @@ def compute_metrics(theta_true, draws, *, seed: int | None = 0, num_null_draws: 
     cols = _bayesflow_columns(est, truth, names)
     per_param = _per_parameter(truth, post_mean, post_sd, log_gamma, cols)
     return {"parameters": per_param, "aggregate": _aggregate(per_param, n, s, num_null_draws)}
+
+
+def c2st_accuracy(draws_a, draws_b, seed: int, splits: int = 5) -> float:
+    """Classifier two-sample test accuracy between two sets of draws (N, 6) SI of one posterior:
+    0.5 when a classifier cannot tell them apart, 1 when it always can (sbibm's C2ST). BayesFlow's
+    `classifier_two_sample_test` (an MLP, `splits`-fold cross-validation) on display units,
+    seeded: it shuffles and splits with NumPy's global generator and initialises with Keras'."""
+    import keras
+
+    scale = np.array([p.display_scale for p in PARAMETERS])
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    return float(bf.diagnostics.metrics.classifier_two_sample_test(
+        np.asarray(draws_a) * scale, np.asarray(draws_b) * scale, cross_validation_splits=splits, patience=5, max_epochs=200))

@@ -111,9 +111,9 @@ def task_compare_posteriors(args: dict) -> dict:
     """Worker task `compare_posteriors`: level 2 figures for every backend's draws on the same test
     traces (metrics, SBC, C2ST)."""
     import bayesflow as bf
-    import keras
 
     from .. import diagnostics
+    from ..diagnostics.metrics import c2st_accuracy
 
     th = Thresholds(**args["thresholds"])
     with np.load(args["test"]) as f:
@@ -144,13 +144,7 @@ def task_compare_posteriors(args: dict) -> dict:
             accs = []
             t0 = time.perf_counter()
             for k in range(n_c2st):
-                np.random.seed(C2ST_SEED + k)  # BayesFlow's C2ST shuffles and splits with np.random
-                keras.utils.set_random_seed(C2ST_SEED + k)
-                acc = bf.diagnostics.metrics.classifier_two_sample_test(
-                    draws[a][k] * DISPLAY_SCALE, draws[b][k] * DISPLAY_SCALE,
-                    cross_validation_splits=int(args.get("c2st_splits", 5)), patience=5, max_epochs=200,
-                )
-                accs.append(float(acc))
+                accs.append(c2st_accuracy(draws[a][k], draws[b][k], C2ST_SEED + k, splits=int(args.get("c2st_splits", 5))))
             out["pairs"][f"{a}|{b}"] = {"c2st": accs, "c2st_s": round(time.perf_counter() - t0, 1),
                                         "separation": separation(draws[a][:n_c2st], draws[b][:n_c2st])}
     return out
