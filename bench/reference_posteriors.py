@@ -45,7 +45,7 @@ with quiet.startup_lines():
     from lif_sbi.stimulus import sample_stimulus  # noqa: E402
 
 START_DRAWS = 2000  # estimator draws per observation that the walkers start from
-N_DRAWS = 1000  # draws per posterior compared by C2ST (sbibm uses 10,000)
+N_DRAWS = 1000  # default draws per posterior compared by C2ST (sbibm uses 10,000)
 SEED = 2024
 
 
@@ -78,13 +78,13 @@ def summary_lines(rows: list[dict], args, cfg, machine: str, date: str) -> list[
     lines = [
         "# Reference posteriors and the estimator's C2ST against them", "",
         f"Command: `KERAS_BACKEND=torch .venv/bin/python bench/reference_posteriors.py RUN_DIR --n-obs {args.n_obs} "
-        f"--runs {args.runs} --walkers {args.walkers} --steps {args.steps}` with RUN_DIR a `{cfg.name}` run; "
+        f"--runs {args.runs} --walkers {args.walkers} --steps {args.steps} --draws {args.draws}` with RUN_DIR a `{cfg.name}` run; "
         f"machine: {machine}; {date}.", "",
         f"Exact likelihood (known current, Gaussian noise sd {cfg.noise.sd_v * 1e3:g} mV), the \"ordered\" prior; per observation "
         f"{args.runs} independent emcee runs of {args.walkers} walkers x {args.steps} steps (first half burn-in), started from the "
         f"estimator's draws spread {rp.START_SPREAD:g}x wider. A reference counts when split-R-hat <= {rp.RHAT_MAX} for every "
         f"parameter, the kept chain is >= {rp.MIN_CHAIN_TAUS} autocorrelation times long and a C2ST between the first and second "
-        f"half of the runs gives <= {rp.RUNS_C2ST_MAX}. C2ST: BayesFlow's classifier two-sample test, 5-fold, {N_DRAWS} vs {N_DRAWS} draws.", "",
+        f"half of the runs gives <= {rp.RUNS_C2ST_MAX}. C2ST: BayesFlow's classifier two-sample test, 5-fold, {args.draws} vs {args.draws} draws.", "",
         f"**{len(acc)} of {len(rows)} references accepted; estimator vs reference C2ST accuracy {np.mean(c2):.3f} "
         f"(mean over accepted; min {np.min(c2):.3f}, max {np.max(c2):.3f}).**", "",
         "| obs | accepted | max R-hat | max tau (steps) | min ESS | C2ST runs | C2ST estimator | MCMC s |",
@@ -104,12 +104,13 @@ def main(argv=None) -> int:
     p.add_argument("--walkers", type=int, default=64)
     p.add_argument("--steps", type=int, default=12000)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "reference-posteriors" / "noisy-steps")
+    p.add_argument("--draws", type=int, default=N_DRAWS, help="draws per posterior compared by C2ST")
     p.add_argument("--seed", type=int, default=SEED)
     args = p.parse_args(argv)
     try:
         cfg = check_run(args.run_dir)
-        if min(args.n_obs, args.runs - 1, args.walkers - 13, args.steps - 99) < 1:
-            raise ConfigError("expected --n-obs >= 1, --runs >= 2, --walkers >= 14 and --steps >= 100")
+        if min(args.n_obs, args.runs - 1, args.walkers - 13, args.steps - 99, args.draws - 19) < 1:
+            raise ConfigError("expected --n-obs >= 1, --runs >= 2, --walkers >= 14, --steps >= 100 and --draws >= 20")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -117,14 +118,14 @@ def main(argv=None) -> int:
     obs = observations(cfg, args.n_obs, args.seed)
     approx = estimator.load_approximator(args.run_dir / "model.keras")
     scale = calibration.load_for(args.run_dir / "model.keras")
-    kw = dict(current=obs["current"], prior=cfg.prior.kind, width_scale=scale)
+    kw = dict(current=obs["current"], prior=cfg.prior.kind, width_scale=scale, dt_s=cfg.stimulus.dt_s)
     start = estimator.sample_posterior(approx, obs["trace"], START_DRAWS, seed=args.seed, **kw)
-    est = estimator.sample_posterior(approx, obs["trace"], N_DRAWS, seed=args.seed + 1, **kw)
-    rows, refs = [], np.zeros((args.n_obs, N_DRAWS, len(PARAM_NAMES)))
+    est = estimator.sample_posterior(approx, obs["trace"], args.draws, seed=args.seed + 1, **kw)
+    rows, refs = [], np.zeros((args.n_obs, args.draws, len(PARAM_NAMES)))
     for i in range(args.n_obs):
         t0 = time.perf_counter()
         res = rp.reference_posterior(obs["trace"][i], obs["current"][i], cfg.stimulus.dt_s, cfg.noise.sd_v, start[i],
-                                     n_runs=args.runs, n_walkers=args.walkers, n_steps=args.steps, n_draws=N_DRAWS,
+                                     n_runs=args.runs, n_walkers=args.walkers, n_steps=args.steps, n_draws=args.draws,
                                      seed=args.seed + 100 * i, c2st=lambda a, b: c2st_accuracy(a, b, seed=args.seed + i))
         refs[i] = res.pop("draws")
         res["c2st_estimator"] = c2st_accuracy(est[i], refs[i], seed=args.seed + i)
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     atomic_save_npz(args.out / "draws.npz", reference=refs, estimator=est, names=np.array(PARAM_NAMES))
     accepted = [r["c2st_estimator"] for r in rows if r["accepted"]]
     atomic_write_json(args.out / "summary.json", {
-        "config": cfg.name, "run": str(args.run_dir), "machine": machine, "date": date, "n_draws": N_DRAWS,
+        "config": cfg.name, "run": str(args.run_dir), "run_id": args.run_dir.resolve().name, "machine": machine, "date": date, "n_draws": args.draws,
         "settings": {"runs": args.runs, "walkers": args.walkers, "steps": args.steps, "seed": args.seed},
         "units": {p.name: p.unit for p in PARAMETERS},
         "accepted": len(accepted), "c2st_estimator_mean": float(np.mean(accepted)) if accepted else None, "observations": rows})

@@ -3,8 +3,12 @@
     .venv/bin/python bench/results_table.py            # rewrite README.md between its markers
     .venv/bin/python bench/results_table.py --check    # exit 1 if README.md's table is not what the records give
 
-One row per folder of results/showcase/ (sorted by name): recovery r per parameter and the range
-of 90 % interval coverage over the six parameters (metrics.json), SBC passes, training time
+The first row is the reference study's reported figures (results/reference-study.json, from
+DESIGN.md §2). Then one row per folder of results/showcase/ (sorted by name): the set-up (stimulus
+protocols, whether the estimator sees the current, recording noise, prior kind; config.toml),
+recovery r per parameter and the range of 90 % interval coverage over the six parameters
+(metrics.json), SBC passes, the C2ST accuracy against exact MCMC reference posteriors where
+results/reference-posteriors/*/summary.json holds one for that run id, training time
 (the epochs' wall seconds in history.csv, which count every session of a resumed run), the whole
 command's wall time (timings.json; none for a resumed run), the device
 and backend (environment.json) and the date measured (the run id in report.md). Nothing here is
@@ -18,22 +22,43 @@ import csv
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from lif_sbi.priors import PARAM_NAMES as PARAMETERS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWCASE = ROOT / "results" / "showcase"
+STUDY = ROOT / "results" / "reference-study.json"
+REFERENCES = ROOT / "results" / "reference-posteriors"
 README = ROOT / "README.md"
 BEGIN = "<!-- results table: begin (written by bench/results_table.py from results/showcase/*; do not edit by hand) -->"
 END = "<!-- results table: end -->"
 
 
-def row(folder: Path) -> str:
+def setup(config: dict) -> str:
+    """The data a run trained on, in a few words: protocols, current seen or not, noise, prior."""
+    st, model = config.get("stimulus", {}), config.get("model", {})
+    noise = config.get("noise", {}).get("sd_v", 0.0)
+    return (f"{'+'.join(st.get('protocols', ['coloured']))}, I {'seen' if model.get('observe_current') else 'unseen'}, "
+            f"{'no noise' if not noise else f'{noise * 1e3:g} mV noise'}, {config.get('prior', {}).get('kind', 'reference')} prior")
+
+
+def c2st_by_run() -> dict:
+    """Estimator-vs-MCMC C2ST accuracy (mean over accepted references) by training run id."""
+    out = {}
+    for path in sorted(REFERENCES.glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        if s.get("c2st_estimator_mean") is not None:
+            out[s["run_id"]] = f"{s['c2st_estimator_mean']:.2f} ({s['accepted']} obs.)"
+    return out
+
+
+def row(folder: Path, c2st: dict) -> str:
     """One table row for a showcase run folder."""
     metrics = json.loads((folder / "metrics.json").read_text())
     env = json.loads((folder / "environment.json").read_text())
-    config = re.search(r'^name = "([^"]+)"', (folder / "config.toml").read_text(), re.M).group(1)
+    config = tomllib.loads((folder / "config.toml").read_text())
     run_id = re.search(r"^\| run id \| (\S+) \|", (folder / "report.md").read_text(), re.M).group(1)
     stamp = re.search(r"_(\d{4})(\d\d)(\d\d)T\d{6}Z", run_id)
     with open(folder / "history.csv", newline="") as f:
@@ -46,12 +71,20 @@ def row(folder: Path) -> str:
     cov = [per[p]["coverage_90"] for p in PARAMETERS]
     device = env["device"] if env["device"] != "CPU" else f"{env['cpu_count']}-core CPU"
     cells = [
-        f"[{folder.name}](results/showcase/{folder.name}/report.md)", config, env["keras_backend"], device,
+        f"[{folder.name}](results/showcase/{folder.name}/report.md)", config["name"], setup(config), env["keras_backend"], device,
         f"{stamp.group(1)}-{stamp.group(2)}-{stamp.group(3)}",
         *[f"{per[p]['r']:.3f}" for p in PARAMETERS],
-        f"{min(cov):.2f}–{max(cov):.2f}", f"{metrics['aggregate']['sbc_n_pass']}/6",
+        f"{min(cov):.2f}–{max(cov):.2f}", f"{metrics['aggregate']['sbc_n_pass']}/6", c2st.get(run_id, "—"),
         f"{len(epochs)}", _seconds(training_s), "—" if resumed else _seconds(timings["total_s"]),
     ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def study_row() -> str:
+    """The reference study's reported figures (results/reference-study.json)."""
+    s = json.loads(STUDY.read_text())
+    cells = ["reference study (reported)", "reference", s["setup"], s["backend"], s["device"], s["reported"],
+             *[s["r"][p] for p in PARAMETERS], s["coverage_90"], s["sbc_pass"], "—", str(s["epochs"]), s["training"], "—"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -61,10 +94,11 @@ def _seconds(s: float) -> str:
 
 def table() -> str:
     """The whole table, between its markers."""
-    head = ("| run | config | backend | device | measured | " + " | ".join(f"r {p}" for p in PARAMETERS)
-            + " | 90 % coverage | SBC pass | epochs | training | whole run |")
-    rule = "|" + "---|" * 5 + "---:|" * 11 + "---:|"
-    rows = [row(d) for d in sorted(SHOWCASE.iterdir()) if (d / "metrics.json").is_file()]
+    head = ("| run | config | set-up | backend | device | measured | " + " | ".join(f"r {p}" for p in PARAMETERS)
+            + " | 90 % coverage | SBC pass | C2ST vs MCMC | epochs | training | whole run |")
+    rule = "|" + "---|" * 6 + "---:|" * 12 + "---:|"
+    c2st = c2st_by_run()
+    rows = [study_row()] + [row(d, c2st) for d in sorted(SHOWCASE.iterdir()) if (d / "metrics.json").is_file()]
     return "\n".join([BEGIN, head, rule, *rows, END])
 
 

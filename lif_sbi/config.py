@@ -192,9 +192,14 @@ class ModelConfig:
     # The summary network also sees the injected current (in nA, standardised like the voltage) as
     # a second input channel: what an experimenter knows of their own recording.
     observe_current: bool = False
+    # The flow is also conditioned on a least-squares fit of the membrane equation to the trace and
+    # its current (lif_sbi.features: exact C_m, g_L, E_L on noise-free traces). Needs observe_current.
+    leak_features: bool = False
 
     def __post_init__(self):
         _require(isinstance(self.observe_current, bool), "model.observe_current", "true or false", self.observe_current)
+        _require(isinstance(self.leak_features, bool) and (self.observe_current or not self.leak_features), "model.leak_features",
+                 "true or false, and true only with model.observe_current = true", self.leak_features)
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
         _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
         _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)

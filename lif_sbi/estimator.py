@@ -13,7 +13,9 @@ from bayesflow.networks.defaults import COUPLING_MLP_DEFAULTS
 
 from . import backends, calibration, networks, quiet, subnets  # noqa: F401  (networks, subnets register their layers for loading)
 from .config import ModelConfig
+from . import features
 from .priors import DISPLAY_SCALE, HIGH, LOW, N_PARAMS, in_support, onto_atoms, repair
+from .stimulus import DT_S
 
 VOLT_TO_MV = 1e3
 AMPERE_TO_NA = 1e9
@@ -25,7 +27,7 @@ AMPERE_TO_NA = 1e9
 BOUND_MARGIN = 0.01
 
 
-def make_adapter(logit_bounds: bool = True, observe_current: bool = False) -> bf.Adapter:
+def make_adapter(logit_bounds: bool = True, observe_current: bool = False, leak_features: bool = False) -> bf.Adapter:
     """Map simulator output (SI units) to the approximator's inputs, invertibly.
 
     parameters (N, 6) SI → display units (pF, nS, mV, mV, mV, ms) → logit of the position within
@@ -36,20 +38,23 @@ def make_adapter(logit_bounds: bool = True, observe_current: bool = False) -> bf
     training). Draws come back inside the widened bounds by construction.
     logit_bounds=False skips the logit (the reference study's plain standardisation).
     observables (N, T, 1) V → mV → summary_variables; with observe_current, current (N, T) A →
-    nA as a second channel: summary_variables (N, T, 2). Standardisation (per channel) is the
-    approximator's.
+    nA as a second channel: summary_variables (N, T, 2). With leak_features, features (N, 4)
+    (lif_sbi.features) → inference_conditions, passed to the flow beside the summary.
+    Standardisation (per channel and feature) is the approximator's.
     """
     low, high = LOW * DISPLAY_SCALE, HIGH * DISPLAY_SCALE
     margin = BOUND_MARGIN * (high - low)
     adapter = (
         bf.Adapter()
-        .keep(["parameters", "observables", "current"] if observe_current else ["parameters", "observables"])
+        .keep(["parameters", "observables"] + (["current"] if observe_current else []) + (["features"] if leak_features else []))
         .convert_dtype("float64", "float32")
         .scale("parameters", by=DISPLAY_SCALE.astype("float32"))
     )
     if logit_bounds:
         adapter = adapter.constrain("parameters", lower=(low - margin).astype("float32"), upper=(high + margin).astype("float32"))
     adapter = adapter.scale("observables", by=VOLT_TO_MV).rename("parameters", "inference_variables")
+    if leak_features:
+        adapter = adapter.rename("features", "inference_conditions")
     if not observe_current:
         return adapter.rename("observables", "summary_variables")
     return (adapter.expand_dims("current", axis=-1).scale("current", by=AMPERE_TO_NA)
@@ -59,6 +64,11 @@ def make_adapter(logit_bounds: bool = True, observe_current: bool = False) -> bf
 def observes_current(approximator) -> bool:
     """Whether the approximator's summary network takes the injected current (`model.observe_current`)."""
     return any("current" in str(t.get_config()) for t in getattr(approximator.adapter, "transforms", []))
+
+
+def uses_leak_features(approximator) -> bool:
+    """Whether the approximator's flow is conditioned on `lif_sbi.features` (`model.leak_features`)."""
+    return any("'features'" in str(t.get_config()) for t in getattr(approximator.adapter, "transforms", []))
 
 
 def subnet_arguments(kind: str, dropout: float) -> dict:
@@ -84,10 +94,10 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
         **subnet_arguments(model.flow_subnet, model.flow_dropout),
     )
     approximator = bf.approximators.ContinuousApproximator(
-        adapter=make_adapter(model.logit_bounds, model.observe_current),
+        adapter=make_adapter(model.logit_bounds, model.observe_current, model.leak_features),
         inference_network=flow,
         summary_network=summary,
-        standardize=["inference_variables", "summary_variables"],
+        standardize=["inference_variables", "summary_variables"] + (["inference_conditions"] if model.leak_features else []),
     )
     backends.compile_inference(approximator)
     return approximator
@@ -257,12 +267,14 @@ def sample_posterior(
     width_scale=None,
     current=None,
     prior: str = "reference",
+    dt_s: float = DT_S,
 ):
     """Posterior draws for each trace (N, T) V: returns (N, n_draws, 6) in SI units.
 
     current (N, T) A: the injected currents, which a model trained with `model.observe_current`
     needs (and any other ignores). prior: the kind the model was trained on (`prior.kind`), whose
-    support the draws are confined to.
+    support the draws are confined to. dt_s: the traces' sampling step, which a model with
+    `model.leak_features` needs (the step it was trained at).
 
     within_prior=True confines the draws to the prior's support, where the true posterior
     lives: draws below V_res = -80 mV, the bound on which the prior's ordering repair puts a
@@ -284,6 +296,8 @@ def sample_posterior(
     cur = _as_currents(current, obs, approximator)
     if cur is not None:
         conditions["current"] = cur
+        if uses_leak_features(approximator):
+            conditions["features"] = features.leak_features(obs, cur, dt_s)
     if width_scale is not None and np.all(np.asarray(width_scale) == 1.0):
         width_scale = None  # nothing to rescale: skip the adapter round trip
     state = None  # per-trace medians (and sorted first draws) in unbounded coordinates, when rescaling

@@ -126,7 +126,8 @@ def main(argv=None) -> int:
               + ", ".join(f"{p.name} {d}" for p, d in zip(PARAMETERS, calibration.describe_each(width_scale))))
     t0 = time.perf_counter()
     draws = estimator.sample_posterior(approximator, traces, args.draws, seed=args.seed, width_scale=width_scale,
-                                       current=current if run.model.observe_current else None, prior=run.prior.kind)
+                                       current=current if run.model.observe_current else None, prior=run.prior.kind,
+                                       dt_s=run.stimulus.dt_s)
     elapsed = time.perf_counter() - t0
     print(f"{len(traces)} trace(s) x {args.draws} draws in {elapsed * 1e3:.0f} ms")
     header = f"{'trace':>5} {'parameter':<7} {'mean':>10} {'sd':>9} {'5 %':>10} {'95 %':>10}  unit"

@@ -27,3 +27,7 @@ class FreshNoise:
 
     def __call__(self, observables: np.ndarray) -> np.ndarray:
         return (observables + self.rng.normal(0.0, self.sd_v, size=observables.shape)).astype(np.float32)
+
+    def on_batch(self, batch: dict) -> dict:
+        """The same, as an augmentation of a whole batch: its "observables" made noisy."""
+        return {**batch, "observables": self(batch["observables"])}

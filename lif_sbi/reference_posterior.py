@@ -16,8 +16,10 @@ PRIOR = "ordered"  # the only prior with a density (priors.PRIOR_KINDS)
 START_SPREAD = 3.0  # starting walkers: the estimator's draws pushed this many times farther from their mean
 MIN_CHAIN_TAUS = 50  # emcee's advice: chains at least 50 autocorrelation times long for a reliable tau
 RHAT_MAX = 1.01  # split-R-hat across the independent runs, per parameter
-RUNS_C2ST_MAX = 0.55
-LOST_LOG_POST = 100.0  # a burn-in walker this far (log units) below the best one is lost (`rescue_lost`)  # C2ST accuracy between two halves of the runs (the issue's acceptance rule)
+RUNS_C2ST_MAX = 0.55  # C2ST accuracy between two halves of the runs (the issue's acceptance rule)
+# A burn-in walker this far (log units) below the best one is lost (`rescue_lost`): a 6-parameter
+# posterior keeps all but 1e-8 of its mass within chi2_6(1 - 1e-8) / 2 = 25 of its mode.
+LOST_LOG_POST = 25.0
 
 
 def log_likelihood(theta, trace_v, current_a, dt_s: float, sd_v: float) -> np.ndarray:
@@ -71,7 +73,7 @@ def starting_walkers(draws_si, n_walkers: int, rng: np.random.Generator, spread:
     mean = u.mean(axis=0)
     out = np.empty((0, N_PARAMS))
     for _ in range(1000):
-        pick = u[rng.integers(len(u), size=4 * n_walkers)]
+        pick = u[rng.choice(len(u), size=min(len(u), 4 * n_walkers), replace=False)]  # distinct: equal walkers break the snooker move
         cand = mean + spread * (pick - mean)
         cand = cand[in_support(from_unit(cand), kind=PRIOR)]
         out = np.concatenate([out, cand])[:n_walkers]
@@ -88,16 +90,25 @@ def rescue_lost(state: emcee.State, log_post, rng: np.random.Generator) -> tuple
     (every spike one sample earlier or later) sits thousands of log units below the posterior's
     cell, and differential-evolution proposals, built from differences of the other walkers, are
     too small to leave it: it would stay there for the whole run. No walker of the stationary
-    ensemble is ever that far below the best (a 6-dimensional posterior spreads over a few log
-    units), so moving them during burn-in changes nothing but the time to converge."""
+    ensemble is that far below the best (see LOST_LOG_POST), so moving them during burn-in changes
+    nothing but the time to converge."""
     lp = np.asarray(state.log_prob)
     lost = np.flatnonzero(lp < lp.max() - LOST_LOG_POST)
     if len(lost) == 0:
         return state, 0
     good = np.flatnonzero(lp >= lp.max() - LOST_LOG_POST)
     coords = state.coords.copy()
-    coords[lost] = coords[rng.choice(good, size=len(lost))]
-    return emcee.State(coords, log_prob=log_post(coords), random_state=state.random_state), int(len(lost))
+    # onto a good walker, nudged by a thousandth of the ensemble's spread: exact copies would make
+    # the snooker move divide by a zero distance
+    spread = 1e-3 * coords[good].std(axis=0)
+    new = coords[rng.choice(good, size=len(lost))] + spread * rng.standard_normal((len(lost), coords.shape[1]))
+    coords[lost] = new
+    lp = np.asarray(log_post(coords), dtype=np.float64)
+    if not np.isfinite(lp[lost]).all():  # a nudge left the support: exact copies for those
+        bad = lost[~np.isfinite(lp[lost])]
+        coords[bad] = coords[rng.choice(good, size=len(bad))]
+        lp = np.asarray(log_post(coords), dtype=np.float64)
+    return emcee.State(coords, log_prob=lp, random_state=state.random_state), int(len(lost))
 
 
 def run_chain(log_post: LogPosterior, start_unit: np.ndarray, n_steps: int, seed: int) -> dict:

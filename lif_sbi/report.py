@@ -249,7 +249,8 @@ def _data_line(config) -> str:
     """What the traces are: protocol, window, step, observed current, noise, prior."""
     st = config.stimulus
     return (f"{' + '.join(st.protocols)} current, {st.duration_s * 1e3:g} ms at {st.dt_s * 1e3:g} ms ({st.n_samples} samples), "
-            f"current {'observed' if config.model.observe_current else 'not observed'} by the estimator, "
+            f"current {'observed' if config.model.observe_current else 'not observed'} by the estimator"
+            f"{' (and a least-squares fit of the membrane equation, model.leak_features)' if config.model.leak_features else ''}, "
             f"recording noise {config.noise.sd_v * 1e3:g} mV, prior '{config.prior.kind}'")
 
 

@@ -17,7 +17,7 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, noise, report, simulator
+from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, report, simulator
 from .checkpoints import CHECKPOINTS, ResumeError
 from .config import INITIAL_WEIGHTS, Config, ConfigError
 from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_tree
@@ -113,11 +113,17 @@ def build(r: Run, train: dict, val: dict):
     tc = r.config.training
     approximator = estimator.build_approximator(r.config.model)
     estimator.quiet_file_probe()  # before the first checkpoint save
-    keys = ("parameters", "observables", "current") if r.config.model.observe_current else ("parameters", "observables")
-    fresh = {"observables": noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET)} if r.config.noise.sd_v else None
+    mc, dt_s = r.config.model, r.config.stimulus.dt_s
+    keys = ("parameters", "observables", "current") if mc.observe_current else ("parameters", "observables")
+    # per training batch: fresh recording noise, then the leak features of the noisy traces
+    augment = [noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET).on_batch] if r.config.noise.sd_v else []
+    augment += [features.WithFeatures(dt_s)] if mc.leak_features else []
     train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=tc.batch_size, adapter=approximator.adapter,
-                                          augmentations=fresh)
-    val_ds = bf.datasets.OfflineDataset({k: val[k] for k in keys}, batch_size=validation_batch_size(len(val["parameters"]), tc.batch_size),
+                                          augmentations=augment or None)
+    val_data = {k: val[k] for k in keys}
+    if mc.leak_features:
+        val_data["features"] = features.leak_features(val["observables"], val["current"], dt_s)
+    val_ds = bf.datasets.OfflineDataset(val_data, batch_size=validation_batch_size(len(val["parameters"]), tc.batch_size),
                                         adapter=approximator.adapter, shuffle=False)
     approximator.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, len(train_ds))), jit_compile=tc.jit_compile)
     approximator.build_from_data(train_ds[0])
@@ -178,7 +184,7 @@ def calibrate(r: Run, approximator, val: dict):
         n_fit = min(CALIBRATION_TRACES, len(val["parameters"]))
         r.say(f"calibrating posterior widths on {n_fit} validation traces")
         raw = estimator.sample_posterior(approximator, val["observables"][:n_fit], CALIBRATION_DRAWS, current=val["current"][:n_fit],
-                                         seed=r.config.training.seed, within_prior=False)
+                                         seed=r.config.training.seed, within_prior=False, dt_s=r.config.stimulus.dt_s)
         atomic_write_json(cal_path, calibration.fit(approximator.adapter, raw, val["parameters"][:n_fit]))
         r.timings["calibration_s"] = round(time.perf_counter() - t0, 3)
         atomic_write_json(r.run_dir / "timings.json", r.timings)
@@ -196,7 +202,7 @@ def diagnose(r: Run, approximator, train: dict, rows: list[dict], width_scale):
     observed = noise.add_noise(test["observables"], cfg.noise.sd_v, seed=diag.seed + NOISE_SEED_OFFSET)
     draws, acceptance = estimator.sample_posterior(
         approximator, observed, diag.n_draws, seed=diag.seed, return_acceptance=True, width_scale=width_scale,
-        current=test["current"], prior=cfg.prior.kind,
+        current=test["current"], prior=cfg.prior.kind, dt_s=cfg.stimulus.dt_s,
     )
     ppc_cases = [
         {"theta_draws": draws[i], "current": test["current"][i], "observed": observed[i, :, 0],

@@ -124,14 +124,14 @@ def simulate(
         raise ValueError("kernel='numba' needs device='cpu' and the numba package")
     if out is not None and (tuple(out.shape) != (n, n_samples) or out.dtype != dtype or out.device != device or not out.is_contiguous()):
         raise ValueError(f"out must be a contiguous ({n}, {n_samples}) {dtype} tensor on {device}; got {tuple(out.shape)} {out.dtype} on {out.device}")
-    theta64 = torch.as_tensor(theta_np, dtype=torch.float64, device=device)
     if kernel == "numba":
         if out is None:
             out = torch.empty((n, n_samples), dtype=dtype, device=device)
-        coeffs = _coefficients(theta64, dt, dtype)
+        coeffs = _coefficients_np(theta_np.astype(np.float64), dt, out.numpy().dtype)
         cur = torch.as_tensor(current).to(device=device, dtype=dtype).contiguous()
-        cpu_kernel.integrate(*[c.numpy() for c in coeffs], cur.numpy(), out.numpy())
+        cpu_kernel.integrate(*coeffs, cur.numpy(), out.numpy())
         return out
+    theta64 = torch.as_tensor(theta_np, dtype=torch.float64, device=device)
     if chunk_size is None:
         # On the CPU, chunks keep each step's working set in cache; a GPU wants one big launch.
         chunk_size = (65536 if kernel == "compiled" else 16384) if device.type == "cpu" else n
@@ -146,23 +146,23 @@ def simulate(
     return out
 
 
-def _coefficients(theta64: torch.Tensor, dt: float, dtype: torch.dtype):
-    """Per-trace constants from theta (n, 6) float64, each (n,) contiguous:
+def _coefficients_np(theta64: np.ndarray, dt: float, dtype: np.dtype):
+    """Per-trace constants from theta (n, 6) float64, each (n,) contiguous NumPy:
     decay = 1 - dt g_L / C_m, rest = (dt g_L / C_m) E_L, gain = dt / C_m, V_0 = E_L, V_th, V_res
     in `dtype`, and n_ref (int32) refractory samples."""
-    c_m, g_l = theta64[:, INDEX["C_m"]], theta64[:, INDEX["g_L"]]
+    c_m, g_l, e_l = theta64[:, INDEX["C_m"]], theta64[:, INDEX["g_L"]], theta64[:, INDEX["E_L"]]
     alpha = dt * g_l / c_m  # (n,) leak fraction per step
-    cast = lambda x: x.to(dtype).contiguous()  # noqa: E731
-    n_ref = torch.as_tensor(refractory_steps(theta64[:, INDEX["t_ref"]].cpu().numpy(), dt), device=theta64.device)
-    return (
-        cast(1.0 - alpha),
-        cast(alpha * theta64[:, INDEX["E_L"]]),
-        cast(dt / c_m),
-        cast(theta64[:, INDEX["E_L"]]),
-        cast(theta64[:, INDEX["V_th"]]),
-        cast(theta64[:, INDEX["V_res"]]),
-        n_ref.to(torch.int32).contiguous(),
-    )
+    cast = lambda x: np.ascontiguousarray(x, dtype=dtype)  # noqa: E731
+    return (cast(1.0 - alpha), cast(alpha * e_l), cast(dt / c_m), cast(e_l), cast(theta64[:, INDEX["V_th"]]),
+            cast(theta64[:, INDEX["V_res"]]), np.ascontiguousarray(refractory_steps(theta64[:, INDEX["t_ref"]], dt), dtype=np.int32))
+
+
+def _coefficients(theta64: torch.Tensor, dt: float, dtype: torch.dtype):
+    """`_coefficients_np` as tensors of `dtype` on theta64's device (float64 arithmetic is
+    correctly rounded in NumPy and torch alike: the same numbers)."""
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    return tuple(torch.as_tensor(c, device=theta64.device)
+                 for c in _coefficients_np(theta64.detach().cpu().numpy(), dt, np_dtype))
 
 
 STEPS_PER_BLOCK = 20  # time steps fused into one compiled kernel call (500 = 25 blocks)

@@ -67,3 +67,25 @@ def random_cases():
     current, _, _ = sample_current(n, torch.Generator().manual_seed(20241125))
     current = current.numpy()
     return {"theta": theta, "current": current, "v_ref": simulate_reference(theta, current)}
+
+
+# --------------------------------------------------------------------------------------------
+# a small trained run of a known-current, noisy set-up, shared by test_train, test_infer and
+# test_reference_posterior
+
+
+@pytest.fixture(scope="session")
+def noisy_steps_run(tmp_path_factory):
+    """A finished `noisy_steps` run at smoke size (320 traces, 1 epoch) under torch: its folder."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("noisy_steps")
+    cmd = [sys.executable, "-m", "lif_sbi.train", "--config", "noisy_steps", "--results-dir", str(tmp / "results"), "--quiet",
+           "--set", "data.n_traces=320", "--set", "training.epochs=1", "--set", "diagnostics.n_test=24",
+           "--set", "diagnostics.n_draws=60", "--set", "diagnostics.n_ppc=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "KERAS_BACKEND": "torch", "LIF_SBI_CACHE": str(tmp / "cache")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (tmp / "results").iterdir()
+    return run_dir

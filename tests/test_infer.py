@@ -99,3 +99,22 @@ def test_posterior_draws_stay_inside_the_prior(trained_run):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "KERAS_BACKEND": "torch"})
     assert proc.returncode == 0 and "leak" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.torch
+def test_a_known_current_model_needs_the_current_and_uses_it(noisy_steps_run, tmp_path):
+    """A model trained with model.observe_current: one line and exit 2 without --current; draws with it; a row-count mismatch is refused."""
+    from lif_sbi.config import load_config
+
+    cfg = load_config(str(noisy_steps_run / "config.toml"))
+    data = simulate_batch(2, seed=3, stimulus=cfg.stimulus, prior="ordered")
+    np.save(tmp_path / "traces.npy", data["observables"][:, :, 0])
+    np.save(tmp_path / "current.npy", data["current"] * 1e12)
+    proc = _run(noisy_steps_run, tmp_path / "traces.npy")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "pass --current FILE" in proc.stderr, proc.stderr
+    proc = _run(noisy_steps_run, tmp_path / "traces.npy", "--current", tmp_path / "current.npy", "--current-units", "pA", "--draws", "30")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 trace(s) x 30 draws" in proc.stdout
+    np.save(tmp_path / "one.npy", data["current"][:1])
+    proc = _run(noisy_steps_run, tmp_path / "traces.npy", "--current", tmp_path / "one.npy")
+    assert proc.returncode == 2 and "holds 1 row(s) for 2 trace(s)" in proc.stderr

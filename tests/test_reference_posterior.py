@@ -96,7 +96,7 @@ def test_lost_walkers_are_moved_onto_the_ensemble():
         return np.zeros(len(u))
 
     state, moved = rp.rescue_lost(emcee.State(coords.copy(), log_prob=lp), log_post, np.random.default_rng(0))
-    assert moved == 1 and np.any(np.all(state.coords[3] == np.delete(coords, 3, axis=0), axis=1))
+    assert moved == 1 and np.min(np.abs(state.coords[3] - np.delete(coords, 3, axis=0)).max(axis=1)) < 1e-3
     healthy, none = rp.rescue_lost(emcee.State(coords.copy(), log_prob=np.zeros(16)), log_post, np.random.default_rng(0))
     assert none == 0 and np.array_equal(healthy.coords, coords)
 
@@ -149,3 +149,21 @@ def test_bench_refuses_a_folder_that_is_not_a_run_and_a_setup_without_an_exact_l
     (tmp_path / "model.keras").write_bytes(b"not used")
     proc = _bench(tmp_path)
     assert proc.returncode == 2 and "has no exact likelihood" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.torch
+def test_bench_runs_end_to_end_on_a_noisy_steps_run(noisy_steps_run, tmp_path):
+    """bench/reference_posteriors.py at toy size on a trained noisy_steps run: every file written, the summary records each check."""
+    import json
+
+    out = tmp_path / "ref"
+    proc = _bench(noisy_steps_run, "--n-obs", "1", "--runs", "2", "--walkers", "16", "--steps", "200", "--draws", "50", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for name in ("observations.npz", "draws.npz", "summary.json", "summary.md"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    (row,) = summary["observations"]
+    assert row["accepted"] is False  # 100 kept steps are far too short: the checks say so
+    assert 0.0 <= row["c2st_estimator"] <= 1.0 and 0.0 <= row["c2st_between_runs"] <= 1.0
+    with np.load(out / "draws.npz") as f:
+        assert f["reference"].shape == (1, 50, 6) and f["estimator"].shape == (1, 50, 6)

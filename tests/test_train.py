@@ -211,3 +211,19 @@ def test_validation_batches_are_whole_where_a_close_batch_size_allows():
     assert validation_batch_size(1999, 64) == 64  # a prime: no close divisor, one partial batch
     assert validation_batch_size(24, 64) == 24  # one batch
     assert validation_batch_size(1, 64) == 1
+
+
+@pytest.mark.torch
+def test_noisy_steps_trains_end_to_end_with_the_current_noise_and_prior_it_configures(noisy_steps_run):
+    """noisy_steps at smoke size: the saved config keeps its stimulus, noise and prior; no width calibration; the report names the data and the spike-time check."""
+    run_dir = noisy_steps_run
+    saved = (run_dir / "config.toml").read_text()
+    assert 'protocols = ["step"]' in saved and "sd_v = 0.0005" in saved and 'kind = "ordered"' in saved and "observe_current = true" in saved
+    assert not (run_dir / "calibration.json").exists()
+    for name in PLOTS:
+        assert (run_dir / "plots" / name).stat().st_size > 1000, name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    spikes = metrics["spike_times"]
+    assert 0 <= spikes["spikes_inside"] <= spikes["spikes_observed"] and spikes["n_traces"] > 0, spikes
+    report = (run_dir / "report.md").read_text()
+    assert "## Spike times" in report and "0.5 mV" in report and "ordered" in report and "step" in report
