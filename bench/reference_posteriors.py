@@ -1,7 +1,7 @@
 """Exact reference posteriors by MCMC for fresh observations of a trained run's set-up, and the run's estimator against them by C2ST.
 
     KERAS_BACKEND=torch .venv/bin/python bench/reference_posteriors.py RUN_DIR \
-        [--n-obs 10] [--runs 4] [--walkers 64] [--steps 12000] [--out results/reference-posteriors/noisy-steps]
+        [--n-obs 10] [--runs 4] [--walkers 64] [--steps 8000] [--jobs 2] [--out results/reference-posteriors/noisy-steps]
 
 RUN_DIR: a finished training run (its config.toml and model.keras) whose configuration has a
 known current (`model.observe_current`), Gaussian recording noise (`noise.sd_v` > 0) and the
@@ -18,8 +18,11 @@ observations.npz, draws.npz (reference and estimator draws), summary.json and su
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
+import multiprocessing
 import json
+import os
 import platform
 import sys
 import time
@@ -82,18 +85,36 @@ def summary_lines(rows: list[dict], args, cfg, machine: str, date: str) -> list[
         f"machine: {machine}; {date}.", "",
         f"Exact likelihood (known current, Gaussian noise sd {cfg.noise.sd_v * 1e3:g} mV), the \"ordered\" prior; per observation "
         f"{args.runs} independent emcee runs of {args.walkers} walkers x {args.steps} steps (first half burn-in), started from the "
-        f"estimator's draws spread {rp.START_SPREAD:g}x wider. A reference counts when split-R-hat <= {rp.RHAT_MAX} for every "
-        f"parameter, the kept chain is >= {rp.MIN_CHAIN_TAUS} autocorrelation times long and a C2ST between the first and second "
+        f"estimator's draws spread {rp.START_SPREAD:g}x wider. A reference counts when split-R-hat over the runs <= {rp.RHAT_MAX} for every "
+        f"parameter, no walker's mean lies more than {rp.WALKER_Z_MAX:g} posterior sd from the pooled mean, the kept chain is >= {rp.MIN_CHAIN_TAUS} autocorrelation times long and a C2ST between the first and second "
         f"half of the runs gives <= {rp.RUNS_C2ST_MAX}. C2ST: BayesFlow's classifier two-sample test, 5-fold, {args.draws} vs {args.draws} draws.", "",
         f"**{len(acc)} of {len(rows)} references accepted; estimator vs reference C2ST accuracy {np.mean(c2):.3f} "
         f"(mean over accepted; min {np.min(c2):.3f}, max {np.max(c2):.3f}).**", "",
-        "| obs | accepted | max R-hat | max tau (steps) | min ESS | C2ST runs | C2ST estimator | MCMC s |",
-        "|---:|:---:|---:|---:|---:|---:|---:|---:|",
+        "| obs | accepted | max R-hat | farthest walker (sd) | max tau (steps) | min ESS | C2ST runs | C2ST estimator | MCMC s (one core) |",
+        "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['obs']} | {'yes' if r['accepted'] else 'no'} | {max(r['rhat']):.4f} | {max(r['tau']):.0f} | "
+        lines.append(f"| {r['obs']} | {'yes' if r['accepted'] else 'no'} | {max(r['rhat']):.4f} | {r['walker_z']:.2f} | {max(r['tau']):.0f} | "
                      f"{min(r['ess']):.0f} | {r['c2st_between_runs']:.3f} | {r['c2st_estimator']:.3f} | {r['seconds']:.0f} |")
     return lines + [""]
+
+
+def one_observation(job: dict) -> tuple[dict, np.ndarray]:
+    """The reference posterior of one observation and the estimator's C2ST against it: (summary
+    row, reference draws (draws, 6) SI). Runs on one thread."""
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    i, t0 = job["obs"], time.perf_counter()
+    res = rp.reference_posterior(job["trace"], job["current"], job["dt_s"], job["sd_v"], job["start"],
+                                 n_runs=job["runs"], n_walkers=job["walkers"], n_steps=job["steps"], n_draws=job["draws"],
+                                 seed=job["seed"] + 100 * i, c2st=lambda a, b: c2st_accuracy(a, b, seed=job["seed"] + i))
+    ref = res.pop("draws")
+    res["c2st_estimator"] = c2st_accuracy(job["estimator"], ref, seed=job["seed"] + i)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    row = {"obs": i, **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.items()}}
+    print(f"obs {i}: accepted {row['accepted']}, R-hat <= {max(row['rhat']):.4f}, C2ST runs {row['c2st_between_runs']:.3f}, "
+          f"estimator {row['c2st_estimator']:.3f} ({row['wall_s']:.0f} s)", flush=True)
+    return row, ref
 
 
 def main(argv=None) -> int:
@@ -102,15 +123,16 @@ def main(argv=None) -> int:
     p.add_argument("--n-obs", type=int, default=10)
     p.add_argument("--runs", type=int, default=4)
     p.add_argument("--walkers", type=int, default=64)
-    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "reference-posteriors" / "noisy-steps")
     p.add_argument("--draws", type=int, default=N_DRAWS, help="draws per posterior compared by C2ST")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--jobs", type=int, default=2, help="observations run at once, one process each (default 2: the 2-core CPU)")
     args = p.parse_args(argv)
     try:
         cfg = check_run(args.run_dir)
-        if min(args.n_obs, args.runs - 1, args.walkers - 13, args.steps - 99, args.draws - 19) < 1:
-            raise ConfigError("expected --n-obs >= 1, --runs >= 2, --walkers >= 14, --steps >= 100 and --draws >= 20")
+        if min(args.n_obs, args.runs - 1, args.walkers - 13, args.steps - 99, args.draws - 19, args.jobs) < 1:
+            raise ConfigError("expected --n-obs >= 1, --runs >= 2, --walkers >= 14, --steps >= 100, --draws >= 20 and --jobs >= 1")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -121,19 +143,17 @@ def main(argv=None) -> int:
     kw = dict(current=obs["current"], prior=cfg.prior.kind, width_scale=scale, dt_s=cfg.stimulus.dt_s)
     start = estimator.sample_posterior(approx, obs["trace"], START_DRAWS, seed=args.seed, **kw)
     est = estimator.sample_posterior(approx, obs["trace"], args.draws, seed=args.seed + 1, **kw)
-    rows, refs = [], np.zeros((args.n_obs, args.draws, len(PARAM_NAMES)))
-    for i in range(args.n_obs):
-        t0 = time.perf_counter()
-        res = rp.reference_posterior(obs["trace"][i], obs["current"][i], cfg.stimulus.dt_s, cfg.noise.sd_v, start[i],
-                                     n_runs=args.runs, n_walkers=args.walkers, n_steps=args.steps, n_draws=args.draws,
-                                     seed=args.seed + 100 * i, c2st=lambda a, b: c2st_accuracy(a, b, seed=args.seed + i))
-        refs[i] = res.pop("draws")
-        res["c2st_estimator"] = c2st_accuracy(est[i], refs[i], seed=args.seed + i)
-        row = {"obs": i, **{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.items()}}
-        rows.append(row)
-        print(f"obs {i}: accepted {row['accepted']}, R-hat <= {max(row['rhat']):.4f}, C2ST runs {row['c2st_between_runs']:.3f}, "
-              f"estimator {row['c2st_estimator']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads ({platform.node()})"
+    jobs = [{"obs": i, "trace": obs["trace"][i], "current": obs["current"][i], "dt_s": cfg.stimulus.dt_s, "sd_v": cfg.noise.sd_v,
+             "start": start[i], "estimator": est[i], "runs": args.runs, "walkers": args.walkers, "steps": args.steps,
+             "draws": args.draws, "seed": args.seed} for i in range(args.n_obs)]
+    if args.jobs > 1:  # one observation per process: the MCMC is one thread of Python and Numba
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(one_observation, jobs))
+    else:
+        done = [one_observation(job) for job in jobs]
+    rows = [row for row, _ in done]
+    refs = np.stack([ref for _, ref in done])
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.jobs} observation(s) at a time"
     date = datetime.date.today().isoformat()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_save_npz(args.out / "observations.npz", **obs)

@@ -126,6 +126,7 @@ def test_reference_posterior_of_a_step_observation_holds_the_truth_and_records_c
     for key in ("rhat", "tau", "ess"):
         assert res[key].shape == (6,) and np.isfinite(res[key]).all()
     # 600 kept steps cannot be 50 autocorrelation times of this target: not a reference
+    assert 0 <= res["walker_z"] and res["rhat_walkers"].shape == (6,)
     assert res["long_enough"] is False and res["accepted"] is False
     assert res["c2st_between_runs"] == 0.5
 
