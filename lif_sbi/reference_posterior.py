@@ -78,7 +78,9 @@ def starting_walkers(draws_si, n_walkers: int, rng: np.random.Generator, spread:
     out = np.empty((0, N_PARAMS))
     for _ in range(1000):
         pick = u[rng.choice(len(u), size=min(len(u), 4 * n_walkers), replace=False)]  # distinct: equal walkers break the snooker move
-        cand = mean + spread * (pick - mean)
+        # plus a ten-thousandth of the prior's range: draws that coincide or lie on a line (a poorly
+        # trained estimator's) would give emcee linearly dependent walkers
+        cand = mean + spread * (pick - mean) + 1e-4 * rng.standard_normal(pick.shape)
         cand = cand[in_support(from_unit(cand), kind=PRIOR)]
         out = np.concatenate([out, cand])[:n_walkers]
         if len(out) == n_walkers:
