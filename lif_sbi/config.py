@@ -294,12 +294,15 @@ class DiagnosticsConfig:
     n_draws: int = 1000  # posterior draws per test trace
     n_ppc: int = 6  # test traces shown in the posterior-predictive check
     seed: int = 2024  # seed of the test traces
+    validity_traces: int = 1000  # held-out traces of the validity check (lif_sbi.validity): fitted on 2x, thresholds on 1x, false alarms on 1x
 
     def __post_init__(self):
         _require(isinstance(self.n_test, int) and self.n_test >= 10, "diagnostics.n_test", "an integer >= 10", self.n_test)
         _require(isinstance(self.n_draws, int) and self.n_draws >= 10, "diagnostics.n_draws", "an integer >= 10", self.n_draws)
         _require(isinstance(self.n_ppc, int) and 1 <= self.n_ppc <= self.n_test, "diagnostics.n_ppc", "an integer in 1..diagnostics.n_test", self.n_ppc)
         _require(isinstance(self.seed, int) and self.seed >= 0, "diagnostics.seed", "a non-negative integer", self.seed)
+        _require(isinstance(self.validity_traces, int) and self.validity_traces >= 50, "diagnostics.validity_traces",
+                 "an integer >= 50", self.validity_traces)
 
 
 @dataclass(frozen=True)

@@ -1,86 +1,56 @@
-"""`python -m lif_sbi.infer`: posterior draws for your own recorded traces from a trained model."""
+"""`python -m lif_sbi.infer RUN_DIR FILE [FILE ...]`: the posterior of a trained run for your own recordings, with an honest verdict per trace.
+
+Exit codes: 0 every trace has a valid posterior; 2 bad input (one line, nothing written); 3 some
+trace is outside what the model was trained on ("no valid posterior"; the rest are answered).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
+import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .priors import PARAMETERS
-from .stimulus import DT_S, N_SAMPLES
+from .errors import InputError
+from .priors import INDEX, PARAMETERS
+
+EXIT_INVALID = 3
 
 
-class InputError(Exception):
-    """Bad input: one line, exit code 2."""
+def parse_sweeps(text: str | None) -> list[int] | None:
+    """'0,3,5-7' → [0, 3, 5, 6, 7]; None → None (all sweeps)."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise InputError(f"--sweeps {text!r}: expected sweep numbers from 0, e.g. 0,3,5-7")
+        out += list(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return out
 
 
-def read_traces(path: Path, *, units: str, n_samples: int = N_SAMPLES, dt_s: float = DT_S, what: str = "traces") -> np.ndarray:
-    """Traces from .npy (N, T) / (T,) / (N, T, 1) or a CSV/TXT with one trace per row, T =
-    `n_samples` (the model's window at `dt_s`).
-
-    Returns (N, T) float64 in V. `units`: 'V' or 'mV' (what the file holds). what="current":
-    injected currents in A instead ('A', 'pA' or 'nA').
-    """
-    if not path.is_file():
-        raise InputError(f"{what} file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
-        elif path.suffix in (".csv", ".txt"):
-            x = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-        else:
-            raise InputError(f"{what} file {str(path)!r}: expected a .npy, .csv or .txt file")
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{what} file {str(path)!r} could not be read as numbers: {exc}") from None
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 3 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim == 1:
-        x = x[None]
-    if x.ndim != 2 or x.shape[1] != n_samples:
-        raise InputError(
-            f"{what} in {str(path)!r} have shape {np.shape(x)}: expected (N, {n_samples}), one trace of "
-            f"{n_samples} samples at {dt_s * 1e3:g} ms per row (the model's window)"
-        )
-    if not np.isfinite(x).all():
-        raise InputError(f"{what} in {str(path)!r} contain NaN or inf: expected finite values")
-    if what == "current":
-        return x * {"A": 1.0, "nA": 1e-9, "pA": 1e-12}[units]
-    x = x * (1e-3 if units == "mV" else 1.0)
-    if np.abs(x).max() > 1.0:
-        raise InputError(f"traces in {str(path)!r} reach {np.abs(x).max():.3g} V: expected volts (or pass --units mV)")
-    return x
-
-
-def run_settings(model: Path):
-    """The configuration of the run that trained `model` (its folder's config.toml; the defaults
-    for a bare .keras file, which must then be a reference-window model)."""
-    from .config import Config, ConfigError, load_config
-
-    path = model.parent / "config.toml"
-    if not path.is_file():
-        return Config()
-    try:
-        return load_config(str(path))
-    except ConfigError as exc:
-        raise InputError(f"{path}: not a configuration this version reads ({exc})") from None
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lif_sbi.infer", description=__doc__)
-    p.add_argument("model", help="a run folder (results/<run_id>) or its model.keras")
-    p.add_argument("traces", help=f".npy, .csv or .txt: N traces of {N_SAMPLES} samples (one per row)")
-    p.add_argument("--units", choices=("V", "mV"), default="V", help="units of the traces file (default V)")
-    p.add_argument("--current", help="the injected currents, one row per trace like the traces file: needed by a model "
-                   "trained with model.observe_current")
-    p.add_argument("--current-units", choices=("A", "nA", "pA"), default="A", help="units of the current file (default A)")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lif_sbi.infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a finished run folder (results/<run_id>)")
+    p.add_argument("files", nargs="+", help="recordings: .abf, .nwb, .npy, .npz, .csv or .txt")
+    p.add_argument("--units", choices=("V", "mV"), help="voltage units of .npy/.npz/.csv/.txt files (default V; ABF and NWB carry theirs)")
+    p.add_argument("--dt", type=float, help="sampling step in s of files without a time base (default: the model's)")
+    p.add_argument("--time-units", choices=("s", "ms"), help="units of a time column (default: judged from its step, and said)")
+    p.add_argument("--columns", help="what a table's columns hold, e.g. t,v,i or v (default: from its header or shape)")
+    p.add_argument("--sweeps", help="ABF/NWB sweeps to infer, e.g. 0,3,5-7 (default all)")
+    p.add_argument("--window", help="START:END in s of each recording to infer (the model's window length)")
+    p.add_argument("--current", help="the injected current: a file laid out like the recordings (one per trace)")
+    p.add_argument("--current-units", choices=("A", "nA", "pA"), default="A", help="units of --current or a current column (default A)")
+    p.add_argument("--spikes", choices=("flag", "reset"), default="flag",
+                   help="action potentials: flag a trace that has them (default), or map each onto the LIF's reset")
     p.add_argument("--draws", type=int, default=1000, help="posterior draws per trace (default 1000)")
-    p.add_argument("--out", help="write all draws (N, draws, 6), SI units, to this .npz")
+    p.add_argument("--out", help="output folder (default RUN_DIR/inference/<first file's stem>)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--seed", type=int, default=0)
 
     def error(message):
@@ -88,62 +58,136 @@ def main(argv=None) -> int:
         sys.exit(2)
 
     p.error = error
-    args = p.parse_args(argv)
-    model = Path(args.model)
-    model = model / "model.keras" if model.is_dir() else model
+    return p
+
+
+def _check_args(args) -> None:
+    from .posterior import finished_run
+
+    run = Path(args.run)
+    if run.is_file() and any(Path(f).is_dir() for f in args.files):
+        raise InputError(f"arguments swapped: {args.run!r} is a file and {next(f for f in args.files if Path(f).is_dir())!r} a folder: "
+                         "the run folder comes first (python -m lif_sbi.infer RUN_DIR FILE ...)")
+    finished_run(run)
+    if args.draws < 10:
+        raise InputError(f"--draws {args.draws}: expected an integer >= 10")
+    if args.dt is not None and not args.dt > 0:
+        raise InputError(f"--dt {args.dt}: expected a positive step in s, e.g. 1e-4")
+    for f in args.files:
+        if Path(f).is_dir():
+            raise InputError(f"{f}: is a folder: expected a recording file (.abf, .nwb, .npy, .npz, .csv, .txt)")
+
+
+def read_all(args, grid, notes: list[str]):
+    """Every file's recordings onto the model's grid (`recordings.grid.Prepared`)."""
+    from . import recordings
+    from .recordings import grid as grids
+
+    sweeps = parse_sweeps(args.sweeps)
+    recs = []
+    for f in args.files:
+        recs += recordings.read(f, units=args.units, current_units=args.current_units, dt_s=args.dt, time_units=args.time_units,
+                                sweeps=sweeps, columns=args.columns, notes=notes)
+    if args.current:
+        cur = recordings.read_current(args.current, current_units=args.current_units, dt_s=args.dt)
+        if len(cur) != len(recs):
+            raise InputError(f"--current {args.current}: holds {len(cur)} trace(s) for {len(recs)} recording(s): expected one per recording")
+        for k, r in enumerate(recs):
+            if len(cur[k]) != len(r.voltage_v):
+                raise InputError(f"--current {args.current}: trace {k} has {len(cur[k])} samples, {r.name} {len(r.voltage_v)}: expected the same")
+        recs = [dataclasses.replace(r, current_a=cur[k]) for k, r in enumerate(recs)]
+    return grids.prepare(recs, grid, window=grids.parse_window(args.window), reset_spikes=args.spikes == "reset", notes=notes)
+
+
+def _grid(config):
+    from .recordings.grid import Grid
+
+    st = config.stimulus
+    return Grid(st.dt_s, st.n_samples, st.file_start_s if "file" in st.protocols else None)
+
+
+def verdicts(post, prepared, draws, spikes_mode: str) -> tuple[np.ndarray, list[list[str]]]:
+    """(valid (N,), reasons per trace): the run's validity check, and action potentials that were not mapped."""
+    from . import validity
+
+    cur = prepared.current_a if post.observes_current else None
+    stats = validity.voltage_statistics(prepared.voltage_v, cur)
+    stats["distance"] = post.check.distance(validity.summaries(post.approximator, prepared.voltage_v, prepared.current_a, post.dt_s))
+    for i, p in enumerate(PARAMETERS):
+        stats[f"bound_{p.name}"] = validity.bound_shares(draws)[:, i]
+    judged = validity.judge(post.check, stats)
+    th = PARAMETERS[INDEX["V_th"]]
+    reasons = []
+    for n, (_, why) in enumerate(judged):
+        if prepared.spike_counts[n] and spikes_mode == "flag" and prepared.spike_peak_v[n] > th.high:
+            why = [f"{prepared.spike_counts[n]} action potential(s) peak at {prepared.spike_peak_v[n] * 1e3:.0f} mV, above V_th's prior "
+                   f"({th.low * 1e3:g} to {th.high * 1e3:g} mV): an LIF has no spike waveform; pass --spikes reset to map each onto its reset"] + why
+        reasons.append(why)
+    return np.array([not r for r in reasons]), reasons
+
+
+def _ppc(post, prepared, draws, valid, seed: int) -> list[dict]:
+    from .diagnostics import posterior_predictive
+    from .outputs import PPC_DRAWS, PPC_PANELS
+
+    if prepared.current_a is None:
+        return []  # without the recording's current the predictive would draw a new stimulus
+    cases = []
+    for n in range(min(len(draws), PPC_PANELS)):
+        label = prepared.names[n] + ("" if valid[n] else ", no valid posterior; band shown for the misfit")
+        cases.append(posterior_predictive(draws[n, :PPC_DRAWS], prepared.current_a[n], prepared.voltage_v[n], label=label,
+                                          dt_s=post.dt_s, noise_sd_v=post.noise_sd_v, seed=seed + n))
+    return cases
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    notes: list[str] = []
     try:
-        if args.draws < 1:
-            raise InputError(f"--draws {args.draws}: expected a positive integer")
-        if args.out and not Path(args.out).suffix == ".npz":
-            raise InputError(f"--out {args.out!r}: expected a path ending in .npz")
-        if not model.is_file() or model.suffix != ".keras":
-            raise InputError(f"model {args.model!r}: expected a run folder holding model.keras, or a .keras file")
-        run = run_settings(model)
-        traces = read_traces(Path(args.traces), units=args.units, n_samples=run.stimulus.n_samples, dt_s=run.stimulus.dt_s)
-        current = None
-        if run.model.observe_current and not args.current:
-            raise InputError(f"model {args.model!r} was trained with the injected current observed (model.observe_current): "
-                             "pass --current FILE with one current row per trace")
-        if args.current:
-            current = read_traces(Path(args.current), units=args.current_units, n_samples=run.stimulus.n_samples,
-                                  dt_s=run.stimulus.dt_s, what="current")
-            if len(current) != len(traces):
-                raise InputError(f"--current holds {len(current)} row(s) for {len(traces)} trace(s): expected one per trace")
+        _check_args(args)
+        from .posterior import run_config
+
+        config = run_config(Path(args.run))
+        prepared = read_all(args, _grid(config), notes)
+        if config.model.observe_current and prepared.current_a is None:
+            raise InputError(f"the model in {args.run} observes the injected current (model.observe_current): give it as the ABF/NWB "
+                             "command channel, a current column (--columns t,v,i), or --current FILE")
+        out = Path(args.out) if args.out else Path(args.run) / "inference" / Path(args.files[0]).stem
+        from .outputs import check_target
+
+        check_target(out, args.force)
+        from .posterior import load
+
+        post = load(args.run)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from . import outputs
 
-    from . import quiet
+    if post.width_scale is not None:
+        from . import calibration
 
-    quiet.libraries()
-    with quiet.startup_lines():
-        from . import calibration, estimator
-
-    approximator = estimator.load_approximator(model)
-    width_scale = calibration.load_for(model)  # the run's calibration.json, if it fitted one
-    if width_scale is not None:
-        print("posterior widths rescaled by the run's calibration.json: "
-              + ", ".join(f"{p.name} {d}" for p, d in zip(PARAMETERS, calibration.describe_each(width_scale))))
+        notes.append("posterior widths rescaled by the run's calibration.json: "
+                     + ", ".join(f"{p.name} {d}" for p, d in zip(PARAMETERS, calibration.describe_each(post.width_scale))))
+    for line in notes:
+        print(f"note: {line}")
     t0 = time.perf_counter()
-    draws = estimator.sample_posterior(approximator, traces, args.draws, seed=args.seed, width_scale=width_scale,
-                                       current=current if run.model.observe_current else None, prior=run.prior.kind,
-                                       dt_s=run.stimulus.dt_s)
+    draws = post.sample(prepared.voltage_v, args.draws, current=prepared.current_a, seed=args.seed)
     elapsed = time.perf_counter() - t0
-    print(f"{len(traces)} trace(s) x {args.draws} draws in {elapsed * 1e3:.0f} ms")
-    header = f"{'trace':>5} {'parameter':<7} {'mean':>10} {'sd':>9} {'5 %':>10} {'95 %':>10}  unit"
-    print(header)
-    for n in range(len(traces)):
-        for i, prm in enumerate(PARAMETERS):
-            d = prm.to_display(draws[n, :, i])
-            q5, q95 = np.quantile(d, [0.05, 0.95])
-            print(f"{n:>5} {prm.name:<7} {d.mean():>10.4g} {d.std():>9.3g} {q5:>10.4g} {q95:>10.4g}  {prm.display_unit}")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp.npz", delete=False) as tmp:
-            np.savez(tmp, draws=draws, names=np.array([q.name for q in PARAMETERS]))
-        os.replace(tmp.name, out)
-        print(f"draws written to {out}")
+    valid, reasons = verdicts(post, prepared, draws, args.spikes)
+    n = len(draws)
+    print(f"{n} trace(s) x {args.draws} draws in {elapsed * 1e3:.0f} ms ({elapsed * 1e3 / n:.1f} ms per trace); validity check: "
+          f"{post.check.record['false_alarm_rate']:.1%} false alarms on {post.check.record['check_traces']} held-out simulated traces")
+    meta = {"run": str(Path(args.run).resolve()), "files": [str(Path(f).resolve()) for f in args.files], "draws": args.draws,
+            "seed": args.seed, "spikes": args.spikes, "window": args.window, "dt_s": post.dt_s, "notes": notes,
+            "seconds_per_trace": elapsed / n, "false_alarm_rate": post.check.record["false_alarm_rate"]}
+    inf = outputs.Inference(prepared.names, draws, valid, reasons, prepared.spike_counts, meta, _ppc(post, prepared, draws, valid, args.seed))
+    print(outputs.table(inf), end="")
+    files = outputs.write(out, inf, force=args.force)
+    print(f"written to {out}/: {', '.join(files)}")
+    if not valid.all():
+        print(f"{int((~valid).sum())} of {n} trace(s) have no valid posterior (exit {EXIT_INVALID})")
+        return EXIT_INVALID
     return 0
 
 

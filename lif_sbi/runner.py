@@ -17,7 +17,7 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, report, simulator
+from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, report, simulator, validity
 from .checkpoints import CHECKPOINTS, ResumeError
 from .config import INITIAL_WEIGHTS, Config, ConfigError
 from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_tree
@@ -53,7 +53,9 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     approximator, train_ds, val_ds = build(r, train, val)
     rows, best = fit(r, approximator, train_ds, val_ds)
     width_scale = calibrate(r, approximator, val)
+    check = fit_validity(r, approximator, width_scale)
     metrics, plots, history = diagnose(r, approximator, train, rows, width_scale)
+    metrics["validity"] = {k: check.record[k] for k in ("false_alarm_rate", "check_traces")}
     write_records(r, approximator, metrics, plots, history)
     print(report.console_summary(r.run_dir, metrics), flush=True)
     return 0
@@ -189,6 +191,20 @@ def calibrate(r: Run, approximator, val: dict):
         r.timings["calibration_s"] = round(time.perf_counter() - t0, 3)
         atomic_write_json(r.run_dir / "timings.json", r.timings)
     return calibration.load_for(r.run_dir / "model.keras")
+
+
+def fit_validity(r: Run, approximator, width_scale) -> validity.Check:
+    """Fit the check `lif_sbi.infer` applies to every recording (validity.json), on held-out
+    simulated traces of the run's set-up; a resumed run keeps the one it already fitted."""
+    check = validity.Check.load(r.run_dir)
+    if check is None:
+        t0 = time.perf_counter()
+        r.say(f"validity check: fitting on {4 * r.config.diagnostics.validity_traces} held-out simulated traces")
+        check = validity.fit(approximator, r.config, width_scale)
+        check.save(r.run_dir)
+        r.timings["validity_s"] = round(time.perf_counter() - t0, 3)
+    r.say(f"validity check: {check.record['false_alarm_rate']:.1%} false alarms on {check.record['check_traces']} held-out traces")
+    return check
 
 
 def diagnose(r: Run, approximator, train: dict, rows: list[dict], width_scale):

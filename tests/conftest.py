@@ -83,7 +83,8 @@ def noisy_steps_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("noisy_steps")
     cmd = [sys.executable, "-m", "lif_sbi.train", "--config", "noisy_steps", "--results-dir", str(tmp / "results"), "--quiet",
            "--set", "data.n_traces=320", "--set", "training.epochs=1", "--set", "diagnostics.n_test=24",
-           "--set", "diagnostics.n_draws=60", "--set", "diagnostics.n_ppc=2"]
+           "--set", "diagnostics.n_draws=60", "--set", "diagnostics.n_ppc=2",
+           "--set", "diagnostics.validity_traces=100"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "KERAS_BACKEND": "torch", "LIF_SBI_CACHE": str(tmp / "cache")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,175 @@
+"""Whether a trace lies where the model was trained: voltage-range, summary-distance and prior-bound checks, calibrated on held-out simulated traces."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .priors import HIGH, LOW, PARAMETERS
+
+FILENAME = "validity.json"
+# held-out simulated traces, n = `diagnostics.validity_traces`: the summary distance's mean and
+# covariance are fitted on 2n, every threshold is set on n more, the false-alarm rate measured on n more
+DRAWS = 200  # posterior draws per trace for the bound statistics
+#: each statistic's threshold is the most extreme value among the n calibration traces, so that a
+#: new trace from the model's own set-up passes it with probability n / (n + 1); 11 one-sided
+#: limits (v_rest has two) bound the false alarms by 11 / (n + 1), 1.1 % at n = 1000 (measured
+#: on n further traces and stored as `false_alarm_rate`)
+SIDES = {"v_max_mV": "high", "v_min_mV": "low", "v_rest_mV": "both", "distance": "high"}  # bound_* are "high"
+EDGE_SHARE = 0.01  # a draw within this share of its prior's width from a bound counts as on the bound
+REST_CURRENT_A = 1e-12  # samples with |I| below this are "at rest" for the resting-voltage statistic
+REST_MIN_SHARE = 0.05  # the resting statistic needs at least this share of the window at rest
+SEED_OFFSET = 104729  # the held-out traces' seeds: the data's seed plus this (plus 1, 2)
+
+
+def voltage_statistics(voltage_v: np.ndarray, current_a: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per trace (N, T) V: its highest and lowest voltage and its median at rest (where the known
+    current is zero; NaN without one), all in mV."""
+    v = np.asarray(voltage_v, dtype=np.float64).reshape(len(voltage_v), -1) * 1e3
+    rest = np.full(len(v), np.nan)
+    if current_a is not None:
+        at_rest = np.abs(np.asarray(current_a).reshape(v.shape)) < REST_CURRENT_A
+        for n in np.flatnonzero(at_rest.mean(axis=1) >= REST_MIN_SHARE):
+            rest[n] = np.median(v[n][at_rest[n]])
+    return {"v_max_mV": v.max(axis=1), "v_min_mV": v.min(axis=1), "v_rest_mV": rest}
+
+
+def bound_shares(draws: np.ndarray) -> np.ndarray:
+    """Share of each trace's draws (N, S, 6) SI within EDGE_SHARE of either prior bound: (N, 6)."""
+    edge = EDGE_SHARE * (HIGH - LOW)
+    return ((draws <= LOW + edge) | (draws >= HIGH - edge)).mean(axis=1)
+
+
+def summaries(approximator, voltage_v: np.ndarray, current_a: np.ndarray | None, dt_s: float) -> np.ndarray:
+    """What the flow is conditioned on, per trace: the summary network's output and, for a model
+    with leak features, those features: (N, D) float64."""
+    from . import estimator, features
+
+    obs = estimator.as_observables(voltage_v)
+    conditions = {"observables": obs}
+    if estimator.observes_current(approximator):
+        conditions["current"] = np.asarray(current_a, dtype=np.float32)
+    out = [np.asarray(approximator.summarize(conditions), dtype=np.float64)]
+    if estimator.uses_leak_features(approximator):
+        out.append(np.asarray(features.leak_features(obs, conditions["current"], dt_s), dtype=np.float64))
+    return np.concatenate(out, axis=1)
+
+
+@dataclass(frozen=True)
+class Check:
+    """The fitted check: the summary distance's mean (D,) and inverse covariance (D, D), and the
+    thresholds; `record` is what validity.json holds."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    record: dict
+
+    def distance(self, s: np.ndarray) -> np.ndarray:
+        d = s - self.mean
+        return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
+
+    def save(self, run_dir: Path) -> Path:
+        from .files import atomic_write_json
+
+        return atomic_write_json(Path(run_dir) / FILENAME, self.record | {"mean": self.mean.tolist(), "precision": self.precision.tolist()})
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Check | None:
+        path = Path(run_dir) / FILENAME
+        if not path.is_file():
+            return None
+        rec = json.loads(path.read_text())
+        return cls(np.array(rec.pop("mean")), np.array(rec.pop("precision")), rec)
+
+
+def _simulate(config, n: int, seed: int):
+    """`n` traces of the run's own set-up, with its recording noise: (voltage (N, T) V, current (N, T) A, theta)."""
+    from . import dataset, noise
+    from .runner import NOISE_SEED_OFFSET
+
+    d = dataset.simulate_dataset(n, seed, progress=False, stimulus_spec=config.stimulus, prior=config.prior.kind)
+    v = noise.add_noise(d["observables"], config.noise.sd_v, seed=seed + NOISE_SEED_OFFSET)[:, :, 0]
+    return v, d["current"], d["parameters"]
+
+
+def _statistics(check_or_none, approximator, config, v, cur, width_scale, seed):
+    """Every statistic of traces (v, cur): distance (None before the check is fitted), voltages, bound shares."""
+    from . import estimator
+
+    known = cur if config.model.observe_current else None
+    stats = voltage_statistics(v, known)
+    if check_or_none is not None:
+        stats["distance"] = check_or_none.distance(summaries(approximator, v, cur, config.stimulus.dt_s))
+    draws = estimator.sample_posterior(approximator, v, DRAWS, seed=seed, width_scale=width_scale, current=known,
+                                       prior=config.prior.kind, dt_s=config.stimulus.dt_s)
+    shares = bound_shares(draws)
+    for i, p in enumerate(PARAMETERS):
+        stats[f"bound_{p.name}"] = shares[:, i]
+    return stats
+
+
+def fit(approximator, config, width_scale=None) -> Check:
+    """Fit the check for a run (n = `diagnostics.validity_traces`): the summary distance on 2n
+    simulated traces of its set-up, every threshold on n more, the false-alarm rate measured on n more."""
+    seed, n = config.data.seed + SEED_OFFSET, config.diagnostics.validity_traces
+    v, cur, _ = _simulate(config, 2 * n, seed)
+    s = summaries(approximator, v, cur, config.stimulus.dt_s)
+    mean = s.mean(axis=0)
+    cov = np.cov(s, rowvar=False) + 1e-6 * np.eye(s.shape[1]) * np.trace(np.cov(s, rowvar=False)) / s.shape[1]
+    check = Check(mean, np.linalg.inv(cov), {})
+    v, cur, _ = _simulate(config, n, seed + 1)
+    cal = _statistics(check, approximator, config, v, cur, width_scale, seed + 1)
+    thresholds = {}
+    for key, x in cal.items():
+        x = x[np.isfinite(x)]
+        if len(x) == 0:
+            continue
+        side = SIDES.get(key, "high")
+        thresholds[key] = [float(x.min()) if side in ("low", "both") else None, float(x.max()) if side in ("high", "both") else None]
+    check = Check(mean, check.precision, {"thresholds": thresholds})
+    v, cur, _ = _simulate(config, n, seed + 2)
+    flagged = [not ok for ok, _ in judge(check, _statistics(check, approximator, config, v, cur, width_scale, seed + 2))]
+    record = {
+        "thresholds": thresholds, "edge_share": EDGE_SHARE, "draws": DRAWS,
+        "fit_traces": 2 * n, "calibration_traces": n, "check_traces": n,
+        "false_alarm_rate": float(np.mean(flagged)),
+    }
+    return Check(mean, check.precision, record)
+
+
+def _range(p) -> str:
+    return f"{p.low * p.display_scale:g} to {p.high * p.display_scale:g} {p.display_unit}"
+
+
+def _reason(key: str, value: float, lo, hi) -> str:
+    """The sentence for one statistic outside its calibrated range, naming the parameter(s) whose prior it points at."""
+    by = {p.name: p for p in PARAMETERS}
+    if key == "distance":
+        return f"its summary lies {value:.1f} (Mahalanobis) from the simulated traces', beyond {hi:.1f}: unlike any trace the model was trained on"
+    if key.startswith("bound_"):
+        name = key[len("bound_"):]
+        return f"{value:.0%} of the {name} draws pile on a bound of its prior ({_range(by[name])}): the data ask for {name} outside it"
+    where = "above" if hi is not None and value > hi else "below"
+    limit = hi if where == "above" else lo
+    if key == "v_max_mV":
+        return f"it rises to {value:.1f} mV, {where} any simulated trace ({limit:.1f} mV): V_th's prior is {_range(by['V_th'])}"
+    if key == "v_min_mV":
+        return f"it falls to {value:.1f} mV, {where} any simulated trace ({limit:.1f} mV): V_res's prior is {_range(by['V_res'])}, E_L's {_range(by['E_L'])}"
+    return f"it rests at {value:.1f} mV where no current flows, {where} any simulated trace ({limit:.1f} mV): E_L's prior is {_range(by['E_L'])}"
+
+
+def judge(check: Check, stats: dict[str, np.ndarray]) -> list[tuple[bool, list[str]]]:
+    """(valid, reasons) per trace: valid when every statistic lies inside its calibrated range."""
+    n = len(next(iter(stats.values())))
+    out = []
+    for k in range(n):
+        reasons = []
+        for key, (lo, hi) in check.record["thresholds"].items():
+            x = float(stats[key][k]) if key in stats else float("nan")
+            if np.isfinite(x) and ((hi is not None and x > hi) or (lo is not None and x < lo)):
+                reasons.append(_reason(key, x, lo, hi))
+        out.append((not reasons, reasons))
+    return out
