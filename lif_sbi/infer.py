@@ -11,6 +11,7 @@ import dataclasses
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def verdicts(post, prepared, draws, spikes_mode: str) -> tuple[np.ndarray, list[
 
     cur = prepared.current_a if post.observes_current else None
     stats = validity.voltage_statistics(prepared.voltage_v, cur)
-    stats["distance"] = post.check.distance(validity.summaries(post.approximator, prepared.voltage_v, prepared.current_a, post.dt_s))
+    stats |= post.check.distances(post.approximator, prepared.voltage_v, prepared.current_a, post.dt_s)
     for i, p in enumerate(PARAMETERS):
         stats[f"bound_{p.name}"] = validity.bound_shares(draws)[:, i]
     judged = validity.judge(post.check, stats)
@@ -172,8 +173,11 @@ def main(argv=None) -> int:
     for line in notes:
         print(f"note: {line}")
     t0 = time.perf_counter()
-    draws = post.sample(prepared.voltage_v, args.draws, current=prepared.current_a, seed=args.seed)
+    with warnings.catch_warnings(record=True) as caught:  # the sampler's notes on draws outside the prior: the verdicts say it
+        warnings.simplefilter("always")
+        draws = post.sample(prepared.voltage_v, args.draws, current=prepared.current_a, seed=args.seed)
     elapsed = time.perf_counter() - t0
+    notes += [f"sampling: {w.message}" for w in caught]
     valid, reasons = verdicts(post, prepared, draws, args.spikes)
     n = len(draws)
     print(f"{n} trace(s) x {args.draws} draws in {elapsed * 1e3:.0f} ms ({elapsed * 1e3 / n:.1f} ms per trace); validity check: "

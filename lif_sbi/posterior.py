@@ -126,14 +126,18 @@ class Posterior:
             cur = None if cur is None else np.repeat(cur, len(theta), axis=0)
         if theta.shape != (len(v), 6):
             raise ValueError(f"theta must be (N, 6) in SI units, one row per trace, or (S, 6) with one trace; got {theta.shape}")
-        data = {"parameters": theta, "observables": estimator.as_observables(v)}
+        inside = priors.in_support(theta, kind=self.prior)  # the flow's bijection is undefined beyond its bounds
+        out = np.full(len(theta), -np.inf)
+        if not inside.any():
+            return out
+        obs = estimator.as_observables(v[inside])
+        data = {"parameters": theta[inside], "observables": obs}
         if cur is not None:
-            data["current"] = cur.astype(np.float32)
+            data["current"] = cur[inside].astype(np.float32)
             if estimator.uses_leak_features(self.approximator):
-                data["features"] = features.leak_features(data["observables"], data["current"], self.dt_s)
-        lp = np.asarray(self.approximator.log_prob(data=data), dtype=np.float64).reshape(-1)
-        return np.where(priors.in_support(theta, kind=self.prior), lp, -np.inf)
-
+                data["features"] = features.leak_features(obs, data["current"], self.dt_s)
+        out[inside] = np.asarray(self.approximator.log_prob(data=data), dtype=np.float64).reshape(-1)
+        return out
 
 def load(run_dir) -> Posterior:
     """The posterior estimator of the finished run in `run_dir` (results/<run_id>)."""

@@ -15,10 +15,10 @@ FILENAME = "validity.json"
 # covariance are fitted on 2n, every threshold is set on n more, the false-alarm rate measured on n more
 DRAWS = 200  # posterior draws per trace for the bound statistics
 #: each statistic's threshold is the most extreme value among the n calibration traces, so that a
-#: new trace from the model's own set-up passes it with probability n / (n + 1); 11 one-sided
-#: limits (v_rest has two) bound the false alarms by 11 / (n + 1), 1.1 % at n = 1000 (measured
+#: new trace from the model's own set-up passes it with probability n / (n + 1); 12 one-sided
+#: limits (v_rest has two) bound the false alarms by 12 / (n + 1), 1.2 % at n = 1000 (measured
 #: on n further traces and stored as `false_alarm_rate`)
-SIDES = {"v_max_mV": "high", "v_min_mV": "low", "v_rest_mV": "both", "distance": "high"}  # bound_* are "high"
+SIDES = {"v_max_mV": "high", "v_min_mV": "low", "v_rest_mV": "both", "distance": "high", "leak_distance": "high"}  # bound_*: "high"
 EDGE_SHARE = 0.01  # a draw within this share of its prior's width from a bound counts as on the bound
 REST_CURRENT_A = 1e-12  # samples with |I| below this are "at rest" for the resting-voltage statistic
 REST_MIN_SHARE = 0.05  # the resting statistic needs at least this share of the window at rest
@@ -58,23 +58,46 @@ def summaries(approximator, voltage_v: np.ndarray, current_a: np.ndarray | None,
     return np.concatenate(out, axis=1)
 
 
+def leak_fit(voltage_v: np.ndarray, current_a: np.ndarray, dt_s: float) -> np.ndarray:
+    """The membrane equation fitted to each trace and its known current (`features.leak_features`):
+    (N, 4) float64, whatever the model is conditioned on. A trace that does not answer its current
+    as a leaky membrane does (a flat line under a step) lies far from the simulated traces' fits."""
+    from . import features
+
+    return np.asarray(features.leak_features(np.asarray(voltage_v, dtype=np.float32), np.asarray(current_a, dtype=np.float32), dt_s),
+                      dtype=np.float64)
+
+
+def _gaussian(x: np.ndarray) -> dict:
+    """Mean and (slightly regularised) inverse covariance of rows x (N, D), as lists."""
+    cov = np.atleast_2d(np.cov(x, rowvar=False))
+    cov = cov + 1e-6 * np.eye(len(cov)) * np.trace(cov) / len(cov)
+    return {"mean": x.mean(axis=0).tolist(), "precision": np.linalg.inv(cov).tolist()}
+
+
 @dataclass(frozen=True)
 class Check:
-    """The fitted check: the summary distance's mean (D,) and inverse covariance (D, D), and the
-    thresholds; `record` is what validity.json holds."""
+    """The fitted check: per distance statistic ("distance": the flow's conditions; "leak_distance":
+    the membrane fit, for a model that knows the current) its mean and inverse covariance, and every
+    statistic's thresholds; `record` is what validity.json holds."""
 
-    mean: np.ndarray
-    precision: np.ndarray
+    gaussians: dict
     record: dict
 
-    def distance(self, s: np.ndarray) -> np.ndarray:
-        d = s - self.mean
-        return np.sqrt(np.einsum("nd,de,ne->n", d, self.precision, d))
+    def distances(self, approximator, voltage_v, current_a, dt_s: float) -> dict[str, np.ndarray]:
+        """Mahalanobis distance of each trace (N, T) V from the simulated traces, per distance statistic."""
+        inputs = {"distance": lambda: summaries(approximator, voltage_v, current_a, dt_s),
+                  "leak_distance": lambda: leak_fit(voltage_v, current_a, dt_s)}
+        out = {}
+        for key, g in self.gaussians.items():
+            d = inputs[key]() - np.asarray(g["mean"])
+            out[key] = np.sqrt(np.einsum("nd,de,ne->n", d, np.asarray(g["precision"]), d))
+        return out
 
     def save(self, run_dir: Path) -> Path:
         from .files import atomic_write_json
 
-        return atomic_write_json(Path(run_dir) / FILENAME, self.record | {"mean": self.mean.tolist(), "precision": self.precision.tolist()})
+        return atomic_write_json(Path(run_dir) / FILENAME, self.record | {"gaussians": self.gaussians})
 
     @classmethod
     def load(cls, run_dir: Path) -> Check | None:
@@ -82,7 +105,7 @@ class Check:
         if not path.is_file():
             return None
         rec = json.loads(path.read_text())
-        return cls(np.array(rec.pop("mean")), np.array(rec.pop("precision")), rec)
+        return cls(rec.pop("gaussians"), rec)
 
 
 def _simulate(config, n: int, seed: int):
@@ -102,7 +125,7 @@ def _statistics(check_or_none, approximator, config, v, cur, width_scale, seed):
     known = cur if config.model.observe_current else None
     stats = voltage_statistics(v, known)
     if check_or_none is not None:
-        stats["distance"] = check_or_none.distance(summaries(approximator, v, cur, config.stimulus.dt_s))
+        stats |= check_or_none.distances(approximator, v, cur, config.stimulus.dt_s)
     draws = estimator.sample_posterior(approximator, v, DRAWS, seed=seed, width_scale=width_scale, current=known,
                                        prior=config.prior.kind, dt_s=config.stimulus.dt_s)
     shares = bound_shares(draws)
@@ -116,10 +139,10 @@ def fit(approximator, config, width_scale=None) -> Check:
     simulated traces of its set-up, every threshold on n more, the false-alarm rate measured on n more."""
     seed, n = config.data.seed + SEED_OFFSET, config.diagnostics.validity_traces
     v, cur, _ = _simulate(config, 2 * n, seed)
-    s = summaries(approximator, v, cur, config.stimulus.dt_s)
-    mean = s.mean(axis=0)
-    cov = np.cov(s, rowvar=False) + 1e-6 * np.eye(s.shape[1]) * np.trace(np.cov(s, rowvar=False)) / s.shape[1]
-    check = Check(mean, np.linalg.inv(cov), {})
+    gaussians = {"distance": _gaussian(summaries(approximator, v, cur, config.stimulus.dt_s))}
+    if config.model.observe_current:
+        gaussians["leak_distance"] = _gaussian(leak_fit(v, cur, config.stimulus.dt_s))
+    check = Check(gaussians, {})
     v, cur, _ = _simulate(config, n, seed + 1)
     cal = _statistics(check, approximator, config, v, cur, width_scale, seed + 1)
     thresholds = {}
@@ -129,7 +152,7 @@ def fit(approximator, config, width_scale=None) -> Check:
             continue
         side = SIDES.get(key, "high")
         thresholds[key] = [float(x.min()) if side in ("low", "both") else None, float(x.max()) if side in ("high", "both") else None]
-    check = Check(mean, check.precision, {"thresholds": thresholds})
+    check = Check(gaussians, {"thresholds": thresholds})
     v, cur, _ = _simulate(config, n, seed + 2)
     flagged = [not ok for ok, _ in judge(check, _statistics(check, approximator, config, v, cur, width_scale, seed + 2))]
     record = {
@@ -137,7 +160,7 @@ def fit(approximator, config, width_scale=None) -> Check:
         "fit_traces": 2 * n, "calibration_traces": n, "check_traces": n,
         "false_alarm_rate": float(np.mean(flagged)),
     }
-    return Check(mean, check.precision, record)
+    return Check(gaussians, record)
 
 
 def _range(p) -> str:
@@ -147,6 +170,9 @@ def _range(p) -> str:
 def _reason(key: str, value: float, lo, hi) -> str:
     """The sentence for one statistic outside its calibrated range, naming the parameter(s) whose prior it points at."""
     by = {p.name: p for p in PARAMETERS}
+    if key == "leak_distance":
+        return (f"it answers its current unlike a leaky membrane of these priors: its membrane fit lies {value:.1f} (Mahalanobis) "
+                f"from the simulated traces', beyond {hi:.1f}")
     if key == "distance":
         return f"its summary lies {value:.1f} (Mahalanobis) from the simulated traces', beyond {hi:.1f}: unlike any trace the model was trained on"
     if key.startswith("bound_"):

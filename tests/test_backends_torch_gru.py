@@ -150,6 +150,7 @@ print(json.dumps({"messages": [str(w.message) for w in caught], "err": float((y 
     assert "could not be built (Ninja is required" in res["messages"][0] and "native GRU" in res["messages"][0], res
 
 
+@pytest.mark.slow  # 50 s: rebuilds the kernel; the fresh build is checked by the suite's other GRU tests
 @pytest.mark.torch
 def test_torch_fused_gru_kernel_builds_past_a_stale_lock(tmp_path, monkeypatch):
     """A process killed while it built or loaded the kernel leaves cpp_extension's lock file,

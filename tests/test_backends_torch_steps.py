@@ -337,6 +337,7 @@ def test_recorded_steps_train_as_eager_steps_do(device):
     assert "1 batch shape recorded" in fit["train"] and "1 batch shape recorded" in fit["test"], fit
 
 
+@pytest.mark.slow  # 65 s of inductor compiling
 @pytest.mark.torch
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler (g++ or $CXX)")
 def test_compiled_steps_train_as_replayed_steps_do():

@@ -113,6 +113,7 @@ def test_an_existing_output_is_kept_unless_forced(noisy_steps_run, tmp_path):
     assert not (tmp_path / "o" / "mine.txt").exists() and (tmp_path / "o" / "draws.npz").is_file()
 
 
+@pytest.mark.slow  # 60 s: its own ci run
 @pytest.mark.torch
 def test_a_calibrated_run_says_so_and_takes_traces_in_volts(trained_run, tmp_path):
     np.save(tmp_path / "v.npy", simulate_batch(2, seed=5)["observables"][:, :, 0])

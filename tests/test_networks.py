@@ -233,7 +233,7 @@ print(json.dumps({{"backend": backends.name, "err": float(np.abs(lp - np.load(ou
 @pytest.mark.tensorflow
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow not installed")
 @pytest.mark.parametrize("save_backend,load_backend", [("torch", "tensorflow"), ("tensorflow", "torch")])
-@pytest.mark.parametrize("subnet", ["mlp", "fused"])
+@pytest.mark.parametrize("subnet", [pytest.param("mlp", marks=pytest.mark.slow), "fused"])  # mlp: 70 s, the same path as fused
 def test_trained_approximator_loads_under_other_backend(tmp_path, save_backend, load_backend, subnet):
     """A briefly trained CouplingFlow (either coupling subnet) + default summary net gives the same log-density after loading."""
     run_script(save_backend, SAVE_APPROX.format(out_dir=str(tmp_path), kind=DEFAULT_SUMMARY_KIND, subnet=subnet))

@@ -282,6 +282,7 @@ def test_cli_results_dir_that_is_a_file(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow  # 120 s: two trainings
 @pytest.mark.torch
 def test_baseline_compares_two_seeds_under_one_backend(tmp_path):
     """--baseline: two trainings under torch that differ only in training.seed, compared at level 2."""

@@ -98,6 +98,7 @@ def test_bad_kernel_or_out(random_cases, kw, match):
         simulate(theta, current, **kw)
 
 
+@pytest.mark.slow  # 50 s of torch.compile on the CPU (the CUDA path's kernel; checked on the GPU by the gpu tests)
 def test_compiled_matches_reference(random_cases):
     """compile=True (torch.compile'd 20-step blocks), both dtypes, whole batch and ragged chunks.
 

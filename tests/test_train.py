@@ -158,6 +158,7 @@ def test_ci_trains_with_a_compiled_step_under_torch(tmp_path, summary):
     assert 'jit_compile = true' in (run_dir / "config.toml").read_text()
 
 
+@pytest.mark.slow  # 80 s; parity's test_every_backend_trains_from_the_first_ones_initial_weights covers the same start
 @pytest.mark.torch
 @pytest.mark.tensorflow
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")
@@ -185,6 +186,7 @@ def test_initial_weights_start_tensorflow_where_torch_started(tmp_path):
     assert np.median(rel) <= 1e-3, np.median(rel)
 
 
+@pytest.mark.slow  # 90 s: two trainings
 @pytest.mark.torch
 def test_data_cache_false_writes_no_dataset_and_a_second_run_loads_a_cached_one(tmp_path):
     proc = _train("torch", tmp_path, *SMALL, "--set", "training.epochs=1", "--set", "data.cache=false")
