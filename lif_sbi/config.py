@@ -161,9 +161,26 @@ class PriorConfig:
     # same box restricted to V_res <= E_L - 2 mV by rejection, which has a density, so exact (MCMC)
     # reference posteriors exist for it.
     kind: str = "reference"
+    # A parameter's bounds in display units (pF, nS, mV, mV, mV, ms), [low, high], in place of the
+    # reference's (lif_sbi.priors.PARAMETERS); empty: the reference's. E.g. E_L = [-80.0, -35.0].
+    C_m: tuple[float, ...] = ()
+    g_L: tuple[float, ...] = ()
+    E_L: tuple[float, ...] = ()
+    V_th: tuple[float, ...] = ()
+    V_res: tuple[float, ...] = ()
+    t_ref: tuple[float, ...] = ()
 
     def __post_init__(self):
         _require(self.kind in PRIOR_KINDS, "prior.kind", f"one of {', '.join(PRIOR_KINDS)}", self.kind)
+        for name in ("C_m", "g_L", "E_L", "V_th", "V_res", "t_ref"):
+            b = getattr(self, name)
+            positive = name in ("C_m", "g_L", "t_ref")
+            _require(b == () or (len(b) == 2 and b[0] < b[1] and (not positive or b[0] > 0)), f"prior.{name}",
+                     "[low, high] in display units with low < high" + (", low > 0" if positive else ""), list(b))
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The configured bounds, {name: (low, high)} in display units (`priors.set_box`)."""
+        return {name: tuple(getattr(self, name)) for name in ("C_m", "g_L", "E_L", "V_th", "V_res", "t_ref") if getattr(self, name)}
 
 
 @dataclass(frozen=True)
@@ -353,6 +370,10 @@ def _toml_value(v) -> str:
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check a TOML value against a field's type; ints are accepted where floats are meant, and a
     list of strings where a tuple of them is."""
+    if getattr(annotation, "__origin__", None) is tuple and annotation.__args__[0] is float:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list of numbers")
+        return tuple(float(x) for x in value)
     if getattr(annotation, "__origin__", None) is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
             raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list of strings")

@@ -23,7 +23,8 @@ def dataset_key(n: int, seed: int, device: str = "cpu", *, stimulus_spec=None, p
     """A hash of everything that determines the dataset: size, seed, device, the stimulus and prior
     (and a stimulus file's bytes) and the model's code."""
     spec = repr(stimulus_spec or StimulusConfig())
-    h = hashlib.sha256(f"n={n};seed={seed};device={device};chunk={CHUNK};torch={torch.__version__};stimulus={spec};prior={prior}".encode())
+    box = f"{priors.LOW.tolist()}..{priors.HIGH.tolist()}"  # the process's prior box (priors.set_box)
+    h = hashlib.sha256(f"n={n};seed={seed};device={device};chunk={CHUNK};torch={torch.__version__};stimulus={spec};prior={prior};box={box}".encode())
     if stimulus_spec is not None and "file" in stimulus_spec.protocols:
         h.update(Path(stimulus_spec.file).read_bytes())
     for module in (priors, stimulus, simulator, cpu_kernel):

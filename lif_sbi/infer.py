@@ -20,6 +20,7 @@ from .errors import InputError
 from .priors import INDEX, PARAMETERS
 
 EXIT_INVALID = 3
+MAX_ROUNDS = 2  # rounds of drawing again for draws outside the prior's support
 
 
 def parse_sweeps(text: str | None) -> list[int] | None:
@@ -111,11 +112,8 @@ def verdicts(post, prepared, draws, spikes_mode: str) -> tuple[np.ndarray, list[
     """(valid (N,), reasons per trace): the run's validity check, and action potentials that were not mapped."""
     from . import validity
 
-    cur = prepared.current_a if post.observes_current else None
-    stats = validity.voltage_statistics(prepared.voltage_v, cur)
-    stats |= post.check.distances(post.approximator, prepared.voltage_v, prepared.current_a, post.dt_s)
-    for i, p in enumerate(PARAMETERS):
-        stats[f"bound_{p.name}"] = validity.bound_shares(draws)[:, i]
+    stats = validity.statistics(post.check, post.approximator, prepared.voltage_v, prepared.current_a, post.dt_s, draws,
+                                observe_current=post.observes_current)
     judged = validity.judge(post.check, stats)
     th = PARAMETERS[INDEX["V_th"]]
     reasons = []
@@ -135,7 +133,9 @@ def _ppc(post, prepared, draws, valid, seed: int) -> list[dict]:
         return []  # without the recording's current the predictive would draw a new stimulus
     cases = []
     for n in range(min(len(draws), PPC_PANELS)):
-        label = prepared.names[n] + ("" if valid[n] else ", no valid posterior; band shown for the misfit")
+        # the file's name is dropped from a sweep's or row's name: the figure is of one call's files
+        short = prepared.names[n].rsplit(" ", 2)[-2:] if " " in prepared.names[n] else [prepared.names[n]]
+        label = " ".join(short) + ("" if valid[n] else ": NO VALID POSTERIOR")
         cases.append(posterior_predictive(draws[n, :PPC_DRAWS], prepared.current_a[n], prepared.voltage_v[n], label=label,
                                           dt_s=post.dt_s, noise_sd_v=post.noise_sd_v, seed=seed + n))
     return cases
@@ -175,7 +175,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:  # the sampler's notes on draws outside the prior: the verdicts say it
         warnings.simplefilter("always")
-        draws = post.sample(prepared.voltage_v, args.draws, current=prepared.current_a, seed=args.seed)
+        # a trace whose draws mostly fall outside the prior is refused by the check anyway (its
+        # draws pile on the bounds): two rounds of drawing again, not ten, keep the call fast
+        draws = post.sample(prepared.voltage_v, args.draws, current=prepared.current_a, seed=args.seed, max_rounds=MAX_ROUNDS)
     elapsed = time.perf_counter() - t0
     notes += [f"sampling: {w.message}" for w in caught]
     valid, reasons = verdicts(post, prepared, draws, args.spikes)

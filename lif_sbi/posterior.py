@@ -64,11 +64,12 @@ class Posterior:
     """
 
     def __init__(self, run_dir):
-        from . import calibration, quiet, validity
+        from . import calibration, priors, quiet, validity
 
         quiet.libraries()
         self.run_dir = finished_run(run_dir)
         self.config = run_config(self.run_dir)
+        priors.set_box(self.config.prior.bounds())  # the run's prior box, for this process
         with quiet.startup_lines():
             self.approximator = _approximator(self.run_dir)
         self.width_scale = calibration.load_for(self.run_dir / "model.keras")
@@ -102,13 +103,14 @@ class Posterior:
         cur = None if current is None or not self.observes_current else np.asarray(current, dtype=np.float64).reshape(v.shape)
         return v, cur
 
-    def sample(self, traces, n: int = 1000, current=None, seed: int | None = 0) -> np.ndarray:
-        """Posterior draws (N, n, 6) in SI units for traces (N, T) or (T,) in V, confined to the prior's support."""
+    def sample(self, traces, n: int = 1000, current=None, seed: int | None = 0, max_rounds: int = 10) -> np.ndarray:
+        """Posterior draws (N, n, 6) in SI units for traces (N, T) or (T,) in V, confined to the prior's
+        support (draws outside it drawn again, up to `max_rounds` rounds: `estimator.sample_posterior`)."""
         from . import estimator
 
         v, cur = self._inputs(traces, current)
         return estimator.sample_posterior(self.approximator, v, n, seed=seed, width_scale=self.width_scale, current=cur,
-                                          prior=self.prior, dt_s=self.dt_s)
+                                          prior=self.prior, dt_s=self.dt_s, max_rounds=max_rounds)
 
     def log_prob(self, theta, traces, current=None) -> np.ndarray:
         """log q(θ | trace), θ in SI units: theta (N, 6) paired with traces (N, T), or (S, 6) with one

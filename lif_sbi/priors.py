@@ -38,6 +38,7 @@ LOW = np.array([p.low for p in PARAMETERS])  # (6,) SI
 HIGH = np.array([p.high for p in PARAMETERS])  # (6,) SI
 DISPLAY_SCALE = np.array([p.display_scale for p in PARAMETERS])  # (6,)
 INDEX = {p.name: i for i, p in enumerate(PARAMETERS)}
+REFERENCE_LOW, REFERENCE_HIGH = LOW.copy(), HIGH.copy()  # the reference study's bounds, SI
 
 # Ordering repair of the reference study (part of the prior, DESIGN.md §2).
 V_RES_SHIFT_V = 2e-3  # where V_res >= E_L: V_res = E_L - 2 mV
@@ -51,6 +52,10 @@ def _repair(theta, where, clip):
     theta[:, r] = clip(theta[:, r], LOW[r], HIGH[r])
     theta[:, e] = where(theta[:, e] >= theta[:, th], theta[:, th] - E_L_SHIFT_V, theta[:, e])
     theta[:, e] = clip(theta[:, e], LOW[e], HIGH[e])
+    # With the reference bounds the E_L repair never fires (E_L <= -65 mV < -60 mV <= V_th) and
+    # this second V_res pass changes nothing; a widened box (`set_box`) can move E_L below V_res.
+    theta[:, r] = where(theta[:, r] >= theta[:, e], theta[:, e] - V_RES_SHIFT_V, theta[:, r])
+    theta[:, r] = clip(theta[:, r], LOW[r], HIGH[r])
     return theta
 
 
@@ -132,9 +137,11 @@ def _uniform_box(n: int, generator, device) -> torch.Tensor:
 
 
 def _ordered(theta) -> np.ndarray:
-    """(..., 6) → bool (...): V_res <= E_L - 2 mV, the "ordered" prior's restriction of the box."""
+    """(..., 6) → bool (...): V_res <= E_L - 2 mV and E_L < V_th, the "ordered" prior's restriction
+    of the box (E_L < V_th holds throughout the reference box; a widened one needs it)."""
     theta = np.asarray(theta)
-    return theta[..., INDEX["V_res"]] <= theta[..., INDEX["E_L"]] - V_RES_SHIFT_V
+    e = theta[..., INDEX["E_L"]]
+    return (theta[..., INDEX["V_res"]] <= e - V_RES_SHIFT_V) & (e < theta[..., INDEX["V_th"]])
 
 
 def _ordered_log_volume() -> float:
@@ -142,7 +149,8 @@ def _ordered_log_volume() -> float:
     it where V_res <= E_L - 2 mV. Closed form for these bounds, where V_res + 2 mV stays inside
     E_L's range: the share is (E_L_high - 2 mV - mean V_res) / (E_L_high - E_L_low)."""
     e, r = INDEX["E_L"], INDEX["V_res"]
-    assert LOW[e] <= LOW[r] + V_RES_SHIFT_V and HIGH[r] + V_RES_SHIFT_V <= HIGH[e]
+    if not (LOW[e] <= LOW[r] + V_RES_SHIFT_V and HIGH[r] + V_RES_SHIFT_V <= HIGH[e] and HIGH[e] < LOW[INDEX["V_th"]]):
+        raise ValueError("the ordered prior's density is known in closed form for the reference box only (priors.set_box widened it)")
     share = (HIGH[e] - V_RES_SHIFT_V - 0.5 * (LOW[r] + HIGH[r])) / (HIGH[e] - LOW[e])
     return float(np.sum(np.log(HIGH - LOW)) + np.log(share))
 
@@ -167,8 +175,33 @@ def _check_n(n) -> int:
 # below V_res's range (about 12 % of draws). (The E_L repair never fires with these ranges:
 # E_L <= -65 mV < -60 mV <= V_th.) A flow can only smear such an atom. (index, bound) pairs, per
 # prior kind ("ordered" has none):
-ATOMS = ((INDEX["V_res"], LOW[INDEX["V_res"]]),)
+ATOMS = [(INDEX["V_res"], float(LOW[INDEX["V_res"]]))]
 _ATOMS = {"reference": ATOMS, "ordered": ()}
+
+
+def set_box(overrides: dict[str, tuple[float, float]] | None = None) -> None:
+    """Make the prior's box this process's: the reference bounds, with `overrides` ({name: (low,
+    high)} in display units, e.g. {"E_L": (-80.0, -35.0)}) in their place (`prior.<name>` in a
+    configuration). LOW, HIGH, PARAMETERS' bounds and ATOMS change in place, so every module that
+    imported them sees the new box: one box per process, set from the run's configuration before
+    anything is drawn (the training run's start, `lif_sbi.load`). No arguments: the reference box."""
+    LOW[:], HIGH[:] = REFERENCE_LOW, REFERENCE_HIGH
+    for name, (lo, hi) in (overrides or {}).items():
+        i = INDEX[name]
+        LOW[i], HIGH[i] = lo / DISPLAY_SCALE[i], hi / DISPLAY_SCALE[i]
+    for p, lo, hi in zip(PARAMETERS, LOW, HIGH):  # frozen for everyone else; the box is set only here
+        object.__setattr__(p, "low", float(lo))
+        object.__setattr__(p, "high", float(hi))
+    ATOMS[:] = [(INDEX["V_res"], float(LOW[INDEX["V_res"]]))]
+
+
+def box_overrides() -> dict[str, tuple[float, float]]:
+    """The parameters whose bounds differ from the reference's now, {name: (low, high)} in display units."""
+    def shown(x):  # display units, rounded past the SI round trip's last bits (15 nS -> 14.999999999999998)
+        return float(f"{x:.12g}")
+
+    return {p.name: (shown(LOW[i] * DISPLAY_SCALE[i]), shown(HIGH[i] * DISPLAY_SCALE[i]))
+            for i, p in enumerate(PARAMETERS) if LOW[i] != REFERENCE_LOW[i] or HIGH[i] != REFERENCE_HIGH[i]}
 
 
 def onto_atoms(theta, *, kind: str = "reference") -> np.ndarray:

@@ -17,7 +17,7 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, report, simulator, validity
+from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, priors, report, simulator, validity
 from .checkpoints import CHECKPOINTS, ResumeError
 from .config import INITIAL_WEIGHTS, Config, ConfigError
 from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_tree
@@ -73,6 +73,7 @@ def start(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: boo
     # before anything is written: "auto" becomes the device used, saved as such in config.toml
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, device=simulator.resolve_device(config.data.device)))
     backends.set_seed(config.training.seed)
+    priors.set_box(config.prior.bounds())
     if config.training.initial_weights and run_dir is None and not Path(config.training.initial_weights).is_file():
         raise ConfigError(f"training.initial_weights = {config.training.initial_weights!r}: no such file")
     if run_dir is not None:

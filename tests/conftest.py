@@ -90,3 +90,14 @@ def noisy_steps_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = (tmp / "results").iterdir()
     return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _reference_prior_box():
+    """Every test starts and ends with the reference prior box (a run with widened bounds sets the
+    process's box: `priors.set_box`)."""
+    from lif_sbi import priors
+
+    priors.set_box()
+    yield
+    priors.set_box()

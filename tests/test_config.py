@@ -232,7 +232,11 @@ def test_stimulus_n_samples(duration, dt, n):
         (["stimulus.protocol=step"], r"unknown key 'stimulus.protocol' in .*: allowed keys in \[stimulus\] are protocols, duration_s, dt_s"),
         (["stimulus.amplitude_low=1e-9"], r"unknown key 'stimulus.amplitude_low' .* amplitude_low_a"),
         (["noise.sd=1e-3"], r"unknown key 'noise.sd' in .*: allowed keys in \[noise\] are sd_v$"),
-        (["prior.type=ordered"], r"unknown key 'prior.type' in .*: allowed keys in \[prior\] are kind$"),
+        (["prior.type=ordered"], r"unknown key 'prior.type' in .*: allowed keys in \[prior\] are kind, C_m, g_L, E_L, V_th, V_res, t_ref$"),
+        (["prior.E_L=[-30.0, -40.0]"], r"prior.E_L = \[-30.0, -40.0\] is not allowed: expected \[low, high\] in display units with low < high"),
+        (["prior.C_m=[0.0, 10.0]"], r"prior.C_m .* low > 0"),
+        (["prior.g_L=[1.0, 2.0, 3.0]"], r"prior.g_L"),
+        (["prior.V_th=['a', 'b']"], r"prior.V_th .* expected a list of numbers"),
         (["model.observe_currents=true"], r"unknown key 'model.observe_currents' .* observe_current"),
     ],
 )

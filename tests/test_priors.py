@@ -317,3 +317,25 @@ def test_in_support_and_onto_atoms_with_the_ordered_kind():
     assert y is not x  # ... on a copy
     assert onto_atoms(x, kind="reference")[1, R] == LOW[R]  # the reference prior's atom does move it
     assert list(in_support(onto_atoms(x, kind="ordered"), kind="ordered")) == [False, False, True, True]
+
+
+def test_a_widened_box_is_the_process_prior_and_its_draws_are_ordered():
+    """priors.set_box: the configured bounds replace the reference's everywhere (LOW, HIGH, the
+    parameters, the V_res atom); draws stay ordered V_res < E_L < V_th where the ranges overlap."""
+    from lif_sbi import priors
+
+    reference = priors.sample_prior(2000, 0)
+    wide = {"E_L": (-80.0, -35.0), "V_th": (-60.0, -20.0), "V_res": (-80.0, -35.0), "g_L": (0.5, 15.0)}
+    priors.set_box(wide)
+    try:
+        assert priors.box_overrides() == wide
+        assert priors.PARAMETERS[priors.INDEX["E_L"]].high == pytest.approx(-0.035) and priors.HIGH[2] == pytest.approx(-0.035)
+        for kind in priors.PRIOR_KINDS:
+            theta = priors.sample_prior(20000, 1, kind=kind)
+            assert priors.in_support(theta, kind=kind).all()
+            assert theta[:, 2].max() > -0.040 and theta[:, 1].min() < 1e-9  # the wider ranges are used
+        priors.check_theta(priors.sample_prior(20000, 2))
+    finally:
+        priors.set_box()
+    assert priors.box_overrides() == {} and priors.ATOMS == [(priors.INDEX["V_res"], -0.08)]
+    np.testing.assert_array_equal(priors.sample_prior(2000, 0), reference)  # the reference prior, as before

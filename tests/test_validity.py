@@ -31,12 +31,12 @@ def test_bound_shares_count_draws_on_either_bound():
 
 def test_judge_names_the_statistic_and_parameter():
     check = validity.Check({}, {"thresholds": {"v_max_mV": [None, -49.0], "v_rest_mV": [-82.0, -63.0],
-                                                                 "distance": [None, 5.0], "bound_E_L": [None, 0.3]}})
+                                               "distance": [None, 5.0], "bound_piles": [None, 1.0]}})
     stats = {"v_max_mV": np.array([-55.0, -30.0]), "v_rest_mV": np.array([-70.0, -45.0]), "distance": np.array([1.0, 9.0]),
-             "bound_E_L": np.array([0.0, 1.0])}
+             "bound_piles": np.array([1.0, 2.0])} | {f"bound_{p}": np.array([0.0, 0.9]) for p in ("C_m", "g_L", "E_L", "V_th", "V_res", "t_ref")}
     (ok, none), (bad, why) = validity.judge(check, stats)
     assert ok and not none and not bad and len(why) == 4
-    assert "V_th" in why[0] and "E_L's prior" in why[1] and "Mahalanobis" in why[2] and "pile on a bound" in why[3]
+    assert "V_th" in why[0] and "E_L's prior" in why[1] and "Mahalanobis" in why[2] and "pile on a bound" in why[3] and "C_m 90%" in why[3]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,7 @@ def posterior(noisy_steps_run):
 
 def _verdicts(post, v, cur):
     draws = post.sample(v, 100, current=cur, seed=1)
-    stats = validity.voltage_statistics(v, cur)
-    stats |= post.check.distances(post.approximator, v, cur, post.dt_s)
-    for i, name in enumerate(post.parameter_names):
-        stats[f"bound_{name}"] = validity.bound_shares(draws)[:, i]
+    stats = validity.statistics(post.check, post.approximator, v, cur, post.dt_s, draws, observe_current=True)
     return np.array([ok for ok, _ in validity.judge(post.check, stats)])
 
 
@@ -60,10 +57,10 @@ def test_the_run_fitted_its_check_with_a_measured_false_alarm_rate(posterior):
     rec = posterior.check.record
     n = rec["check_traces"]
     assert (posterior.run_dir / validity.FILENAME).is_file() and n == 100 and rec["fit_traces"] == 200
-    # 12 limits, each the most extreme of n calibration traces: at most 12 / (n + 1) false alarms in
+    # 7 limits, each the most extreme of n calibration traces: at most 7 / (n + 1) false alarms in
     # expectation; the measured rate on n fresh traces stays within a binomial margin of that
-    assert rec["false_alarm_rate"] <= 12 / (n + 1) + 3 * np.sqrt(0.12 * 0.88 / n)
-    assert set(rec["thresholds"]) >= {"v_max_mV", "v_min_mV", "v_rest_mV", "distance", "leak_distance", "bound_C_m"}
+    assert rec["false_alarm_rate"] <= 7 / (n + 1) + 3 * np.sqrt(0.07 * 0.93 / n)
+    assert set(rec["thresholds"]) >= {"v_max_mV", "v_min_mV", "v_rest_mV", "distance", "leak_distance", "bound_piles"}
 
 
 @pytest.mark.torch

@@ -27,6 +27,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _unreadable(path: Path, exc: BaseException, what: str = "") -> InputError:
+    return InputError(f"{path}: could not be read as NWB: {what}{_first_line(exc)}: expected an NWB 2 (HDF5) file")
+
+
 def _kind(obj) -> str:
     return getattr(obj, "neurodata_type", None) or type(obj).__name__
 
@@ -52,14 +56,15 @@ def _unit_scale(path: Path, series, unit: str) -> float:
 
 def _values(path: Path, series, unit: str) -> np.ndarray:
     """The series' samples in SI (V or A): data * conversion + offset, times the file's unit factor."""
+    name = f"{_kind(series)} '{series.name}'"
     try:
         raw = np.array(series.data[:], dtype=np.float64)
     except Exception as exc:  # a corrupt dataset, a dtype that is not numbers
-        raise InputError(f"{path}: could not be read as NWB: {_kind(series)} '{series.name}': {_first_line(exc)}") from None
+        raise _unreadable(path, exc, f"{name}: ") from None
     if raw.ndim != 1:
-        raise InputError(f"{path}: {_kind(series)} '{series.name}' has shape {raw.shape}: expected one sample per time point")
+        raise InputError(f"{path}: {name} has shape {raw.shape}: expected one sample per time point")
     if raw.size == 0:
-        raise InputError(f"{path}: {_kind(series)} '{series.name}' holds no samples: expected a recorded sweep")
+        raise InputError(f"{path}: {name} holds no samples: expected a recorded sweep")
     conversion = getattr(series, "conversion", None)
     offset = getattr(series, "offset", None)  # NWB 2.5+; older files and pynwb versions have none
     conversion, offset = 1.0 if conversion is None else float(conversion), 0.0 if offset is None else float(offset)
@@ -135,20 +140,22 @@ def read_nwb(path: Path, sweeps: Sequence[int] | None = None) -> list[Recording]
     there is none). `sweeps`: 0-based indices into that order (all when None). Bad files,
     missing series and out-of-range sweeps raise InputError with one line; pynwb/hdmf warnings
     are silenced."""
-    import pynwb
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file: expected an NWB (.nwb) file")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            import pynwb
+        except ImportError:
+            raise InputError(f"{path}: reading NWB files needs pynwb: pip install pynwb") from None
+        try:
             io = pynwb.NWBHDF5IO(str(path), "r", load_namespaces=True)
         except Exception as exc:
-            raise InputError(f"{path}: could not be read as NWB: {_first_line(exc)}: expected an NWB 2 (HDF5) file") from None
-        with io:  # closes the HDF5 file; every array above is copied out before
+            raise _unreadable(path, exc) from None
+        with io:  # closes the HDF5 file; every array is copied out before
             try:
                 nwbfile = io.read()
             except Exception as exc:
-                raise InputError(f"{path}: could not be read as NWB: {_first_line(exc)}: expected an NWB 2 (HDF5) file") from None
+                raise _unreadable(path, exc) from None
             return _recordings(path, nwbfile, sweeps)
