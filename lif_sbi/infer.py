@@ -80,7 +80,7 @@ def _check_args(args) -> None:
             raise InputError(f"{f}: is a folder: expected a recording file (.abf, .nwb, .npy, .npz, .csv, .txt)")
 
 
-def read_all(args, grid, notes: list[str]):
+def read_all(args, grid, notes: list[str], needs_current: bool = False):
     """Every file's recordings onto the model's grid (`recordings.grid.Prepared`)."""
     from . import recordings
     from .recordings import grid as grids
@@ -98,6 +98,10 @@ def read_all(args, grid, notes: list[str]):
             if len(cur[k]) != len(r.voltage_v):
                 raise InputError(f"--current {args.current}: trace {k} has {len(cur[k])} samples, {r.name} {len(r.voltage_v)}: expected the same")
         recs = [dataclasses.replace(r, current_a=cur[k]) for k, r in enumerate(recs)]
+    if needs_current and any(r.current_a is None for r in recs):
+        raise InputError(f"the model in {args.run} observes the injected current (model.observe_current) and "
+                         f"{next(r.name for r in recs if r.current_a is None)} has none: give it as the ABF/NWB command channel, "
+                         "a current column (--columns t,v,i), or --current FILE")
     return grids.prepare(recs, grid, window=grids.parse_window(args.window), reset_spikes=args.spikes == "reset", notes=notes)
 
 
@@ -108,12 +112,12 @@ def _grid(config):
     return Grid(st.dt_s, st.n_samples, st.file_start_s if "file" in st.protocols else None)
 
 
-def verdicts(post, prepared, draws, spikes_mode: str) -> tuple[np.ndarray, list[list[str]]]:
+def verdicts(post, prepared, draws, spikes_mode: str, seed: int = 0) -> tuple[np.ndarray, list[list[str]]]:
     """(valid (N,), reasons per trace): the run's validity check, and action potentials that were not mapped."""
     from . import validity
 
     stats = validity.statistics(post.check, post.approximator, prepared.voltage_v, prepared.current_a, post.dt_s, draws,
-                                observe_current=post.observes_current)
+                                observe_current=post.observes_current, noise_sd_v=post.noise_sd_v, seed=seed)
     judged = validity.judge(post.check, stats)
     th = PARAMETERS[INDEX["V_th"]]
     reasons = []
@@ -149,10 +153,7 @@ def main(argv=None) -> int:
         from .posterior import run_config
 
         config = run_config(Path(args.run))
-        prepared = read_all(args, _grid(config), notes)
-        if config.model.observe_current and prepared.current_a is None:
-            raise InputError(f"the model in {args.run} observes the injected current (model.observe_current): give it as the ABF/NWB "
-                             "command channel, a current column (--columns t,v,i), or --current FILE")
+        prepared = read_all(args, _grid(config), notes, needs_current=config.model.observe_current)
         out = Path(args.out) if args.out else Path(args.run) / "inference" / Path(args.files[0]).stem
         from .outputs import check_target
 
@@ -180,11 +181,11 @@ def main(argv=None) -> int:
         draws = post.sample(prepared.voltage_v, args.draws, current=prepared.current_a, seed=args.seed, max_rounds=MAX_ROUNDS)
     elapsed = time.perf_counter() - t0
     notes += [f"sampling: {w.message}" for w in caught]
-    valid, reasons = verdicts(post, prepared, draws, args.spikes)
+    valid, reasons = verdicts(post, prepared, draws, args.spikes, args.seed)
     n = len(draws)
     print(f"{n} trace(s) x {args.draws} draws in {elapsed * 1e3:.0f} ms ({elapsed * 1e3 / n:.1f} ms per trace); validity check: "
           f"{post.check.record['false_alarm_rate']:.1%} false alarms on {post.check.record['check_traces']} held-out simulated traces")
-    meta = {"run": str(Path(args.run).resolve()), "files": [str(Path(f).resolve()) for f in args.files], "draws": args.draws,
+    meta = {"run": str(args.run), "files": [str(f) for f in args.files], "draws": args.draws,
             "seed": args.seed, "spikes": args.spikes, "window": args.window, "dt_s": post.dt_s, "notes": notes,
             "seconds_per_trace": elapsed / n, "false_alarm_rate": post.check.record["false_alarm_rate"]}
     inf = outputs.Inference(prepared.names, draws, valid, reasons, prepared.spike_counts, meta, _ppc(post, prepared, draws, valid, args.seed))

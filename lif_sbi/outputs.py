@@ -71,7 +71,7 @@ def table(inf: Inference) -> str:
         if not inf.valid[n]:
             out.write(f"{name}: NO VALID POSTERIOR{spikes}\n" + "".join(f"    - {r}\n" for r in inf.reasons[n]))
             continue
-        out.write(f"{name}: explained by the model (inside its training distribution{spikes})\n")
+        out.write(f"{name}: explained by an LIF with these priors (passes every check{spikes})\n")
         out.write(f"    {'parameter':<9} {'mean':>9} {'sd':>8} {'5 %':>9} {'50 %':>9} {'95 %':>9}  unit\n")
         for r in (r for r in rows if r["trace"] == name):
             out.write(f"    {r['parameter']:<9} {r['mean']:>9.4g} {r['sd']:>8.3g} {r['q5']:>9.4g} {r['q50']:>9.4g} {r['q95']:>9.4g}  {r['unit']}\n")

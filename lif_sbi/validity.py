@@ -15,10 +15,12 @@ FILENAME = "validity.json"
 # covariance are fitted on 2n, every threshold is set on n more, the false-alarm rate measured on n more
 DRAWS = 200  # posterior draws per trace for the bound statistics
 #: each statistic's threshold is the most extreme value among the n calibration traces, so that a
-#: new trace from the model's own set-up passes it with probability n / (n + 1); 7 one-sided
-#: limits (v_rest has two) bound the false alarms by 7 / (n + 1), 0.7 % at n = 1000 (measured
+#: new trace from the model's own set-up passes it with probability n / (n + 1); 8 one-sided
+#: limits (v_rest has two) bound the false alarms by 8 / (n + 1), 0.8 % at n = 1000 (measured
 #: on n further traces and stored as `false_alarm_rate`)
-SIDES = {"v_max_mV": "high", "v_min_mV": "low", "v_rest_mV": "both", "distance": "high", "leak_distance": "high", "bound_piles": "high"}
+SIDES = {"v_max_mV": "high", "v_min_mV": "low", "v_rest_mV": "both", "distance": "high", "leak_distance": "high", "bound_piles": "high",
+         "ppc_coverage": "low"}
+PPC_DRAWS = 100  # posterior draws simulated per trace (with its own current) for the predictive coverage
 EDGE_SHARE = 0.01  # a draw within this share of its prior's width from a bound counts as on the bound
 #: a parameter "piles" on a bound when this share of its draws lies there; the statistic is how
 #: many parameters pile (one alone is common where the truth lies at a bound: the prior's
@@ -122,10 +124,30 @@ def _simulate(config, n: int, seed: int):
     return v, d["current"], d["parameters"]
 
 
-def statistics(check: Check | None, approximator, voltage_v, current_a, dt_s: float, draws, *, observe_current: bool) -> dict:
+def predictive_coverage(draws, voltage_v, current_a, dt_s: float, noise_sd_v: float, seed: int) -> np.ndarray:
+    """Per trace, the share of its samples inside the 90 % band of its posterior predictive
+    (PPC_DRAWS draws simulated with its own current, plus the recording noise): (N,). Whether an
+    LIF of the posterior reproduces the trace, not only whether the trace looks like training data."""
+    from .diagnostics import posterior_predictive
+
+    out = np.full(len(draws), np.nan)
+    for n in range(len(draws)):
+        try:
+            out[n] = posterior_predictive(draws[n, :PPC_DRAWS], current_a[n], voltage_v[n], dt_s=dt_s, noise_sd_v=noise_sd_v,
+                                          seed=seed + n)["coverage"]
+        except ValueError:  # no draw inside the prior's support to simulate: nothing to compare
+            continue
+    return out
+
+
+def statistics(check: Check | None, approximator, voltage_v, current_a, dt_s: float, draws, *, observe_current: bool,
+               noise_sd_v: float = 0.0, seed: int = 0) -> dict:
     """Every statistic of traces (N, T) V with their currents (N, T) A and posterior draws (N, S, 6):
-    voltages, distances (none before the check is fitted), bound shares per parameter and how many pile."""
+    voltages, distances (none before the check is fitted), bound shares per parameter and how many
+    pile, and (current known) the posterior-predictive coverage."""
     stats = voltage_statistics(voltage_v, current_a if observe_current else None)
+    if observe_current:
+        stats["ppc_coverage"] = predictive_coverage(draws, voltage_v, current_a, dt_s, noise_sd_v, seed)
     if check is not None:
         stats |= check.distances(approximator, voltage_v, current_a, dt_s)
     shares = bound_shares(draws)
@@ -142,7 +164,8 @@ def _statistics(check_or_none, approximator, config, v, cur, width_scale, seed):
     known = cur if config.model.observe_current else None
     draws = estimator.sample_posterior(approximator, v, DRAWS, seed=seed, width_scale=width_scale, current=known,
                                        prior=config.prior.kind, dt_s=config.stimulus.dt_s)
-    return statistics(check_or_none, approximator, v, cur, config.stimulus.dt_s, draws, observe_current=config.model.observe_current)
+    return statistics(check_or_none, approximator, v, cur, config.stimulus.dt_s, draws, observe_current=config.model.observe_current,
+                      noise_sd_v=config.noise.sd_v, seed=seed)
 
 
 def fit(approximator, config, width_scale=None) -> Check:
@@ -192,6 +215,9 @@ def _reason(key: str, value: float, lo, hi, row: dict) -> str:
                 f"{', '.join(piled)}: the data ask for values outside them")
     where = "above" if hi is not None and value > hi else "below"
     limit = hi if where == "above" else lo
+    if key == "ppc_coverage":
+        return (f"an LIF of its posterior does not reproduce it: its posterior-predictive 90 % band holds {value:.0%} of its samples, "
+                f"fewer than for any simulated trace ({lo:.0%})")
     if key == "v_max_mV":
         return f"it rises to {value:.1f} mV, {where} any simulated trace ({limit:.1f} mV): V_th's prior is {_range(by['V_th'])}"
     if key == "v_min_mV":
