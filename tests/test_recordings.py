@@ -213,6 +213,12 @@ def test_window_errors(n, window, match):
     _one_line(exc.value)
 
 
+def test_a_recording_without_time_base_is_told_about_dt():
+    """50 ms at 0.05 ms in one column: no time base, so the model's step is assumed; the answer names --dt."""
+    with pytest.raises(InputError, match="pass --window START:END, or --dt"):
+        grid.onto_grid(Recording("r", _trace(1001), None), GRID)
+
+
 @pytest.mark.parametrize("text", ["0.1", "a:b", "0.2:0.1", "-1:2"])
 def test_bad_window_text(text):
     with pytest.raises(InputError, match="--window"):

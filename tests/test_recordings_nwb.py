@@ -198,7 +198,7 @@ def test_empty_series_is_refused(tmp_path):
     assert "'nothing'" in _one_line(exc) and "no samples" in str(exc.value)
 
 
-@pytest.mark.parametrize("content", ["random", "hdf5", "empty"])
+@pytest.mark.parametrize("content", ["random", "hdf5", "empty", "truncated"])
 def test_not_an_nwb_file(tmp_path, content):
     path = tmp_path / "x.nwb"
     if content == "random":
@@ -208,6 +208,9 @@ def test_not_an_nwb_file(tmp_path, content):
 
         with h5py.File(path, "w") as f:
             f["x"] = np.arange(3)
+    elif content == "truncated":
+        whole = _three_sweeps(tmp_path).read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
     else:
         path.write_bytes(b"")
     with warnings.catch_warnings():
@@ -249,3 +252,31 @@ def test_arrays_outlive_the_file(tmp_path):
     recs = read_nwb(path)
     path.unlink()  # the reader closed the file and copied its arrays out
     assert all(isinstance(r.voltage_v, np.ndarray) and np.isfinite(r.voltage_v).all() for r in recs)
+
+
+@pytest.mark.torch
+def test_an_nwb_file_through_infer_with_its_stimulus(tmp_path, noisy_steps_run):
+    """`python -m lif_sbi.infer RUN_DIR cell.nwb`: the stimulus series is the known current (no
+    --current needed), 20 kHz resampled onto the model's 0.1 ms; this cell is outside the
+    reference priors, which the answer says (exit 3)."""
+    import os
+    import subprocess
+    import sys
+
+    if not ABF.is_file():
+        pytest.skip(f"{ABF} is missing")
+    pyabf = pytest.importorskip("pyabf")
+    abf = pyabf.ABF(str(ABF))
+    nwbfile, el = _nwbfile()
+    for i in (0, 15):
+        abf.setSweep(i)
+        nwbfile.add_acquisition(_ccs(el, f"sweep_{i:02d}", abf.sweepY.copy(), sweep=i, rate=float(abf.sampleRate)))
+        nwbfile.add_stimulus(CurrentClampStimulusSeries(name=f"stim_{i:02d}", data=abf.sweepC.copy(), electrode=el, gain=1.0,
+                                                        rate=float(abf.sampleRate), conversion=1e-12, sweep_number=np.uint32(i)))
+    path = _write(tmp_path / "cell.nwb", nwbfile)
+    proc = subprocess.run([sys.executable, "-m", "lif_sbi.infer", str(noisy_steps_run), str(path), "--window", "0.14:0.19",
+                           "--spikes", "reset", "--draws", "50", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 trace(s) x 50 draws" in proc.stdout and proc.stdout.count("NO VALID POSTERIOR") == 2
+    assert "cell.nwb sweep 1: NO VALID POSTERIOR" in proc.stdout and "V_th's prior" in proc.stdout

@@ -124,7 +124,7 @@ def _window_start(rec: Recording, grid: Grid, window, n_have: int, notes: list[s
         what = "longer" if n_have > grid.n_samples else "shorter"
         raise InputError(f"{rec.name}: holds {n_have} samples ({have_s * 1e3:g} ms) at {grid.dt_s * 1e3:g} ms, {what} than the model's "
                          f"window of {grid.n_samples} ({grid.duration_s * 1e3:g} ms): pass --window START:END"
-                         + ("" if n_have > grid.n_samples else ", or --dt if it was sampled at another step"))
+                         + (", or --dt if it was sampled at another step" if rec.dt_s is None or n_have < grid.n_samples else ""))
     k = int(round((start - rec.start_s) / grid.dt_s))
     if k < 0 or k + grid.n_samples > n_have:
         raise InputError(f"{rec.name}: spans {rec.start_s:g} to {rec.start_s + have_s:g} s; the window "
