@@ -69,3 +69,18 @@ def test_a_folder_that_is_not_a_finished_run(tmp_path):
 def test_importing_the_package_loads_no_keras():
     code = "import sys, lif_sbi; assert callable(lif_sbi.load); assert 'keras' not in sys.modules and 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.torch
+def test_the_python_route_prints_no_library_noise(noisy_steps_run):
+    """lif_sbi.load + sample in a fresh process, KERAS_BACKEND unset: nothing on stdout or stderr but ours."""
+    import os
+
+    code = ("import numpy as np, lif_sbi\n"
+            f"p = lif_sbi.load({str(noisy_steps_run)!r})\n"
+            "d = p.sample(np.full((1, p.n_samples), -0.07) + np.random.default_rng(0).normal(0, 5e-4, (1, p.n_samples)), 20,\n"
+            "             current=np.zeros((1, p.n_samples)))\n"
+            "print('draws', d.shape)\n")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0 and proc.stdout == "draws (1, 20, 6)\n" and proc.stderr == "", proc.stdout + proc.stderr
