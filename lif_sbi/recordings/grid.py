@@ -152,22 +152,13 @@ def onto_grid(rec: Recording, grid: Grid, *, window=None, reset_spikes: bool = F
 
 
 def prepare(recordings: list[Recording], grid: Grid, *, window=None, reset_spikes: bool = False,
-            current: np.ndarray | None = None, notes: list[str] | None = None) -> Prepared:
-    """Every recording onto the model's grid, as one batch. `current` (N, T) A on the model's grid
-    (`--current`) replaces any the files hold."""
+            notes: list[str] | None = None) -> Prepared:
+    """Every recording onto the model's grid, as one batch (the currents where every recording holds one)."""
     notes = [] if notes is None else notes
     if not any(r.dt_s for r in recordings):
         notes.append(f"no time base in the file(s): sampled at the model's {grid.dt_s * 1e3:g} ms assumed (pass --dt otherwise)")
     rows = [onto_grid(r, grid, window=window, reset_spikes=reset_spikes, notes=notes) for r in recordings]
     v = np.stack([row[0] for row in rows])
-    if current is not None:
-        if current.shape != v.shape:
-            raise InputError(f"--current holds {current.shape[0]} trace(s) of {current.shape[1]} samples; the recordings give "
-                             f"{v.shape[0]} of {v.shape[1]} on the model's grid: expected the same")
-        cur = current
-    elif all(row[1] is not None for row in rows):
-        cur = np.stack([row[1] for row in rows])
-    else:
-        cur = None
+    cur = np.stack([row[1] for row in rows]) if all(row[1] is not None for row in rows) else None
     return Prepared([r.name for r in recordings], v, cur, np.array([row[2] for row in rows]), np.array([row[3] for row in rows]),
                     reset_spikes, list(dict.fromkeys(notes)))
