@@ -25,12 +25,16 @@ Interface (every backend module provides it):
   under JAX, eager under torch, or under torch with ``record_steps=True``, the default, recorded once
   per batch shape and replayed, and on the CPU with ``compile_steps=True`` compiled by inductor
   once a shape has been replayed a few hundred times). For benchmarks and hand-written loops.
-- ``prepare_training(model, *, record_steps=True, compile_steps=True)``: called once before ``fit``; sets up what the
+- ``prepare_training(model, *, record_steps=True, compile_steps=True, state=None)``: called once before ``fit``; sets up what the
   backend's step needs (torch with ``jit_compile``: optimizer variables and gradient buffers so
   that torch.compile traces the step once; torch's eager steps: on the CPU, Keras' Adam on flat
   buffers (the same numbers in fewer operations), and with ``record_steps`` each batch shape's
   step recorded once and replayed, as a CUDA graph on a GPU, as a traced aten program on the
   CPU, there compiled by inductor once replayed often, with ``compile_steps``); a no-op under TensorFlow and JAX, whose steps are compiled already.
+  ``state`` is what ``training_state`` returned at the checkpoint a run resumes from.
+- ``training_state(model)``: what decides how the coming steps run (torch: the step recorders'
+  counters per batch shape), as JSON for a checkpoint, so that a resumed run records and compiles
+  its steps where the uninterrupted run did; ``{}`` under TensorFlow and JAX.
 - ``training_step_kind(model)``: how ``fit`` runs the step, in words, for the run's log and report.
 - ``compile_inference(approximator)``: makes a BayesFlow approximator's inference-time summary
   network and flow sampling run the backend's fastest way, with the same draws (JAX: one jitted
@@ -45,7 +49,7 @@ import importlib
 
 import keras
 
-__all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "training_step_kind", "compile_inference", "module"]
+__all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training", "training_state", "training_step_kind", "compile_inference", "module"]
 
 _MODULES = {"torch": ".torch", "tensorflow": ".tensorflow", "jax": ".jax"}
 
@@ -66,5 +70,6 @@ set_seed = module.set_seed
 device_name = module.device_name
 train_step_function = module.train_step_function
 prepare_training = module.prepare_training
+training_state = module.training_state
 training_step_kind = module.training_step_kind
 compile_inference = module.compile_inference

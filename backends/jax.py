@@ -263,8 +263,13 @@ def device_name() -> str:
     return "CPU" if dev.platform == "cpu" else getattr(dev, "device_kind", str(dev))
 
 
-def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True) -> None:
+def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True, state: dict | None = None) -> None:
     """Nothing to prepare: jax.jit traces the step once whatever the optimizer's and gradients' state."""
+
+
+def training_state(model) -> dict:
+    """Nothing: a jitted step is the same step at every call, resumed or not."""
+    return {}
 
 
 def train_step_function(model, *, record_steps: bool = True, compile_steps: bool = True):

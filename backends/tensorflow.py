@@ -145,8 +145,13 @@ def device_name() -> str:
     return details.get("device_name", gpus[0].name)
 
 
-def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True) -> None:
+def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True, state: dict | None = None) -> None:
     """Nothing to prepare: tf.function traces the step once whatever the optimizer's and gradients' state."""
+
+
+def training_state(model) -> dict:
+    """Nothing: a tf.function step is the same step at every call, resumed or not."""
+    return {}
 
 
 def train_step_function(model, *, record_steps: bool = True, compile_steps: bool = True):

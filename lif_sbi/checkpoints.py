@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from . import backends
 from .files import atomic_save_npz, atomic_write_text, remove_tree
 
 HISTORY_FIELDS = ("epoch", "loss", "val_loss", "learning_rate", "wall_s")
@@ -45,8 +46,7 @@ def load_weights(model, path: Path) -> None:
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(str(path))
         return
-    with np.load(path) as f:
-        values = [f[f"arr_{i}"] for i in range(len(f.files))]
+    values = _read_arrays(path)
     shapes = [tuple(w.shape) for w in model.weights]
     if [v.shape for v in values] != shapes:
         raise ResumeError(f"{path}: its {len(values)} arrays do not match this model's {len(shapes)} weights")
@@ -65,8 +65,7 @@ def restore_optimizer(model, path: Path) -> None:
     """Put back the optimizer variables a checkpoint's `optimizer.npz` holds (building the optimizer first)."""
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
-    with np.load(path) as f:
-        values = [f[f"arr_{i}"] for i in range(len(f.files))]
+    values = _read_arrays(path)
     if len(values) != len(optimizer.variables):
         raise ResumeError(f"{path.parent}: optimizer state does not match this model ({len(values)} vs {len(optimizer.variables)} variables)")
     for variable, value in zip(optimizer.variables, values):
@@ -93,17 +92,25 @@ def write_history(run_dir: Path, rows: list[dict]) -> None:
 def save_checkpoint(ckpt_dir: Path, model, epoch: int, rows, best: float, callbacks: dict, finished: bool = False) -> None:
     """checkpoints/epoch_NNNN/ (weights, optimizer variables, state), then the `latest` pointer.
 
-    Each step is a rename, so a killed process leaves the previous checkpoint intact.
+    Each step is a rename, so a killed process leaves the previous checkpoint intact; a write
+    that fails removes the half-made folder. The state holds what decides the rest of the run
+    besides the weights: the history, the callbacks' counters and the step recorders' counters
+    (`backends.training_state`); every random stream is set from (seed, epoch) (`batches`).
     """
     target = ckpt_dir / f"epoch_{epoch:04d}"
     tmp = ckpt_dir / f"epoch_{epoch:04d}.tmp"
     if tmp.exists():
         remove_tree(tmp)
     tmp.mkdir(parents=True)
-    save_weights(model, tmp / "model.weights.npz")
-    np.savez(tmp / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-    state = {"epoch": epoch, "history": rows, "best_val_loss": plain(best), "callbacks": callbacks, "finished_training": finished}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    try:
+        save_weights(model, tmp / "model.weights.npz")
+        atomic_save_npz(tmp / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
+        state = {"epoch": epoch, "history": rows, "best_val_loss": plain(best), "callbacks": callbacks,
+                 "steps": backends.training_state(model), "finished_training": finished}
+        atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
+    except BaseException:
+        remove_tree(tmp)
+        raise
     if target.exists():
         remove_tree(target)
     tmp.rename(target)
@@ -113,14 +120,34 @@ def save_checkpoint(ckpt_dir: Path, model, epoch: int, rows, best: float, callba
             remove_tree(old)
 
 
-def load_checkpoint(ckpt_dir: Path) -> tuple[Path, dict]:
-    """The latest complete checkpoint's folder and its state.json, or ResumeError."""
+def load_checkpoint(ckpt_dir: Path) -> tuple[Path, dict] | None:
+    """The latest complete checkpoint's folder and its state.json; None where the run has none
+    yet (killed before its first epoch ended: it starts again from its first epoch, which gives
+    the same run); ResumeError where `latest` names one that cannot be read."""
+    if not (ckpt_dir / "latest").exists():
+        return None
     try:
         name = (ckpt_dir / "latest").read_text().strip()
         state = json.loads((ckpt_dir / name / "state.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ResumeError(f"{ckpt_dir} holds no complete checkpoint to resume from ({exc.__class__.__name__})") from None
+        raise ResumeError(f"{ckpt_dir}: its latest checkpoint cannot be read ({_cause(exc)}); the run cannot be resumed, start a new one") from None
     return ckpt_dir / name, state
+
+
+def _cause(exc: BaseException) -> str:
+    """An exception as a short phrase: its message, or its type's name where it has none."""
+    text = " ".join(str(exc).split())
+    return text[:200] if text else type(exc).__name__
+
+
+def _read_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays `arr_0`, `arr_1`, ... of an .npz file; ResumeError (one line) where it is
+    missing, truncated or not an archive."""
+    try:
+        with np.load(path) as f:
+            return [f[f"arr_{i}"] for i in range(len(f.files))]
+    except Exception as exc:  # noqa: BLE001 - zipfile, NumPy and OS errors alike mean a damaged file
+        raise ResumeError(f"{path} cannot be read ({_cause(exc)}): a damaged or foreign file") from None
 
 
 def plain(x):

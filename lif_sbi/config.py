@@ -393,23 +393,30 @@ def from_dict(d: dict, *, source: str = "configuration") -> Config:
     for key in ("name", "description"):
         if key in d:
             top[key] = _coerce(key, d.pop(key), str)
+    _check_keys(d, source)
     sections = {}
     for section, values in d.items():
+        cls = SECTIONS[section]
+        hints = get_type_hints(cls)
+        sections[section] = cls(**{key: _coerce(f"{section}.{key}", value, hints[key]) for key, value in values.items()})
+    return Config(**top, **sections)
+
+
+def _check_keys(d: dict, source: str) -> None:
+    """ConfigError, naming `source`, for a section or key of `d` that no configuration has
+    ("name" and "description" aside)."""
+    for section, values in d.items():
+        if section in ("name", "description"):
+            continue
         if section not in SECTIONS:
             allowed = ", ".join(["name", "description", *SECTIONS])
             raise ConfigError(f"unknown key '{section}' in {source}: allowed top-level keys are {allowed}")
         if not isinstance(values, dict):
             raise ConfigError(f"'{section}' in {source} must be a table of keys, got {values!r}")
-        cls = SECTIONS[section]
-        hints = get_type_hints(cls)
-        names = [f.name for f in fields(cls)]
-        kwargs = {}
-        for key, value in values.items():
+        names = [f.name for f in fields(SECTIONS[section])]
+        for key in values:
             if key not in names:
                 raise ConfigError(f"unknown key '{section}.{key}' in {source}: allowed keys in [{section}] are {', '.join(names)}")
-            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-        sections[section] = cls(**kwargs)
-    return Config(**top, **sections)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -456,5 +463,7 @@ def load_config(name_or_path: str = "default", overrides: list[str] = ()) -> Con
         raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
     d.setdefault("name", path.stem)
     for text in overrides:
-        d = _deep_merge(d, parse_override(text))
+        override = parse_override(text)
+        _check_keys(override, source=f"--set {text!r}")  # an unknown key is blamed on --set, not the file
+        d = _deep_merge(d, override)
     return from_dict(d, source=str(path))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ from tqdm.auto import tqdm
 
 from . import cpu_kernel, priors, simulator, stimulus
 from .config import CACHE_DIR, StimulusConfig
+from .files import atomic_save_npz
 
 CHUNK = 10_000  # traces simulated per seed chunk; part of the dataset's definition
 DEFAULT_CACHE_DIR = CACHE_DIR
@@ -86,10 +85,7 @@ def load_or_simulate(
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is simply regenerated
     data = simulate_dataset(n, seed, device=device, progress=progress, **spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as tmp:
-        np.savez(tmp, **data)
-    os.replace(tmp.name, path)
+    atomic_save_npz(path, **data)
     return data, path, False
 
 

@@ -20,20 +20,27 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place; the
-    temporary file is removed when ``write`` fails. Returns the path."""
+def atomic_write(path, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path`` (named ``.<name>.<random><suffix>``),
+    then move it into place; the temporary file is removed when ``write`` fails, and an OSError
+    that names no file (a full disk seen by ``write``) is given ``path`` as its filename, so the
+    error line says which file could not be written. Every file a training run writes goes
+    through here. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = str(path)
         raise
     return path
 
@@ -65,13 +72,19 @@ def atomic_save_npz(path, *arrays: np.ndarray, **named: np.ndarray) -> Path:
 
 
 def atomic_save_keras(model, path) -> Path:
-    """``model.save(path)`` for a ``.keras`` file, atomically: Keras needs the real suffix, so the
-    model is saved to ``<stem>.tmp.keras`` and renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name[: -len(".keras")] + ".tmp.keras")
-    model.save(str(tmp))
-    os.replace(tmp, path)
-    return path
+    """``model.save(path)`` for a ``.keras`` file, atomically (Keras needs the real suffix, so the
+    temporary file ends in ``.tmp.keras``)."""
+    return atomic_write(path, lambda tmp: model.save(tmp), suffix=".tmp.keras")
+
+
+def remove_leftovers(folder) -> list[Path]:
+    """Remove the temporary files and folders a killed process left in `folder` (names ending in
+    ``.tmp`` or ``.tmp.keras``: this module's, and a checkpoint's half-made ``epoch_NNNN.tmp``);
+    returns what was removed."""
+    found = [p for p in Path(folder).rglob("*") if p.name.endswith((".tmp", ".tmp.keras"))]
+    for p in found:
+        remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return found
 
 
 def remove_tree(path) -> None:

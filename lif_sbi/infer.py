@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import EXIT_ENVIRONMENT, EnvironmentFault, InputError, keras_backend, os_error_line
 from .priors import INDEX, PARAMETERS
 
 EXIT_INVALID = 3
@@ -146,10 +146,21 @@ def _ppc(post, prepared, draws, valid, seed: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 every trace has a posterior; 2 bad input; 3 some trace has no valid posterior;
+    4 the environment (an output that cannot be written, a Keras backend that is not installed)."""
+    try:
+        return _main(argv)
+    except (OSError, EnvironmentFault) as exc:  # the outputs are written whole or not at all (outputs.write)
+        print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+
+
+def _main(argv) -> int:
     args = parser().parse_args(argv)
     notes: list[str] = []
     try:
         _check_args(args)
+        keras_backend()
         from .posterior import run_config
 
         config = run_config(Path(args.run))

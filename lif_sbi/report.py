@@ -238,11 +238,19 @@ def run_lines(run_id: str, config, backend: str, device: str, metrics: Mapping, 
         "training step": metrics["training_step"],
         "simulation": (f"loaded from the cache in {t['simulation_s']:.1f} s" if t.get("data_from_cache")
                        else f"{t['simulation_s']:.1f} s on {simulator_device}"),
-        "training": f"{t['training_s']:.1f} s" + (f" over {t['sessions']} sessions (--resume)" if "sessions" in t else ""),
+        "training": f"{t['training_s']:.1f} s",
+        "starts": _starts_line(t.get("starts", [])),
         **({"width calibration": f"{t['calibration_s']:.1f} s"} if "calibration_s" in t else {}),
         "diagnostics": f"{t['diagnostics_s']:.1f} s", "total": f"{t['total_s']:.1f} s",
         "posterior widths": _widths_line(metrics.get("calibration")),
     }
+
+
+def _starts_line(starts: list[dict]) -> str:
+    """Every start of the run (timings.json's "starts"): when, and from which epoch."""
+    def one(st):
+        return f"new at {st['utc']}" if st["kind"] == "new" else f"--resume at {st['utc']} after epoch {st['after_epoch']}"
+    return f"{len(starts)}: " + "; ".join(one(st) for st in starts) if starts else "1"
 
 
 def _data_line(config) -> str:

@@ -17,18 +17,20 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, priors, report, simulator, validity
+from . import __version__, backends, batches, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, priors, report, simulator, validity
 from .checkpoints import CHECKPOINTS, ResumeError
 from .config import INITIAL_WEIGHTS, Config, ConfigError
-from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_tree
+from .errors import EnvironmentFault, os_error_line
+from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_leftovers, remove_tree
 
 CALIBRATION_TRACES = 1000  # validation traces the width factors are fitted on (at most)
 CALIBRATION_DRAWS = 500  # posterior draws per such trace
 PRIOR_FIGURE_TRACES = 2000  # training draws shown in the prior histograms and example traces
 SPIKE_CHECK_TRACES = 100  # test traces of the spike-time posterior-predictive check
 NOISE_SEED_OFFSET = 7919  # the recording noise's seeds: the data's (validation) or test traces' seed plus this
+SIMULATE, BUILD, CALIBRATE, VALIDITY, DIAGNOSE = range(5)  # the stages that seed the global random streams (`_stage`)
 
-__all__ = ["CALIBRATION_DRAWS", "CALIBRATION_TRACES", "ResumeError", "new_run_dir", "run", "validation_batch_size"]
+__all__ = ["CALIBRATION_DRAWS", "CALIBRATION_TRACES", "EnvironmentFault", "ResumeError", "new_run_dir", "run", "validation_batch_size"]
 
 
 @dataclasses.dataclass
@@ -49,14 +51,18 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
     """Train, calibrate, diagnose and report one configuration into a new folder under
     `results_dir`, or continue the interrupted run in `run_dir`. Returns the exit code (0)."""
     r = start(config, run_dir=run_dir, results_dir=results_dir, quiet=quiet)
-    train, val = simulate(r)
-    approximator, train_ds, val_ds = build(r, train, val)
-    rows, best = fit(r, approximator, train_ds, val_ds)
-    width_scale = calibrate(r, approximator, val)
-    check = fit_validity(r, approximator, width_scale)
-    metrics, plots, history = diagnose(r, approximator, train, rows, width_scale)
-    metrics["validity"] = {k: check.record[k] for k in ("false_alarm_rate", "check_traces")}
-    write_records(r, approximator, metrics, plots, history)
+    try:
+        train, val = simulate(r)
+        approximator, train_ds, val_ds = build(r, train, val)
+        rows, best = fit(r, approximator, train_ds, val_ds)
+        width_scale = calibrate(r, approximator, val)
+        check = fit_validity(r, approximator, width_scale)
+        metrics, plots, history = diagnose(r, approximator, train, rows, width_scale)
+        metrics["validity"] = {k: check.record[k] for k in ("false_alarm_rate", "check_traces")}
+        write_records(r, approximator, metrics, plots, history)
+    except OSError as exc:  # every file is written whole or not at all (files.atomic_write): what was done is kept
+        raise EnvironmentFault(f"{os_error_line(exc)}; the run so far is kept: once that is fixed, continue with "
+                               f"--resume {r.run_dir}") from None
     print(report.console_summary(r.run_dir, metrics), flush=True)
     return 0
 
@@ -67,7 +73,8 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
 
 def start(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool) -> Run:
     """Resolve the configuration, seed every random stream, and open the run folder: a new one
-    (config.toml and environment.json written first) or the one being resumed."""
+    (config.toml and environment.json written first) or the one being resumed; this start is
+    recorded in timings.json at once."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     started = time.perf_counter()
     # before anything is written: "auto" becomes the device used, saved as such in config.toml
@@ -76,21 +83,45 @@ def start(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: boo
     priors.set_box(config.prior.bounds())
     if config.training.initial_weights and run_dir is None and not Path(config.training.initial_weights).is_file():
         raise ConfigError(f"training.initial_weights = {config.training.initial_weights!r}: no such file")
-    if run_dir is not None:
+    resuming = run_dir is not None
+    if resuming:
+        remove_leftovers(run_dir)  # what a killed start was writing when it died
         checkpoint = checkpoints.load_checkpoint(run_dir / CHECKPOINTS)
-        say(f"resuming {run_dir} after epoch {checkpoint[1]['epoch']}")
+        say(f"resuming {run_dir} " + (f"after epoch {checkpoint[1]['epoch']}" if checkpoint else "from its first epoch (no epoch was checkpointed)"))
     else:
-        run_dir = new_run_dir(results_dir, config)
-        checkpoint = None
-        atomic_write_text(run_dir / "config.toml", config.to_toml())
-        atomic_write_json(run_dir / "environment.json", environment())
+        run_dir, checkpoint = _new_run(results_dir, config), None
         say(f"run folder: {run_dir}")
     timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").exists() else {}
+    timings.setdefault("starts", []).append({
+        "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "kind": "resume" if resuming else "new",
+        "after_epoch": checkpoint[1]["epoch"] if checkpoint else 0})
+    try:
+        atomic_write_json(run_dir / "timings.json", timings)
+    except OSError as exc:
+        if not resuming:
+            remove_tree(run_dir)
+        raise EnvironmentFault(os_error_line(exc)) from None
     return Run(config, run_dir, checkpoint, timings, say, quiet, started)
+
+
+def _new_run(results_dir: Path, config: Config) -> Path:
+    """A new run folder with its config.toml and environment.json; where the machine does not let
+    them be written, nothing is left and EnvironmentFault says why in one line."""
+    run_dir = None
+    try:
+        run_dir = new_run_dir(results_dir, config)
+        atomic_write_text(run_dir / "config.toml", config.to_toml())
+        atomic_write_json(run_dir / "environment.json", environment())
+    except OSError as exc:
+        if run_dir is not None:
+            remove_tree(run_dir)
+        raise EnvironmentFault(os_error_line(exc)) from None
+    return run_dir
 
 
 def simulate(r: Run) -> tuple[dict, dict]:
     """The training and validation traces: simulated, or loaded from the dataset cache."""
+    _stage(r, SIMULATE)
     t0 = time.perf_counter()
     dc = r.config.data
     cache_dir = dataset.DEFAULT_CACHE_DIR if dc.cache else None
@@ -113,16 +144,16 @@ def build(r: Run, train: dict, val: dict):
     training and validation datasets BayesFlow feeds it."""
     import bayesflow as bf
 
+    _stage(r, BUILD)
     tc = r.config.training
     approximator = estimator.build_approximator(r.config.model)
     estimator.quiet_file_probe()  # before the first checkpoint save
     mc, dt_s = r.config.model, r.config.stimulus.dt_s
     keys = ("parameters", "observables", "current") if mc.observe_current else ("parameters", "observables")
     # per training batch: fresh recording noise, then the leak features of the noisy traces
-    augment = [noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET).on_batch] if r.config.noise.sd_v else []
-    augment += [features.WithFeatures(dt_s)] if mc.leak_features else []
-    train_ds = bf.datasets.OfflineDataset({k: train[k] for k in keys}, batch_size=tc.batch_size, adapter=approximator.adapter,
-                                          augmentations=augment or None)
+    fresh = noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET) if r.config.noise.sd_v else None
+    train_ds = batches.Batches({k: train[k] for k in keys}, tc.batch_size, approximator.adapter, seed=tc.seed, noise=fresh,
+                               augmentations=[features.WithFeatures(dt_s)] if mc.leak_features else ())
     val_data = {k: val[k] for k in keys}
     if mc.leak_features:
         val_data["features"] = features.leak_features(val["observables"], val["current"], dt_s)
@@ -153,15 +184,21 @@ def fit(r: Run, approximator, train_ds, val_ds) -> tuple[list[dict], float]:
         min_lr=tc.min_learning_rate, mode="min", resume_state=cb_state.get("ResumableReduceLROnPlateau"),
     )
     recorder = checkpoints.EpochRecorder(r.run_dir, tc.epochs, rows, best, [early, plateau], r.quiet)
-    _count_session(r, rows)
+    if "training_s" not in r.timings and rows:
+        # resuming a run killed during training: its earlier starts' training time is the sum of
+        # their epochs' wall seconds in the history (timings.json's is written after training)
+        r.timings["training_s"] = r.timings["total_s"] = round(sum(row["wall_s"] for row in rows), 3)
     t0 = time.perf_counter()
     if not finished and start_epoch < tc.epochs:
-        backends.prepare_training(approximator, record_steps=tc.record_steps, compile_steps=tc.compile_steps)
+        backends.prepare_training(approximator, record_steps=tc.record_steps, compile_steps=tc.compile_steps,
+                                  state=r.checkpoint[1].get("steps") if r.checkpoint else None)
         r.say(f"training under Keras backend '{backends.name}' on {backends.device_name()} "
               f"(training step: {backends.training_step_kind(approximator)}): up to {tc.epochs} epochs")
         approximator.fit(
             dataset=train_ds, validation_data=val_ds, epochs=tc.epochs, initial_epoch=start_epoch,
-            callbacks=([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder], verbose=0,
+            # EpochSeeds first: each epoch's order and random streams are set before anything else runs
+            callbacks=[batches.EpochSeeds(train_ds, tc.seed)] + ([plateau] if tc.lr_schedule == "plateau" else []) + [early, recorder],
+            verbose=0,
         )
         checkpoints.save_checkpoint(r.run_dir / CHECKPOINTS, approximator, len(rows), rows, recorder.best,
                                     recorder.callback_states(), finished=True)
@@ -181,6 +218,7 @@ def calibrate(r: Run, approximator, val: dict):
     configuration asks for it; returns the factors in force (None: the flow as trained)."""
     if not r.config.training.calibrate_widths:
         return None
+    _stage(r, CALIBRATE)
     cal_path = r.run_dir / calibration.FILENAME
     if not cal_path.exists():  # a resumed run keeps the factors it already fitted
         t0 = time.perf_counter()
@@ -199,6 +237,7 @@ def fit_validity(r: Run, approximator, width_scale) -> validity.Check:
     simulated traces of the run's set-up; a resumed run keeps the one it already fitted."""
     check = validity.Check.load(r.run_dir)
     if check is None:
+        _stage(r, VALIDITY)
         t0 = time.perf_counter()
         r.say(f"validity check: fitting on {4 * r.config.diagnostics.validity_traces} held-out simulated traces")
         check = validity.fit(approximator, r.config, width_scale)
@@ -212,6 +251,7 @@ def diagnose(r: Run, approximator, train: dict, rows: list[dict], width_scale):
     """Recovery, calibration and posterior-predictive checks on fresh test traces (with the
     configuration's stimulus, prior and recording noise); every figure written into plots/.
     Returns (metrics, plot paths, loss history)."""
+    _stage(r, DIAGNOSE)
     t0 = time.perf_counter()
     diag, cfg = r.config.diagnostics, r.config
     r.say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
@@ -310,15 +350,10 @@ def _resume_point(r: Run):
     return state["history"], best, state["epoch"], state.get("finished_training", False), cb_state
 
 
-def _count_session(r: Run, rows: list[dict]) -> None:
-    """timings.json's training time and number of sessions when a run is resumed."""
-    if "training_s" not in r.timings and rows:
-        # resuming a run killed during training: timings.json is written after training, so the
-        # earlier sessions' training time is the sum of their epochs' wall seconds in the history
-        r.timings["training_s"] = round(sum(row["wall_s"] for row in rows), 3)
-        r.timings["total_s"] = r.timings["training_s"]
-    if r.checkpoint is not None:
-        r.timings["sessions"] = r.timings.get("sessions", 1) + 1
+def _stage(r: Run, stage: int) -> None:
+    """The global random streams set from (seed, stage) as a stage starts (`batches.reseed_stage`):
+    a stage run again after a resume starts where it did in the uninterrupted run."""
+    batches.reseed_stage(r.config.training.seed, stage)
 
 
 def _training_summary(rows: list[dict], epochs: int) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import quiet
 from .config import RESULTS_DIR, Config, ConfigError, available_configs, from_dict, load_config
-
+from .errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentFault, keras_backend
 
 
 class UsageError(Exception):
@@ -39,26 +39,40 @@ def resolve(args) -> tuple[Config, Path | None]:
     """The run's configuration (validated) and, when resuming, its folder."""
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.toml").is_file() or not (run_dir / "checkpoints").is_dir():
-            raise UsageError(f"--resume {args.resume!r}: not a run folder with config.toml and checkpoints/ (expected results/<run_id>)")
+        if not (run_dir / "config.toml").is_file():
+            raise UsageError(f"--resume {args.resume!r}: not a run folder with a config.toml (expected results/<run_id>)")
         if (run_dir / "report.md").exists():
             raise UsageError(f"--resume {args.resume!r}: that run is complete (report.md exists); start a new run instead")
         if args.overrides:
             raise UsageError("--resume continues a run with its saved configuration; --set is not allowed with it")
         import tomllib
 
-        return from_dict(tomllib.loads((run_dir / "config.toml").read_text()), source=str(run_dir / "config.toml")), run_dir
+        try:
+            saved = tomllib.loads((run_dir / "config.toml").read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--resume {args.resume!r}: its config.toml is not valid TOML ({exc})") from None
+        return from_dict(saved, source=str(run_dir / "config.toml")), run_dir
+    results = Path(args.results_dir)
+    if results.exists() and not results.is_dir():
+        raise UsageError(f"--results-dir {args.results_dir!r} is a file: expected a folder (made if missing) for the run folders")
     return load_config(args.config, args.overrides), None
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 done; 2 bad input (arguments, configuration, run folder); 4 the environment
+    (a file that cannot be written, no space, a Keras backend that is not installed); 130
+    interrupted. Every error is one line on stderr."""
     args = parse_args(argv)
     quiet.libraries()
     try:
         config, run_dir = resolve(args)
+        keras_backend()  # before Keras is imported: a bad or missing backend is one line, not 50
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except EnvironmentFault as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     with quiet.startup_lines():
         from . import runner  # heavy imports (Keras, BayesFlow) only after the input is known good
 
@@ -69,7 +83,10 @@ def main(argv=None) -> int:
         return 130
     except (runner.ResumeError, ConfigError) as exc:  # ConfigError: e.g. data.device = "cuda" without a GPU
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except EnvironmentFault as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":

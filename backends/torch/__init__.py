@@ -24,10 +24,10 @@ from .adam import FLAT_ADAM
 from .conv import conv1d
 from .gru_ops import gru, gru_many
 from .sampler import compile_inference
-from .steps import prepare_training, train_step_function, training_step_kind
+from .steps import prepare_training, train_step_function, training_state, training_step_kind
 
 __all__ = ["name", "gru", "gru_many", "conv1d", "set_seed", "device_name", "train_step_function", "prepare_training",
-           "training_step_kind", "compile_inference", "FLAT_ADAM"]
+           "training_state", "training_step_kind", "compile_inference", "FLAT_ADAM"]
 
 name = "torch"
 

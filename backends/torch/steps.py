@@ -25,7 +25,7 @@ from .adam import FLAT_ADAM, _adam_on_flat_buffers
 from .dispatch import _CPU_GRU_CALLS, _HostReads, _capturable_constants
 
 
-def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True) -> None:
+def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = True, state: dict | None = None) -> None:
     """Before the first training step (``fit`` or ``train_step_function``).
 
     Eager steps (the model not compiled with ``jit_compile``): Keras' Adam updates the weights
@@ -44,12 +44,17 @@ def prepare_training(model, *, record_steps: bool = True, compile_steps: bool = 
     ``.grad is None`` (later steps have gradients: a second full compilation, ~40 s on a 2-core
     CPU). The buffers change nothing numerically: each step zeroes the gradients before its
     backward pass.
+
+    ``state``: what ``training_state`` returned when the run was checkpointed, so a resumed run's
+    steps are recorded and compiled at the same steps as they were in the uninterrupted run.
     """
     if not model.jit_compile:
         _adam_on_flat_buffers(model)
         if record_steps:
             model.train_function = _recorded_steps(model, training=True, compile_steps=compile_steps)
             model.test_function = _recorded_steps(model, training=False)
+            for kind, steps in (("train", model.train_function), ("test", model.test_function)):
+                steps.restore((state or {}).get(kind, {}))
         return
     # A partial last batch would otherwise make dynamo recompile the step with a symbolic batch
     # size, and Keras' convert_to_tensor breaks the graph on symbolic sizes (half the step then
@@ -81,6 +86,14 @@ def train_step_function(model, *, record_steps: bool = True, compile_steps: bool
         return step
     prepare_training(model)
     return torch.compile(step)
+
+
+def training_state(model) -> dict:
+    """The step recorders' counters (steps seen and replayed per batch shape), for a checkpoint;
+    empty where the steps are not recorded."""
+    return {kind: steps.state() for kind, steps in (("train", getattr(model, "train_function", None)),
+                                                     ("test", getattr(model, "test_function", None)))
+            if isinstance(steps, _RecordedSteps)}
 
 
 def training_step_kind(model) -> str:
@@ -132,9 +145,19 @@ class _RecordedSteps:
     def __init__(self, model, *, training: bool):
         self._model = model
         self._training = training
-        self._seen: dict[tuple, int] = {}
-        self._records: dict[tuple, object] = {}  # shape key -> the subclass's record
-        self._failed: dict[tuple, str] = {}  # shape key -> why it was not recorded
+        # shape key (the repr of (name, shape, dtype) per input, stable across processes) -> ...
+        self._seen: dict[str, int] = {}  # ... steps run before it was recorded
+        self._records: dict[str, object] = {}  # ... the subclass's record
+        self._failed: dict[str, str] = {}  # ... why it was not recorded
+
+    def state(self) -> dict:
+        """The counters that decide when each shape is recorded (and compiled), as JSON."""
+        return {"seen": dict(self._seen)}
+
+    def restore(self, state: dict) -> None:
+        """Put back counters saved by ``state`` (a resumed run): a shape seen ``WARMUP`` times
+        before is recorded at its first step in this process."""
+        self._seen.update(state.get("seen", {}))
 
     def describe(self) -> str:
         text = f"eager, recorded once per batch shape and replayed as {self.kind}"
@@ -155,7 +178,8 @@ class _RecordedSteps:
         if not isinstance(batch, dict) or not all(hasattr(v, "shape") for v in batch.values()):
             return self._step(batch)
         tensors = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
-        key = tuple(sorted((k, tuple(t.shape), t.dtype) for k, t in tensors.items()))
+        key = repr(tuple(sorted((k, tuple(t.shape), str(t.dtype)) for k, t in tensors.items())))
+        self._key = key  # for the subclass's _record and _replay
         if key in self._records:
             return self._replay(self._records[key], tensors)
         seen = self._seen.get(key, 0)
@@ -265,9 +289,16 @@ class _TracedSteps(_RecordedSteps):
     def __init__(self, model, *, training: bool, compile_steps: bool = False):
         super().__init__(model, training=training)
         self._compile = compile_steps and training
-        self._replays: dict[int, int] = {}  # id(program) -> replays so far
-        self._compiled: dict[int, object] = {}  # id(program) -> its compiled program, or None where compiling failed
+        self._replays: dict[str, int] = {}  # shape key -> replays so far (until compiled)
+        self._compiled: dict[str, object] = {}  # shape key -> its compiled program, or None where compiling failed
         self._compile_notes: list[str] = []  # for describe
+
+    def state(self) -> dict:
+        return super().state() | {"replays": dict(self._replays)}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self._replays.update(state.get("replays", {}))
 
     def describe(self) -> str:
         text = super().describe()
@@ -312,16 +343,22 @@ class _TracedSteps(_RecordedSteps):
         outputs = {k: v.detach() for k, v in ran["outputs"].items()}
         if _CPU_GRU_CALLS["n"] != calls:
             return outputs, None, "a GRU on the CPU runs outside PyTorch's dispatcher"
+        if self._compile and self._replays.get(self._key, 0) > self.COMPILE_AFTER:
+            # a resumed run whose shape was compiled before the checkpoint: this step too runs
+            # compiled, as it did in the uninterrupted run (the trace's own step is undone)
+            restore()
+            return self._compile_and_run(program, [tensors[k] for k in keys]), (program, keys), ""
         return outputs, (program, keys), ""  # (a host read would have stopped make_fx: it refuses them)
 
     def _replay(self, record, tensors):
         program, keys = record
         args = [tensors[k] for k in keys]
-        if self._compile and id(program) not in self._compiled:
-            self._replays[id(program)] = self._replays.get(id(program), 0) + 1
-            if self._replays[id(program)] > self.COMPILE_AFTER:
+        key = self._key
+        if self._compile and key not in self._compiled:
+            self._replays[key] = self._replays.get(key, 0) + 1
+            if self._replays[key] > self.COMPILE_AFTER:
                 return self._compile_and_run(program, args)
-        compiled = self._compiled.get(id(program))
+        compiled = self._compiled.get(key)
         with torch.no_grad():
             return (program if compiled is None else compiled)(*args)
 
@@ -336,14 +373,14 @@ class _TracedSteps(_RecordedSteps):
                 outputs = compiled(*args)
         except Exception as exc:  # noqa: BLE001 - whatever stops the compilation: this shape is replayed
             restore()
-            self._compiled[id(program)] = None
+            self._compiled[self._key] = None
             why = _one_line(exc, 200)
             self._compile_notes.append(f"compiling one failed, replayed instead ({why})")
             warnings.warn(f"lif_sbi: compiling a recorded training step with inductor failed; its steps are replayed "
                           f"uncompiled ({why})", RuntimeWarning, stacklevel=2)
             with torch.no_grad():
                 return program(*args)
-        self._compiled[id(program)] = compiled
+        self._compiled[self._key] = compiled
         self._compile_notes.append(f"one compiled by inductor after {self.COMPILE_AFTER} replays "
                                    f"({time.perf_counter() - t0:.1f} s, its first step included)")
         return outputs

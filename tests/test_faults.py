@@ -1,0 +1,149 @@
+"""Faults during training (tests/faults.py injects them): a run killed anywhere and resumed is the
+uninterrupted run bit for bit; a file that cannot be written is one line and exit 4, leaves no
+partial file, and --resume finishes once the fault is gone."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import faults
+
+pytestmark = pytest.mark.torch
+
+# A ci-sized run cut down further (4 epochs of 5 batches, the last one partial): ~20 s a start.
+SMALL = ["--config", "ci", "--set", "data.n_traces=384", "--set", "training.epochs=4", "--set", "diagnostics.n_test=20",
+         "--set", "diagnostics.n_draws=50", "--set", "diagnostics.n_ppc=1", "--set", "diagnostics.validity_traces=50",
+         "--set", "data.cache=false"]
+
+
+def _env(tmp_path: Path) -> dict:
+    return os.environ | {"KERAS_BACKEND": "torch", "LIF_SBI_CACHE": str(tmp_path / "cache"), "PYTHONHASHSEED": "0"}
+
+
+def _arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files)]
+
+
+def _keras_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of model.keras's weights file, by its HDF5 path."""
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out
+
+
+def finished_record(run_dir: Path) -> dict:
+    """What a finished run decided, without its wall times: losses and learning rates per epoch,
+    the final and best weights, the optimizer state, the callbacks' counters, the width factors,
+    the validity check and every metric. (metrics.json's "training_step" describes how the last
+    start ran its steps, not what they computed.)"""
+    with open(run_dir / "history.csv") as f:
+        history = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    state = json.loads((ckpt / "state.json").read_text())
+    state["history"] = [{k: v for k, v in row.items() if k != "wall_s"} for row in state["history"]]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("timings", "training_step"):
+        metrics.pop(key)
+    return {
+        "history": history, "state": {k: v for k, v in state.items() if k != "steps"},
+        "weights": _arrays(ckpt / "model.weights.npz"), "optimizer": _arrays(ckpt / "optimizer.npz"),
+        "best": _arrays(run_dir / "checkpoints" / "best.weights.npz"), "model.keras": _keras_weights(run_dir / "model.keras"),
+        "calibration": json.loads((run_dir / "calibration.json").read_text()),
+        "validity": json.loads((run_dir / "validity.json").read_text()), "metrics": metrics,
+    }
+
+
+def assert_identical(a, b, where="record"):
+    """`a` and `b` equal bit for bit (arrays by their bytes), with the first difference named."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list) and a and isinstance(a[0], np.ndarray):
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} arrays"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), f"{where}[{i}] differs"
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def _one_run(results: Path) -> Path:
+    runs = [p for p in results.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _error_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_run_killed_and_failing_anywhere_resumes_into_the_uninterrupted_run(tmp_path):
+    """One run folder through nine faults in a row, each start killed (SIGKILL, by its own pid)
+    or stopped by a failing write at another point: during simulation, as the first checkpoint
+    is written (no space), mid-epoch, inside a checkpoint write, as the width factors are written
+    (read-only), during the diagnostics, as a figure is written (permission), and as metrics.json
+    is written (no space). The tenth start finishes, and its record equals the uninterrupted run's
+    bit for bit."""
+    env = _env(tmp_path)
+    reference = faults.train("none", [*SMALL, "--results-dir", str(tmp_path / "reference")], env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    results = tmp_path / "faulty"
+    first = faults.train("kill:simulation", [*SMALL, "--results-dir", str(results)], env)
+    assert first.returncode == -9, first.stderr[-3000:]
+    run_dir = _one_run(results)
+    assert not (run_dir / "checkpoints").exists()
+    chain = [("fail:epoch_*:ENOSPC", 4), ("kill:epoch=1,batch=1", -9), ("kill:checkpoint=2", -9),
+             ("fail:calibration.json:EROFS", 4), ("kill:diagnostics", -9), ("fail:*.png:EACCES", 4),
+             ("fail:metrics.json:ENOSPC", 4), ("none", 0)]
+    for fault, code in chain:
+        proc = faults.train(fault, ["--resume", str(run_dir)], env)
+        assert proc.returncode == code, f"{fault}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        if code == 4:  # one line naming the file and the cause, and how to go on
+            line = _error_line(proc)
+            name, cause = fault.split(":")[1], fault.split(":")[2]
+            assert f"({cause})" in line and f"--resume {run_dir}" in line, line
+            assert name.strip("*").strip("_") in line, line
+        if code != -9:  # never a partial file: no temporary file or half-made checkpoint is left behind
+            assert not [p for p in run_dir.rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
+        assert "Skipping variable loading" not in proc.stderr
+    assert_identical(finished_record(_one_run(tmp_path / "reference")), finished_record(run_dir))
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert [s["kind"] for s in timings["starts"]] == ["new"] + ["resume"] * len(chain)
+    assert f"{len(chain) + 1}: new at" in (run_dir / "report.md").read_text()
+
+
+def test_no_space_for_the_first_files_leaves_no_run_folder(tmp_path):
+    """A new run whose config.toml cannot be written: one line naming it, exit 4, no folder left."""
+    proc = faults.train("fail:config.toml:ENOSPC", [*SMALL, "--results-dir", str(tmp_path / "results")], _env(tmp_path))
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    line = _error_line(proc)
+    assert "config.toml" in line and "No space left on device (ENOSPC)" in line, line
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_a_truncated_optimizer_state_on_resume_is_one_line(tmp_path):
+    """--resume of a run whose checkpoint's optimizer.npz was cut short: one line, exit 2."""
+    env = _env(tmp_path)
+    killed = faults.train("kill:checkpoint=2", [*SMALL, "--results-dir", str(tmp_path / "results")], env)
+    assert killed.returncode == -9
+    run_dir = _one_run(tmp_path / "results")
+    optimizer = run_dir / "checkpoints" / "epoch_0001" / "optimizer.npz"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    proc = faults.train("none", ["--resume", str(run_dir)], env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "optimizer.npz cannot be read" in _error_line(proc)
