@@ -412,3 +412,63 @@ print(json.dumps(out))
     assert "compiling one failed, replayed instead" in failed["described"], failed["described"]
     assert len(failed["warnings"]) == 1 and "replayed uncompiled" in failed["warnings"][0], failed["warnings"]
     assert failed["losses"] == replayed["losses"] and failed["updates"] == replayed["updates"]  # bit for bit
+
+
+@pytest.mark.torch
+def test_a_resumed_runs_steps_are_recorded_and_compiled_where_the_uninterrupted_runs_were():
+    """`training_state`'s counters in a checkpoint: steps cut after k calls and continued by a new
+    recorder restored from the state run eager, recorded, replayed and compiled at the same calls
+    as one recorder's 10 (inductor replaced by a wrapper that counts its calls, so the numbers
+    are the replay's and the test takes a second), and give the same losses bit for bit: cut
+    before the recording, between it and the compilation, and after the compilation. Without
+    the state the continued recorder compiles later."""
+    code = """
+import json, keras, torch
+from lif_sbi import backends
+from lif_sbi.backends.torch import steps as torch_steps
+from lif_sbi.config import ModelConfig
+from lif_sbi.dataset import simulate_dataset
+from lif_sbi.estimator import build_approximator
+data = simulate_dataset(64, 5, progress=False)
+torch_steps._TracedSteps.COMPILE_AFTER = 2  # eager x2, recording, replays x2, then compiled from call 6
+compiled_calls = []
+def fake_compile(program, **kwargs):
+    def run(*args):
+        compiled_calls.append(current["call"])
+        return program(*args)
+    return run
+torch.compile = fake_compile
+current = {}
+def model():
+    backends.set_seed(3)
+    approx = build_approximator(ModelConfig(summary_network="conv_pool", summary_dim=4, flow_depth=1, flow_dropout=0.0))
+    approx.compile(optimizer=keras.optimizers.Adam(1e-3))
+    batch = {k: keras.ops.convert_to_tensor(v) for k, v in approx.adapter({k2: v2[:32] for k2, v2 in data.items()}).items()}
+    approx.build_from_data(batch)
+    backends.prepare_training(approx)
+    return approx, batch
+def run(cut, restore=True):
+    compiled_calls.clear()
+    approx, batch = model()
+    steps = torch_steps._recorded_steps(approx, training=True, compile_steps=True)
+    losses = []
+    for call in range(10):
+        if call == cut:
+            state = steps.state()
+            steps = torch_steps._recorded_steps(approx, training=True, compile_steps=True)
+            if restore:
+                steps.restore(json.loads(json.dumps(state)))
+        current["call"] = call
+        losses.append(float(keras.ops.convert_to_numpy(steps([batch])["loss"])))
+    return {"losses": losses, "compiled": list(compiled_calls)}
+out = {str(cut): run(cut) for cut in (None, 1, 4, 7)}
+out["unrestored"] = run(4, restore=False)
+print(json.dumps(out))
+"""
+    res = run_script("torch", code, timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})
+    whole = res["None"]
+    assert whole["compiled"] == [5, 6, 7, 8, 9], whole
+    for cut in ("1", "4", "7"):
+        assert res[cut]["compiled"] == whole["compiled"], (cut, res[cut])
+        assert res[cut]["losses"] == whole["losses"], cut
+    assert res["unrestored"]["compiled"] == [9], res["unrestored"]  # its own warm-up, recording and replays first

@@ -105,7 +105,8 @@ def _cli(*args, cwd=None):
     "args, match",
     [
         (["--set", "training.epochs=-1"], "training.epochs"),
-        (["--set", "training.batchsize=3"], "unknown key 'training.batchsize'"),
+        (["--set", "training.batchsize=3"], "unknown key 'training.batchsize' in --set 'training.batchsize=3'"),
+        (["--set", "trainings.epochs=3"], "unknown key 'trainings' in --set"),
         (["--set", "training.epochs=1.5"], "wrong type"),
         (["--set", "data.validation_fraction=1.2"], "validation_fraction"),
         (["--set", "training.lr_schedule=step"], "training.lr_schedule"),

@@ -146,18 +146,20 @@ class _RecordedSteps:
         self._model = model
         self._training = training
         # shape key (the repr of (name, shape, dtype) per input, stable across processes) -> ...
-        self._seen: dict[str, int] = {}  # ... steps run before it was recorded
+        self._calls: dict[str, int] = {}  # ... its steps so far, in this run (all its starts)
         self._records: dict[str, object] = {}  # ... the subclass's record
         self._failed: dict[str, str] = {}  # ... why it was not recorded
 
     def state(self) -> dict:
-        """The counters that decide when each shape is recorded (and compiled), as JSON."""
-        return {"seen": dict(self._seen)}
+        """The counters that decide how each shape's next step runs (eager, recorded, replayed,
+        compiled): its steps so far, as JSON."""
+        return {"calls": dict(self._calls)}
 
     def restore(self, state: dict) -> None:
-        """Put back counters saved by ``state`` (a resumed run): a shape seen ``WARMUP`` times
-        before is recorded at its first step in this process."""
-        self._seen.update(state.get("seen", {}))
+        """Put back counters saved by ``state`` (a resumed run): a shape's next step runs as the
+        uninterrupted run's would have (one past the warm-up is recorded at once, and stands for
+        the replay it would have been)."""
+        self._calls.update(state.get("calls", {}))
 
     def describe(self) -> str:
         text = f"eager, recorded once per batch shape and replayed as {self.kind}"
@@ -180,11 +182,11 @@ class _RecordedSteps:
         tensors = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
         key = repr(tuple(sorted((k, tuple(t.shape), str(t.dtype)) for k, t in tensors.items())))
         self._key = key  # for the subclass's _record and _replay
+        seen = self._calls.get(key, 0)
+        self._calls[key] = seen + 1
         if key in self._records:
             return self._replay(self._records[key], tensors)
-        seen = self._seen.get(key, 0)
         if seen < self.WARMUP or key in self._failed:
-            self._seen[key] = seen + 1
             if seen == self.WARMUP - 1 and key not in self._failed:
                 # the last eager step before the recording, watched for reads of tensor values
                 # into Python: a record would freeze the value read (SGD hands PyTorch its learning
@@ -289,16 +291,14 @@ class _TracedSteps(_RecordedSteps):
     def __init__(self, model, *, training: bool, compile_steps: bool = False):
         super().__init__(model, training=training)
         self._compile = compile_steps and training
-        self._replays: dict[str, int] = {}  # shape key -> replays so far (until compiled)
         self._compiled: dict[str, object] = {}  # shape key -> its compiled program, or None where compiling failed
         self._compile_notes: list[str] = []  # for describe
 
-    def state(self) -> dict:
-        return super().state() | {"replays": dict(self._replays)}
-
-    def restore(self, state: dict) -> None:
-        super().restore(state)
-        self._replays.update(state.get("replays", {}))
+    def _compiles_now(self) -> bool:
+        """Whether the current step of its shape runs compiled: the shape's replays (its steps
+        past the warm-up and the recording, resumed runs' included) exceed COMPILE_AFTER."""
+        key = self._key
+        return self._compile and key not in self._compiled and self._calls[key] - 1 - self.WARMUP > self.COMPILE_AFTER
 
     def describe(self) -> str:
         text = super().describe()
@@ -343,7 +343,7 @@ class _TracedSteps(_RecordedSteps):
         outputs = {k: v.detach() for k, v in ran["outputs"].items()}
         if _CPU_GRU_CALLS["n"] != calls:
             return outputs, None, "a GRU on the CPU runs outside PyTorch's dispatcher"
-        if self._compile and self._replays.get(self._key, 0) > self.COMPILE_AFTER:
+        if self._compiles_now():
             # a resumed run whose shape was compiled before the checkpoint: this step too runs
             # compiled, as it did in the uninterrupted run (the trace's own step is undone)
             restore()
@@ -353,12 +353,9 @@ class _TracedSteps(_RecordedSteps):
     def _replay(self, record, tensors):
         program, keys = record
         args = [tensors[k] for k in keys]
-        key = self._key
-        if self._compile and key not in self._compiled:
-            self._replays[key] = self._replays.get(key, 0) + 1
-            if self._replays[key] > self.COMPILE_AFTER:
-                return self._compile_and_run(program, args)
-        compiled = self._compiled.get(key)
+        if self._compiles_now():
+            return self._compile_and_run(program, args)
+        compiled = self._compiled.get(self._key)
         with torch.no_grad():
             return (program if compiled is None else compiled)(*args)
 
