@@ -27,10 +27,13 @@ class EnvironmentFault(Exception):
 def os_error_line(exc: OSError) -> str:
     """An OSError as one line naming the path and the cause, e.g. "cannot write
     results/x/metrics.json: No space left on device (ENOSPC)"."""
+    from .files import WRITING
+
     path = exc.filename or "a file"
     code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
     cause = (exc.strerror or str(exc) or type(exc).__name__) + (f" ({code})" if code else "")
-    return f"cannot write or read {path}: {cause}"
+    verb = "write" if WRITING in getattr(exc, "__notes__", ()) else "write or read"
+    return f"cannot {verb} {path}: {cause}"
 
 
 def installed_backends() -> list[str]:

@@ -20,6 +20,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+WRITING = "lif_sbi: while writing this file"
+
+
 def atomic_write(path, write: Callable[[str], object], suffix: str = ".tmp") -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path`` (named ``.<name>.<random><suffix>``),
     then move it into place; the temporary file is removed when ``write`` fails, and an OSError
@@ -39,8 +42,9 @@ def atomic_write(path, write: Callable[[str], object], suffix: str = ".tmp") -> 
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if isinstance(exc, OSError) and not exc.filename:
-            exc.filename = str(path)
+        if isinstance(exc, OSError):
+            exc.filename = exc.filename or str(path)
+            exc.add_note(WRITING)  # errors.os_error_line then says "cannot write"
         raise
     return path
 

@@ -49,7 +49,8 @@ class Run:
 
 def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool = False) -> int:
     """Train, calibrate, diagnose and report one configuration into a new folder under
-    `results_dir`, or continue the interrupted run in `run_dir`. Returns the exit code (0)."""
+    `results_dir`, or continue the interrupted run in `run_dir`. Returns the exit code (0, or 130
+    when interrupted)."""
     r = start(config, run_dir=run_dir, results_dir=results_dir, quiet=quiet)
     try:
         train, val = simulate(r)
@@ -60,6 +61,9 @@ def run(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: bool 
         metrics, plots, history = diagnose(r, approximator, train, rows, width_scale)
         metrics["validity"] = {k: check.record[k] for k in ("false_alarm_rate", "check_traces")}
         write_records(r, approximator, metrics, plots, history)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch is checkpointed; continue with --resume {r.run_dir}", file=sys.stderr)
+        return 130
     except OSError as exc:  # every file is written whole or not at all (files.atomic_write): what was done is kept
         raise EnvironmentFault(f"{os_error_line(exc)}; the run so far is kept: once that is fixed, continue with "
                                f"--resume {r.run_dir}") from None

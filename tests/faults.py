@@ -7,6 +7,8 @@ project's own functions in this process (nothing in the package knows about it):
   pid, after the first simulated chunk; as batch B of epoch E (from 0) is fetched; inside epoch
   E's checkpoint write (its weights written, its optimizer state not); as the width fit, the
   validity fit, the spike-time check (the diagnostics' figures written) or the report starts.
+  ``int:POINT``: the same points, SIGINT (Ctrl-C) instead.
+- ``uninstalled:NAME``: as if the framework of Keras backend NAME were not installed.
 - ``fail:NAME:ERRNO``: every atomic write (`lif_sbi.files.atomic_write`, which every file the
   project writes goes through) of a file named NAME (a glob, e.g. ``epoch_*`` or ``*.png``)
   fails with that OSError (ENOSPC, EROFS, EACCES, EPERM, EDQUOT).
@@ -17,13 +19,20 @@ The tests (`tests/test_faults.py`) and `bench/fault_table.py` use `FAULTS` and `
 
 from __future__ import annotations
 
+import csv
 import errno
 import fnmatch
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import h5py
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 KILL_POINTS = ("simulation", "epoch=1,batch=1", "checkpoint=2", "calibration", "validity", "diagnostics", "report")
 
 
+SIGNAL = {"kill": signal.SIGKILL, "int": signal.SIGINT}
+_signal = [signal.SIGKILL]  # the signal `_kill` sends (install_kill sets it)
+
+
 def _kill() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), _signal[0])
 
 
 def _after(module, name: str, when=lambda *a, **k: True):
@@ -55,7 +68,8 @@ def _before(module, name: str):
     setattr(module, name, patched)
 
 
-def install_kill(point: str) -> None:
+def install_kill(point: str, sig: int = signal.SIGKILL) -> None:
+    _signal[0] = sig
     from lif_sbi import batches, calibration, checkpoints, diagnostics, report, simulator, validity
 
     if point == "simulation":
@@ -102,14 +116,71 @@ def main(argv: list[str]) -> int:
     fault, rest = argv[0], argv[argv.index("--") + 1:]
     from lif_sbi import train
 
-    if fault.startswith("kill:"):
-        install_kill(fault[5:])
+    kind, _, what = fault.partition(":")
+    if kind in SIGNAL:
+        install_kill(what, SIGNAL[kind])
+    elif kind == "uninstalled":  # as if that Keras backend's framework were not installed
+        from lif_sbi import errors
+
+        installed = errors.installed_backends()
+        errors.installed_backends = lambda: [b for b in installed if b != what]
     elif fault.startswith("fail:"):
         name, code = fault[5:].rsplit(":", 1)
         install_failure(name, code)
     elif fault != "none":
         raise SystemExit(f"unknown fault {fault!r}")
     return train.main(rest)
+
+
+def _arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files)]
+
+
+def _keras_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of model.keras's weights file, by its HDF5 path."""
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out
+
+
+def finished_record(run_dir: Path) -> dict:
+    """What a finished run decided, without its wall times: losses and learning rates per epoch,
+    the final and best weights, the optimizer state, the callbacks' counters, the width factors,
+    the validity check and every metric. (metrics.json's "training_step" describes how the last
+    start ran its steps, not what they computed.)"""
+    with open(run_dir / "history.csv") as f:
+        history = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    state = json.loads((ckpt / "state.json").read_text())
+    state["history"] = [{k: v for k, v in row.items() if k != "wall_s"} for row in state["history"]]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("timings", "training_step"):
+        metrics.pop(key)
+    return {
+        "history": history, "state": {k: v for k, v in state.items() if k != "steps"},
+        "weights": _arrays(ckpt / "model.weights.npz"), "optimizer": _arrays(ckpt / "optimizer.npz"),
+        "best": _arrays(run_dir / "checkpoints" / "best.weights.npz"), "model.keras": _keras_weights(run_dir / "model.keras"),
+        "calibration": json.loads((run_dir / "calibration.json").read_text()),
+        "validity": json.loads((run_dir / "validity.json").read_text()), "metrics": metrics,
+    }
+
+
+def assert_identical(a, b, where="record"):
+    """`a` and `b` equal bit for bit (arrays by their bytes), with the first difference named."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list) and a and isinstance(a[0], np.ndarray):
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} arrays"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), f"{where}[{i}] differs"
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
 
 
 def train(fault: str, args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -9,12 +9,19 @@ import sys
 
 import pytest
 
-from lif_sbi import errors, train
+from lif_sbi import errors, files, train
 
 
-def test_an_os_error_is_one_line_naming_the_path_and_the_cause():
+def test_an_os_error_is_one_line_naming_the_path_and_the_cause(tmp_path):
     line = errors.os_error_line(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "results/x/metrics.json"))
     assert line == "cannot write or read results/x/metrics.json: No space left on device (ENOSPC)"
+    # from files.atomic_write, which every file of a run goes through: it was a write, of that file
+    def full(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a full disk reports it to write(): no file named
+    with pytest.raises(OSError) as caught:
+        files.atomic_write(tmp_path / "metrics.json", full)
+    assert errors.os_error_line(caught.value) == f"cannot write {tmp_path / 'metrics.json'}: No space left on device (ENOSPC)"
+    assert list(tmp_path.iterdir()) == []  # its temporary file is gone
     assert "EROFS" in errors.os_error_line(OSError(errno.EROFS, os.strerror(errno.EROFS), "r/a"))
 
 

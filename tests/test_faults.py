@@ -4,18 +4,14 @@ partial file, and --resume finishes once the fault is gone."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import zipfile
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
 import faults
+from faults import assert_identical, finished_record
 
 pytestmark = pytest.mark.torch
 
@@ -27,57 +23,6 @@ SMALL = ["--config", "ci", "--set", "data.n_traces=384", "--set", "training.epoc
 
 def _env(tmp_path: Path) -> dict:
     return os.environ | {"KERAS_BACKEND": "torch", "LIF_SBI_CACHE": str(tmp_path / "cache"), "PYTHONHASHSEED": "0"}
-
-
-def _arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path) as f:
-        return [f[k] for k in sorted(f.files)]
-
-
-def _keras_weights(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of model.keras's weights file, by its HDF5 path."""
-    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
-        out = {}
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        return out
-
-
-def finished_record(run_dir: Path) -> dict:
-    """What a finished run decided, without its wall times: losses and learning rates per epoch,
-    the final and best weights, the optimizer state, the callbacks' counters, the width factors,
-    the validity check and every metric. (metrics.json's "training_step" describes how the last
-    start ran its steps, not what they computed.)"""
-    with open(run_dir / "history.csv") as f:
-        history = [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
-    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
-    state = json.loads((ckpt / "state.json").read_text())
-    state["history"] = [{k: v for k, v in row.items() if k != "wall_s"} for row in state["history"]]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("timings", "training_step"):
-        metrics.pop(key)
-    return {
-        "history": history, "state": {k: v for k, v in state.items() if k != "steps"},
-        "weights": _arrays(ckpt / "model.weights.npz"), "optimizer": _arrays(ckpt / "optimizer.npz"),
-        "best": _arrays(run_dir / "checkpoints" / "best.weights.npz"), "model.keras": _keras_weights(run_dir / "model.keras"),
-        "calibration": json.loads((run_dir / "calibration.json").read_text()),
-        "validity": json.loads((run_dir / "validity.json").read_text()), "metrics": metrics,
-    }
-
-
-def assert_identical(a, b, where="record"):
-    """`a` and `b` equal bit for bit (arrays by their bytes), with the first difference named."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list) and a and isinstance(a[0], np.ndarray):
-        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} arrays"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), f"{where}[{i}] differs"
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), f"{where} differs"
-    else:
-        assert a == b, f"{where}: {a!r} vs {b!r}"
 
 
 def _one_run(results: Path) -> Path:
