@@ -92,3 +92,40 @@ def test_a_truncated_optimizer_state_on_resume_is_one_line(tmp_path):
     proc = faults.train("none", ["--resume", str(run_dir)], env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "optimizer.npz cannot be read" in _error_line(proc)
+
+
+@pytest.mark.slow  # 100 s: two runs and a resume
+@pytest.mark.parametrize("backend", [pytest.param("tensorflow", marks=pytest.mark.tensorflow),
+                                     pytest.param("jax", marks=pytest.mark.jax)])
+def test_a_run_killed_mid_epoch_resumes_bit_for_bit_under_the_other_backends(backend, tmp_path):
+    """TensorFlow's and JAX's dropout draw from the model's Keras seed generators, which
+    `batches.reseed` sets from (seed, epoch) as it does PyTorch's global generator."""
+    pytest.importorskip(backend)
+    env = _env(tmp_path) | {"KERAS_BACKEND": backend}
+    reference = faults.train("none", [*SMALL, "--results-dir", str(tmp_path / "reference")], env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert faults.train("kill:epoch=2,batch=1", [*SMALL, "--results-dir", str(tmp_path / "faulty")], env).returncode == -9
+    run_dir = _one_run(tmp_path / "faulty")
+    resumed = faults.train("none", ["--resume", str(run_dir)], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_identical(finished_record(_one_run(tmp_path / "reference")), finished_record(run_dir))
+
+
+@pytest.mark.slow  # about 6 minutes on a 2-core CPU: the default run twice, and a resume
+def test_the_default_run_killed_after_its_step_is_compiled_resumes_bit_for_bit(tmp_path):
+    """The default run's training shape is compiled by inductor after 200 replays, in its first
+    epoch; killed in its third epoch and resumed, the new process compiles that shape at its
+    first step (the recorder's counters come from the checkpoint) and the run finishes as the
+    uninterrupted one did, bit for bit."""
+    env = _env(tmp_path)
+    quick = ["--config", "default", "--set", "training.epochs=3", "--set", "data.cache=false", "--set", "diagnostics.n_test=50",
+             "--set", "diagnostics.validity_traces=100"]
+    reference = faults.train("none", [*quick, "--results-dir", str(tmp_path / "reference")], env, timeout=1200)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = faults.train("kill:epoch=2,batch=100", [*quick, "--results-dir", str(tmp_path / "faulty")], env, timeout=1200)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run_dir = _one_run(tmp_path / "faulty")
+    resumed = faults.train("none", ["--resume", str(run_dir)], env, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "compiled by inductor" in json.loads((run_dir / "metrics.json").read_text())["training_step"]
+    assert_identical(finished_record(_one_run(tmp_path / "reference")), finished_record(run_dir))
