@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .files import WRITING
 from .priors import PARAMETERS
 
 QUANTILES = (0.05, 0.5, 0.95)
@@ -166,8 +167,11 @@ def write(out: Path, inf: Inference, *, force: bool) -> list[str]:
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
+        if isinstance(exc, OSError):  # name the file as the user will look for it, not its temporary folder
+            exc.filename = str(exc.filename or out).replace(str(tmp), str(out))
+            exc.add_note(WRITING)
         raise
     return files

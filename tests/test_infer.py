@@ -220,3 +220,29 @@ def test_a_corrupt_or_foreign_model_is_one_line_exit_2(damage, noisy_steps_run, 
 
 def test_sweep_lists():
     assert infer.parse_sweeps("0,3,5-7") == [0, 3, 5, 6, 7] and infer.parse_sweeps(None) is None
+
+
+@pytest.mark.torch
+def test_no_space_for_the_outputs_is_one_line_exit_4_and_keeps_the_old_ones(noisy_steps_run, tmp_path, monkeypatch, capsys):
+    """--force over a complete answer on a full disk: one line naming the file and the cause, exit
+    4, the old answer untouched and no temporary folder left."""
+    import errno
+
+    from lif_sbi import outputs
+
+    np.savez(tmp_path / "c.npz", **_simulated(noisy_steps_run, 1, seed=13))
+    out = tmp_path / "o"
+    args = [str(noisy_steps_run), str(tmp_path / "c.npz"), "--units", "mV", "--current-units", "pA", "--draws", "50", "--out", str(out)]
+    assert infer.main(args) in (0, 3)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(outputs, "_csv", full)
+    assert infer.main([*args, "--force"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"cannot write {out}/summary.csv: No space left on device (ENOSPC)" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "o"]
