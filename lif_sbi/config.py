@@ -48,7 +48,7 @@ def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
 class DataConfig:
     n_traces: int = 10_000  # simulated (theta, trace) pairs for training + validation
     validation_fraction: float = 0.2  # share of n_traces held out for validation
-    seed: int = 42  # seed of the simulations and of the train/validation split
+    seed: int = 42  # seed of the simulations, the train/validation split and each epoch's batch order
     cache: bool = True  # keep the simulated dataset under cache/, keyed by what determines it
     # Where the traces are simulated: "auto" (CUDA where torch sees a GPU, else the CPU), "cpu" or
     # "cuda". Parameters and stimuli are drawn on the CPU either way, so only float32 rounding of
@@ -244,7 +244,7 @@ class TrainingConfig:
     lr_plateau_patience: int = 6  # epochs without improvement before the learning rate is cut
     lr_plateau_factor: float = 0.5  # the cut: new rate = factor * rate
     min_learning_rate: float = 1e-6  # floor of the plateau schedule
-    seed: int = 42  # seeds NumPy, torch and the Keras backend (weights, shuffling)
+    seed: int = 42  # seeds the initial weights, dropout and the training noise (NumPy, torch, the Keras backend)
     # After training, fit one width factor per parameter on up to 1,000 validation traces so that
     # central posterior intervals cover their nominal share there (lif_sbi.calibration); saved as
     # calibration.json beside model.keras and applied wherever that model draws. false: the flow as trained.

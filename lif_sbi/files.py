@@ -43,7 +43,8 @@ def atomic_write(path, write: Callable[[str], object], suffix: str = ".tmp") -> 
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
-            exc.filename = exc.filename or str(path)
+            if not exc.filename or Path(exc.filename).name.startswith(f".{path.name}."):
+                exc.filename = str(path)  # the file meant, not its temporary name (where mkstemp failed)
             exc.add_note(WRITING)  # errors.os_error_line then says "cannot write"
         raise
     return path

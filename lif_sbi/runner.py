@@ -156,7 +156,8 @@ def build(r: Run, train: dict, val: dict):
     keys = ("parameters", "observables", "current") if mc.observe_current else ("parameters", "observables")
     # per training batch: fresh recording noise, then the leak features of the noisy traces
     fresh = noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET) if r.config.noise.sd_v else None
-    train_ds = batches.Batches({k: train[k] for k in keys}, tc.batch_size, approximator.adapter, seed=tc.seed, noise=fresh,
+    # the batch order is the data's (data.seed): two runs that differ only in training.seed see the same batches
+    train_ds = batches.Batches({k: train[k] for k in keys}, tc.batch_size, approximator.adapter, seed=r.config.data.seed, noise=fresh,
                                augmentations=[features.WithFeatures(dt_s)] if mc.leak_features else ())
     val_data = {k: val[k] for k in keys}
     if mc.leak_features:

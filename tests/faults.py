@@ -9,9 +9,10 @@ project's own functions in this process (nothing in the package knows about it):
   validity fit, the spike-time check (the diagnostics' figures written) or the report starts.
   ``int:POINT``: the same points, SIGINT (Ctrl-C) instead.
 - ``uninstalled:NAME``: as if the framework of Keras backend NAME were not installed.
-- ``fail:NAME:ERRNO``: every atomic write (`lif_sbi.files.atomic_write`, which every file the
-  project writes goes through) of a file named NAME (a glob, e.g. ``epoch_*`` or ``*.png``)
-  fails with that OSError (ENOSPC, EROFS, EACCES, EPERM, EDQUOT).
+- ``fail:NAME:ERRNO``: every atomic write (`lif_sbi.files.atomic_write`, which every file of a
+  run goes through) of a file named NAME, or in a folder named NAME (a glob, e.g. ``epoch_*`` or
+  ``*.png``), fails with that OSError (ENOSPC, EROFS, EACCES, EPERM, EDQUOT) as its bytes are
+  written, through the helper's own clean-up.
 - ``none``: no fault.
 
 The tests (`tests/test_faults.py`) and `bench/fault_table.py` use `FAULTS` and `train` below.
@@ -103,10 +104,12 @@ def install_failure(name: str, code: str) -> None:
     number = getattr(errno, code)
     original = files.atomic_write
 
+    def fails(tmp):  # as the OS reports it to write(): an errno and its message, no file named
+        raise OSError(number, os.strerror(number))
+
     def atomic_write(path, write, suffix=".tmp"):
         if fnmatch.fnmatch(Path(path).name, name) or fnmatch.fnmatch(Path(path).parent.name, name):
-            # as the OS reports it: errno, message, and the file it could not write
-            raise OSError(number, os.strerror(number), str(path))
+            write = fails
         return original(path, write, suffix)
 
     files.atomic_write = atomic_write
