@@ -117,6 +117,11 @@ def install_failure(name: str, code: str) -> None:
 
 def main(argv: list[str]) -> int:
     fault, rest = argv[0], argv[argv.index("--") + 1:]
+    from lif_sbi import quiet
+
+    quiet.libraries()  # as train.main does first: the patches below import BayesFlow
+    if fault.startswith("int:"):  # a shell's background job inherits SIGINT ignored: Python's own handler back
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     from lif_sbi import train
 
     kind, _, what = fault.partition(":")

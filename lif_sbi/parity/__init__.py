@@ -12,13 +12,14 @@ backend (torch, tensorflow, jax), and writes `results/<run_id>/parity.md`:
   model is the reference; every other backend must reproduce it. A backend loading its own save
   is checked too (sanity): two loads agree, and the hand-made z → θ path equals BayesFlow's own
   sampling path when the base distribution is made to return z.
-- Level 2, independent training → equivalent posteriors (`retraining`). The runs above trained the
-  same configuration on the same data under each backend; on the same fresh test traces the two
-  posteriors are compared: Pearson r per parameter, SBC log-gamma, and a classifier two-sample
-  test between the two backends' draws.
+- Level 2, independent training → equivalent posteriors (`retraining`, `equivalence`). K models
+  per backend, differing only in training.seed, draw posteriors on the same fresh test traces;
+  every pair's discrepancies (C2ST, and per parameter mean shift, KS distance, |Δr|, sd ratio, SBC
+  ranks) are compared across backends against within a backend, as an equivalence test with a
+  hierarchical bootstrap, a power check (synthetic shifts) and an optional negative control.
 - Level 3, simulator CPU vs CUDA, where CUDA exists (`simulator`).
 
-Every threshold lives in `THRESHOLDS` (`thresholds`). Exit code 0 when every check passes, 1 when
+Every threshold lives in `THRESHOLDS` and `LEVEL2` (`thresholds`). Exit code 0 when every check passes, 1 when
 any fails (each failure is listed with its numbers), 2 for bad arguments (one line).
 
 Internals: the parent process never imports Keras; all Keras work happens in worker subprocesses
@@ -32,16 +33,16 @@ from ..priors import HIGH, LOW
 from .checks import Check, _fmt, _le
 from .cli import main, parse_args
 from .report import write_report
-from .retraining import ks_null_mean, level2_checks, separation
+from . import equivalence
 from .run import ParityRun, new_run_dir, run_parity
 from .same_weights import compare_level1, draws_from_base, level1_numbers, load_npz, training_gradients
 from .simulator import _spike_trains, level3
-from .thresholds import THRESHOLDS, Thresholds, size_of
+from .thresholds import LEVEL2, THRESHOLDS, Level2, Thresholds, size_of
 from .workers import KNOWN_BACKENDS, ParityError, installed_backends, run_worker, train, worker_env
 
 __all__ = [
-    "HIGH", "KNOWN_BACKENDS", "LOW", "THRESHOLDS", "Check", "ParityError", "ParityRun", "Thresholds",
-    "_fmt", "_le", "_spike_trains", "compare_level1", "draws_from_base", "installed_backends", "ks_null_mean",
-    "level1_numbers", "level2_checks", "level3", "load_config", "load_npz", "main", "new_run_dir", "parse_args",
-    "run_parity", "run_worker", "separation", "size_of", "train", "training_gradients", "worker_env", "write_report",
+    "HIGH", "KNOWN_BACKENDS", "LEVEL2", "LOW", "Level2", "THRESHOLDS", "Check", "equivalence", "ParityError", "ParityRun", "Thresholds",
+    "_fmt", "_le", "_spike_trains", "compare_level1", "draws_from_base", "installed_backends",
+    "level1_numbers", "level3", "load_config", "load_npz", "main", "new_run_dir", "parse_args",
+    "run_parity", "run_worker", "size_of", "train", "training_gradients", "worker_env", "write_report",
 ]

@@ -22,10 +22,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where the run folder is created (default: results/)")
     p.add_argument("--backends", nargs="+", metavar="BACKEND", default=None,
                    help="compare only these installed backends (at least two; default: every installed one)")
-    p.add_argument("--own-init", action="store_true",
-                   help="let each backend draw its own initial weights from training.seed (default: every backend starts from the first one's)")
-    p.add_argument("--baseline", metavar="BACKEND", default=None,
-                   help="instead of comparing backends, train twice under BACKEND with two training seeds and compare those (level 2's seed-to-seed baseline)")
+    p.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="models trained per backend for level 2, differing only in training.seed (default: 5; 2 at ci size)")
+    p.add_argument("--negative-control", action="store_true",
+                   help="also train K models under the first backend on a simulator with scaled stimulus amplitudes, "
+                        "which level 2 must not report equivalent")
 
     def error(message):
         print(f"error: {message} (see --help)", file=sys.stderr)
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        run = run_parity(args.config, args.overrides, Path(args.results_dir), baseline=args.baseline, shared_init=not args.own_init,
+        run = run_parity(args.config, args.overrides, Path(args.results_dir), seeds=args.seeds, negative_control=args.negative_control,
                          backends=None if args.backends is None else list(dict.fromkeys(args.backends)))
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -84,12 +85,11 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
         return f"--results-dir {args.results_dir!r} is not a folder"
     if not installed_backends():
         return "no Keras backend (torch, tensorflow, jax) is installed"
-    if args.baseline is not None and args.baseline not in installed_backends():
-        return f"--baseline {args.baseline!r} is not an installed Keras backend; installed: {', '.join(installed_backends())}"
+    if args.seeds is not None and args.seeds < 2:
+        return f"--seeds {args.seeds}: expected at least 2 models per backend (within-backend pairs are the yardstick)"
     if args.backends is not None:
         unknown = [b for b in args.backends if b not in installed_backends()]
-        if unknown or len(set(args.backends)) < 2 or args.baseline is not None:
-            why = (f"{unknown[0]!r} is not an installed Keras backend" if unknown else
-                   "cannot be combined with --baseline" if args.baseline is not None else "needs two different backends")
+        if unknown or len(set(args.backends)) < 2:
+            why = f"{unknown[0]!r} is not an installed Keras backend" if unknown else "needs two different backends"
             return f"--backends {' '.join(args.backends)}: {why}; installed: {', '.join(installed_backends())}"
     return None

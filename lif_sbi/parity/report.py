@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ..files import atomic_write_text
 from .checks import _fmt
-from .retraining import ks_null_mean
+from .retraining import POWER_PARAMETER
 from .run import ParityRun
-from .thresholds import L1_N_TRACES, L1_N_Z, L1_SEED, THRESHOLDS
+from .thresholds import L1_N_TRACES, L1_N_Z, L1_SEED, LEVEL2, THRESHOLDS
 
 
 def write_report(run: ParityRun) -> Path:
@@ -36,9 +36,6 @@ def _report_lines(run: ParityRun) -> list[str]:
         f"**{'PASS' if not fails else f'FAIL ({len(fails)} of {len(run.checks)} checks)'}** — "
         f"backends: {', '.join(run.backends)}; thresholds: `{run.size}` (`lif_sbi.parity.THRESHOLDS`)",
         "",
-        *([f"**Baseline run**: one backend, two trainings that differ only in `training.seed`; level 2 below is the",
-           "seed-to-seed spread that the backend comparison's level-2 thresholds must allow.", ""]
-          if run.info.get("baseline") else []),
         "| | |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in env.items()],
         "",
@@ -48,11 +45,12 @@ def _report_lines(run: ParityRun) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *[c.row() for c in run.checks],
         "",
-        *_separation_lines(run),
+        *_power_lines(run),
         "Thresholds in force:",
         "",
         "```",
         *[f"{k} = {v}" for k, v in dataclasses.asdict(th).items()],
+        *[f"level2.{k} = {v}" for k, v in run.info.get("level2_settings", dataclasses.asdict(LEVEL2[run.size])).items()],
         "```",
         "",
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in run.info["timings_s"].items()),
@@ -64,33 +62,56 @@ def _report_lines(run: ParityRun) -> list[str]:
 
 
 def _method_lines(run: ParityRun) -> list[str]:
-    """What each level compares, in words."""
+    """What each level compares and, for level 2, exactly what is tested, in words."""
+    k = run.info.get("seeds", LEVEL2[run.size].seeds)
+    l2 = run.info.get("level2", {})
     return [
         "Level 1: each backend trains and saves the model; every backend loads every save and evaluates",
         f"{L1_N_TRACES} fixed traces (seed {L1_SEED}) with {L1_N_Z} fixed base draws z each, and the gradients of one",
-        "training step on them (dropout off); `A → B` compares B's",
-        "numbers for A's save against A's own. Level 2: the independently trained models' posteriors",
-        f"({run.config.diagnostics.n_draws} draws, each model with the width factors its own run fitted, if any) on the",
-        "same fresh test traces"
-        + (f"; every backend trained from the initial weights {run.backends[0]}'s run started from (`training.initial_weights`)."
-           if run.info.get("shared_init") else "; each model from its own random initial weights.")
-        + " Level 3: simulator CPU vs CUDA.",
+        "training step on them (dropout off); `A → B` compares B's numbers for A's save against A's own.",
+        "",
+        f"Level 2 tests whether changing the backend changes the posterior more than retraining does. Under each",
+        f"backend {k} models are trained that differ only in `training.seed` (the same data in the same order, each",
+        "from its own initial weights, each with the width factors its own run fitted). Every pair of models draws",
+        f"{run.config.diagnostics.n_draws} posterior draws per trace on the same {l2.get('test_traces', '')} fresh test traces,",
+        "and each discrepancy of the pair is computed: the C2ST accuracy of a quadratic discriminant (mean over",
+        f"{l2.get('c2st_traces', '')} traces) and, per parameter, the systematic shift of the posterior mean in posterior",
+        "sds, the mean KS distance, |Δ r| (posterior mean vs truth), the systematic log ratio of posterior sds, and",
+        "the KS distance between the two models' SBC rank distributions. The statistic is the mean over",
+        "cross-backend pairs minus the mean over within-backend pairs; a hierarchical bootstrap (models within",
+        "each backend and test traces, both drawn with replacement) gives its distribution. **equivalent**: the",
+        "one-sided 95 % upper bound is below the discrepancy's margin (`lif_sbi.parity.thresholds.Level2`, with how",
+        "each was chosen). **different**: the one-sided lower bound at α = 0.05 / (number of discrepancies) is above",
+        "0 (cross > within). Otherwise **inconclusive**, with the K that would likely decide it. The permutation",
+        "p-value over the models' backend labels is shown beside it. The run passes when every discrepancy is",
+        "equivalent and the power checks below fail to find equivalence where there is a difference.",
+        "",
+        "Level 3: simulator CPU vs CUDA.",
     ]
 
 
-def _separation_lines(run: ParityRun) -> list[str]:
-    """The per-parameter separation of each level-2 pair (`separation`): information, not a check."""
-    lines = []
-    n = run.config.diagnostics.n_draws
-    for pair, res in run.info.get("level2", {}).get("pairs", {}).items():
-        sep = res.get("separation")
-        if not sep:
-            continue
-        a, b = pair.split("|")
-        lines += [f"Where the posteriors of {a} and {b} differ, per parameter, on the {len(res['c2st'])} C2ST test traces",
-                  f"(information, not a check; KS distance of identical posteriors ≈ {ks_null_mean(n, n):.3f}):", "",
-                  "| parameter | mean KS distance | mean \\|Δ posterior mean\\| / posterior sd | median sd ratio |", "|---|---|---|---|",
-                  *[f"| {p} | {_fmt(v['ks_mean'])} | {_fmt(v['mean_shift_sd'])} | {_fmt(v['sd_ratio_median'])} |" for p, v in sep.items()], ""]
+def _power_lines(run: ParityRun) -> list[str]:
+    """Power: the verdicts for synthetic shifts of one backend's draws, and negative control (a)."""
+    l2 = run.info.get("level2", {})
+    power = l2.get("power")
+    if not power:
+        return []
+    shifts = list(next(iter(power.values())))
+    lines = ["Power: the second backend's draws of one parameter moved by s pooled posterior sds; each cell is the",
+             f"number of discrepancies (of {len(l2['verdicts'])}) not equivalent / reported different.", "",
+             "| parameter | " + " | ".join(f"s = {s}" for s in shifts) + " |", "|---|" + "---|" * len(shifts),
+             *[f"| {p} | " + " | ".join(f"{r['not_equivalent']} / {r['different']}" for r in res.values()) + " |" for p, res in power.items()],
+             ""]
+    ctrl = l2.get("negative_control")
+    if ctrl:
+        counts = {v: sum(x["verdict"] == v for x in ctrl["verdicts"]) for v in ("equivalent", "inconclusive", "different")}
+        lines += [f"Negative control (a): {run.backends[0]}'s models against {run.info['seeds']} trained on a simulator whose stimulus",
+                  f"amplitudes are scaled by {ctrl['amplitude_factor']}: posterior means moved by "
+                  + ", ".join(f"{p} {_fmt(x)}" for p, x in ctrl["posterior_moved_sd"].items()) + " posterior sds; verdicts: "
+                  + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
+                  "Different by: " + (", ".join(f"{x['discrepancy']} ({_fmt(x['cross_minus_within'])})" for x in ctrl["verdicts"]
+                                                if x["verdict"] == "different") or "none") + ".", ""]
+    lines += [f"(The power check that decides the run uses {POWER_PARAMETER} at s = 0.25.)", ""]
     return lines
 
 

@@ -1,150 +1,151 @@
-"""Level 2, independent training → equivalent posteriors: the trained models' posteriors compared on the same fresh test traces."""
+"""Level 2, independent training → equivalent posteriors: K trainings per backend drawn on the same fresh test traces, the equivalence test, its power and its negative control."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..priors import DISPLAY_SCALE, N_PARAMS, PARAM_NAMES
-from .checks import Check, _fmt, _le
-from .thresholds import Thresholds
+from ..priors import PARAM_NAMES
+from . import equivalence
+from .checks import Check, _fmt
+from .thresholds import Level2
 from .workers import run_worker
 
-C2ST_SEED = 7
-
+POWER_PARAMETER = "C_m"  # the parameter negative control (a) moves; the power scan covers all six
 
 # ---------------------------------------------------------------------------------------------
 # Parent side (NumPy only)
 
 
-def level2(backend: str, test: Path, draws: dict[str, Path], th: Thresholds, size: str, n_test: int, n_draws: int,
-           c2st_splits: int | None, info: dict, say) -> list[Check]:
-    """Level 2 for the models whose posterior draws on the test traces `test` are in `draws`
-    (label → evaluation .npz), computed under `backend`; its figures go to info["level2"]."""
-    if len(draws) < 2:
-        return [Check(2, "—", "skipped: only one Keras backend installed", None, None, "", True)]
-    t0 = time.perf_counter()
-    say("level 2: metrics, SBC and C2ST ...")
-    splits = c2st_splits or (2 if size == "smoke" else 5)
-    ans = run_worker(backend, "compare_posteriors", {
-        "thresholds": dataclasses.asdict(th), "test": str(test), "c2st_splits": splits,
-        "draws": {m: str(path) for m, path in draws.items()}, "n_c2st": th.c2st_min_traces,
-    })
-    info["timings_s"]["level 2 figures"] = round(time.perf_counter() - t0, 1)
-    info["level2"] = ans
-    return level2_checks(ans, th, n_test, n_draws)
-
-
-def level2_checks(ans: dict, th: Thresholds, n_test: int, n_draws: int) -> list[Check]:
-    checks = []
-    per = ans["per_backend"]
-    for pair, res in ans["pairs"].items():
-        a, b = pair.split("|")
-        comp = f"{a} vs {b}"
-        for p in PARAM_NAMES:
-            ra, rb = per[a][p]["r"], per[b][p]["r"]
-            diff = abs(ra - rb) if ra is not None and rb is not None else None
-            checks.append(_le(2, comp, f"{p}: |Δ Pearson r|", diff, th.r_abs_diff,
-                              f"r = {_fmt(ra) if ra is not None else 'n/a'} vs {_fmt(rb) if rb is not None else 'n/a'} ({n_test} traces)"))
-        for p in PARAM_NAMES:
-            pa, pb = per[a][p], per[b][p]
-            either = pa["sbc_pass"] or pb["sbc_pass"]
-            both_corr = pa["sbc_pass_corrected"] and pb["sbc_pass_corrected"]
-            note = (f"log γ (5 %) = {_fmt(pa['log_gamma'])} vs {_fmt(pb['log_gamma'])}; "
-                    f"at α = {ans['sbc_alpha_corrected']:.2g}: {_fmt(pa['log_gamma_corrected'])} vs {_fmt(pb['log_gamma_corrected'])}")
-            if either:
-                ok = both_corr
-                fig = min(pa["log_gamma_corrected"], pb["log_gamma_corrected"])
-                checks.append(Check(2, comp, f"{p}: SBC, min log γ at corrected α (either passes at 5 %)", fig, 0.0, ">", ok, note))
-            else:
-                checks.append(Check(2, comp, f"{p}: SBC fails at 5 % under both (no constraint)", None, None, "", True, note))
-        accs = np.asarray(res["c2st"])
-        ok_n = len(accs) >= th.c2st_min_traces
-        checks.append(Check(2, comp, f"C2ST accuracy, mean over {len(accs)} test traces", float(accs.mean()), th.c2st_accuracy, "≤",
-                            bool(ok_n and accs.mean() <= th.c2st_accuracy),
-                            f"min {accs.min():.3f}, max {accs.max():.3f}; {n_draws} vs {n_draws} draws per trace"
-                            + ("" if ok_n else f"; needs ≥ {th.c2st_min_traces} traces")))
-    return checks
-
-
-def separation(a: np.ndarray, b: np.ndarray) -> dict[str, dict[str, float]]:
-    """Where two posteriors differ, per parameter: draws a, b (traces, draws, 6) of the same traces.
-
-    For each parameter, over the traces: the mean two-sample Kolmogorov-Smirnov distance (SciPy;
-    for independent draws of identical posteriors about 0.87/√(n_a n_b/(n_a + n_b)), see
-    `ks_null_mean`; draws one backend made from the same seed share their base draws and can fall
-    below it), the mean |Δ posterior mean| in pooled posterior sds, and the median ratio of
-    posterior sds a/b. The C2ST gives one accuracy for all six parameters; these say which of them
-    the classifier can use.
-    """
-    from scipy import stats
-
+def draw_all(run_dir: Path, labels: dict[str, str], models: dict[str, Path], n_draws: int, seed: int, info: dict,
+             say) -> dict[str, np.ndarray]:
+    """Every model's posterior draws (T, S, 6) SI on the level-2 test traces, one worker per
+    backend drawing for all its models (as `lif_sbi.load` draws). labels: label → its backend."""
+    todo: dict[str, list[str]] = {}
+    for m, b in labels.items():
+        todo.setdefault(b, []).append(m)
+    paths: dict[str, Path] = {}
+    for b, ms in todo.items():
+        t0 = time.perf_counter()
+        say(f"level 2: posterior draws of {len(ms)} {b} model(s) ...")
+        outs = {m: str(run_dir / f"draws_{m}.npz") for m in ms}
+        run_worker(b, "draws", {"models": {m: str(models[m]) for m in ms}, "test": str(run_dir / "level2_test.npz"),
+                                "n_draws": n_draws, "seed": seed, "out": outs})
+        paths |= {m: Path(p) for m, p in outs.items()}
+        info["timings_s"][f"draws under {b}"] = round(time.perf_counter() - t0, 1)
     out = {}
-    for j, p in enumerate(PARAM_NAMES):
-        x, y = a[:, :, j].astype(np.float64), b[:, :, j].astype(np.float64)
-        sd_x, sd_y = x.std(axis=1), y.std(axis=1)
-        pooled = np.sqrt(0.5 * (sd_x**2 + sd_y**2))
-        ok = pooled > 0
-        out[p] = {
-            "ks_mean": float(np.mean([stats.ks_2samp(x[k], y[k]).statistic for k in range(len(x))])),
-            "mean_shift_sd": float(np.mean(np.abs(x.mean(axis=1) - y.mean(axis=1))[ok] / pooled[ok])) if ok.any() else float("nan"),
-            "sd_ratio_median": float(np.median(sd_x[ok] / np.where(sd_y[ok] > 0, sd_y[ok], np.nan))) if ok.any() else float("nan"),
-        }
+    for m in labels:
+        with np.load(paths[m]) as f:
+            out[m] = f["posterior_draws"]
     return out
 
 
-def ks_null_mean(n_a: int, n_b: int) -> float:
-    """The mean two-sample KS distance between samples of n_a and n_b draws of one distribution
-    (Kolmogorov's limit: E sup|B| = √(π/2)·ln 2 ≈ 0.8687, over √(n_a n_b / (n_a + n_b)))."""
-    return math.sqrt(math.pi / 2) * math.log(2) / math.sqrt(n_a * n_b / (n_a + n_b))
+def level2(run_dir: Path, draws: dict[str, np.ndarray], groups: dict[str, str], lv: Level2, info: dict, say,
+           shifted: dict[str, np.ndarray] | None = None) -> list[Check]:
+    """The equivalence test between the backends' models (`groups`: label → backend), its power
+    (a synthetic shift of the second backend's draws) and, with `shifted` (label → draws of models
+    trained on a shifted simulator under the first backend), negative control (a)."""
+    with np.load(run_dir / "level2_test.npz") as f:
+        theta = f["parameters"].astype(np.float64)
+    backends = list(dict.fromkeys(groups.values()))
+    if len(backends) < 2:
+        return [Check(2, "—", "skipped: only one Keras backend installed", None, None, "", True)]
+    t0 = time.perf_counter()
+    say(f"level 2: every pair of {len(draws)} models, equivalence test ...")
+    cache: dict = {}
+    table = equivalence.pair_table(draws, groups, theta, n_c2st=lv.n_c2st, c2st_cache=cache)
+    found = equivalence.verdicts(table, lv.margins(), n_boot=lv.n_boot, alpha=lv.alpha, seed=1)
+    comparison = " vs ".join(backends)
+    checks = [_check(comparison, v) for v in found]
+    info["level2"] = {"verdicts": [dataclasses.asdict(v) for v in found], "models": {m: g for m, g in groups.items()},
+                      "test_traces": len(theta), "c2st_traces": min(lv.n_c2st, len(theta))}
+    info["timings_s"]["level 2 test"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    say("level 2: power (shifted draws) ...")
+    power = _power(draws, groups, theta, lv, {k: v for k, v in cache.items() if groups[k[0]] == groups[k[1]]})
+    info["level2"]["power"] = power
+    checks.append(_power_check(comparison, power))
+    info["timings_s"]["level 2 power"] = round(time.perf_counter() - t0, 1)
+    if shifted:
+        say("level 2: negative control (a) ...")
+        first = {m: d for m, d in draws.items() if groups[m] == backends[0]}
+        ctrl = {**first, **shifted}
+        ctrl_groups = {m: groups[m] for m in first} | {m: "shifted simulator" for m in shifted}
+        ctrl_table = equivalence.pair_table(ctrl, ctrl_groups, theta, n_c2st=lv.n_c2st)
+        ctrl_found = equivalence.verdicts(ctrl_table, lv.margins(), n_boot=lv.n_boot, alpha=lv.alpha, seed=2)
+        moved = _moved(first, shifted)
+        info["level2"]["negative_control"] = {"verdicts": [dataclasses.asdict(v) for v in ctrl_found], "posterior_moved_sd": moved,
+                                              "amplitude_factor": lv.amplitude_factor}
+        n_eq = sum(v.verdict == "equivalent" for v in ctrl_found)
+        checks.append(Check(2, f"{backends[0]} vs {backends[0]} on a shifted simulator", "negative control (a): reported NOT equivalent",
+                            float(len(ctrl_found) - n_eq), 0.0, ">", n_eq < len(ctrl_found),
+                            f"{sum(v.verdict == 'different' for v in ctrl_found)} different, {len(ctrl_found) - n_eq} not equivalent; "
+                            "posterior means moved by " + ", ".join(f"{p} {_fmt(x)}" for p, x in moved.items()) + " sd"))
+    return checks
+
+
+def _check(comparison: str, v: equivalence.Verdict) -> Check:
+    note = (f"estimate {_fmt(v.cross_minus_within)}, lower bound {_fmt(v.lower)}, permutation p {_fmt(v.permutation_p)}: "
+            f"{v.verdict}" + (f" ({v.note})" if v.note else ""))
+    return Check(2, comparison, f"{v.discrepancy}: cross − within, 95 % upper bound", v.upper95, v.margin, "<",
+                 v.verdict == "equivalent", note)
+
+
+def _power(draws, groups, theta, lv: Level2, within_cache: dict) -> dict:
+    """For each parameter and shift (in pooled posterior sds): the verdicts when the second
+    backend's draws of that parameter are moved by it. Returns {parameter: {shift: summary}}."""
+    second = list(dict.fromkeys(groups.values()))[1]
+    out: dict = {}
+    for j, p in enumerate(PARAM_NAMES):
+        sd = equivalence.pooled_sd(draws, j)
+        out[p] = {}
+        for s in lv.power_shifts:
+            moved = {m: (equivalence.shifted(d, j, s, sd) if groups[m] == second else d) for m, d in draws.items()}
+            table = equivalence.pair_table(moved, groups, theta, n_c2st=lv.n_c2st, c2st_cache=dict(within_cache))
+            found = equivalence.verdicts(table, lv.margins(), n_boot=lv.power_boot, alpha=lv.alpha, seed=3)
+            out[p][str(s)] = {"not_equivalent": sum(v.verdict != "equivalent" for v in found),
+                              "different": sum(v.verdict == "different" for v in found),
+                              "different_by": [v.discrepancy for v in found if v.verdict == "different"]}
+    return out
+
+
+def _power_check(comparison: str, power: dict) -> Check:
+    """Passes when a 0.25-sd shift of POWER_PARAMETER is not reported equivalent; the note gives,
+    per parameter, the smallest shift reported different."""
+    at = power[POWER_PARAMETER].get("0.25") or next(iter(power[POWER_PARAMETER].values()))
+    smallest = {p: next((float(s) for s, r in res.items() if r["different"]), None) for p, res in power.items()}
+    note = "smallest shift reported different: " + ", ".join(f"{p} {'none' if s is None else f'{s:g} sd'}" for p, s in smallest.items())
+    return Check(2, comparison, f"power: {POWER_PARAMETER}'s draws of one backend moved by 0.25 sd, reported NOT equivalent",
+                 float(at["not_equivalent"]), 0.0, ">", at["not_equivalent"] > 0, note)
+
+
+def _moved(first: dict, shifted: dict) -> dict[str, float]:
+    """How far the shifted simulator's models moved the posterior means, per parameter: the mean
+    over traces of (mean of its models' posterior means − the first backend's) / pooled sd."""
+    a = np.mean([d.mean(axis=1) for d in first.values()], axis=0)
+    b = np.mean([d.mean(axis=1) for d in shifted.values()], axis=0)
+    sd = np.sqrt(np.mean([d.var(axis=1) for d in [*first.values(), *shifted.values()]], axis=0))
+    return {p: float(np.mean((b[:, j] - a[:, j]) / sd[:, j])) for j, p in enumerate(PARAM_NAMES)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Worker side (imports Keras)
 
 
-def task_compare_posteriors(args: dict) -> dict:
-    """Worker task `compare_posteriors`: level 2 figures for every backend's draws on the same test
-    traces (metrics, SBC, C2ST)."""
-    import bayesflow as bf
+def task_draws(args: dict) -> dict:
+    """Worker task `draws`: each model's posterior draws on the test traces, as its own run draws
+    them (its width factors, its prior box: `lif_sbi.load`), saved to args["out"][label]."""
+    from ..posterior import load
 
-    from .. import diagnostics
-    from ..diagnostics.metrics import c2st_accuracy
-
-    th = Thresholds(**args["thresholds"])
     with np.load(args["test"]) as f:
-        theta = f["parameters"].astype(np.float64)
-    draws = {}
-    for b, path in args["draws"].items():
-        with np.load(path) as f:
-            draws[b] = f["posterior_draws"]
-    alpha = th.sbc_family_alpha / (2 * N_PARAMS)
-    out: dict = {"per_backend": {}, "pairs": {}, "sbc_alpha_corrected": alpha}
-    for b, d in draws.items():
-        m = diagnostics.compute_metrics(theta, d, seed=0)
-        np.random.seed(1)
-        lg = bf.diagnostics.metrics.calibration_log_gamma(
-            d * DISPLAY_SCALE, theta * DISPLAY_SCALE, variable_names=list(PARAM_NAMES), num_null_draws=4000, quantile=alpha
-        )["values"]
-        out["per_backend"][b] = {
-            p: {"r": m["parameters"][p]["r"], "log_gamma": m["parameters"][p]["log_gamma"],
-                "sbc_pass": bool(m["parameters"][p]["sbc_pass"]),
-                "log_gamma_corrected": float(max(lg[i], diagnostics.LOG_GAMMA_FLOOR)),
-                "sbc_pass_corrected": bool(lg[i] > 0)}
-            for i, p in enumerate(PARAM_NAMES)
-        }
-    names = list(draws)
-    n_c2st = min(len(theta), max(th.c2st_min_traces, int(args.get("n_c2st", th.c2st_min_traces))))
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            accs = []
-            t0 = time.perf_counter()
-            for k in range(n_c2st):
-                accs.append(c2st_accuracy(draws[a][k], draws[b][k], C2ST_SEED + k, splits=int(args.get("c2st_splits", 5))))
-            out["pairs"][f"{a}|{b}"] = {"c2st": accs, "c2st_s": round(time.perf_counter() - t0, 1),
-                                        "separation": separation(draws[a][:n_c2st], draws[b][:n_c2st])}
-    return out
+        obs = f["observables"][:, :, 0]  # (T, 501) V
+    times = {}
+    for m, path in args["models"].items():
+        t0 = time.perf_counter()
+        post = load(Path(path).parent)
+        np.savez(args["out"][m], posterior_draws=post.sample(obs, int(args["n_draws"]), seed=int(args["seed"])))
+        times[m] = round(time.perf_counter() - t0, 2)
+    return {"seconds": times}

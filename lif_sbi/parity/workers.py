@@ -73,8 +73,8 @@ def worker_main(task: str, args: dict) -> dict:
         return same_weights.task_evaluate(args)
     if task == "perturb":
         return same_weights.task_perturb(args)
-    if task == "compare_posteriors":
-        return retraining.task_compare_posteriors(args)
+    if task == "draws":
+        return retraining.task_draws(args)
     if task == "backend":
         return {"backend": backends.name, "device": backends.device_name()}
     raise ValueError(f"unknown worker task {task!r}")
