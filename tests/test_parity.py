@@ -20,6 +20,8 @@ import torch
 from lif_sbi import parity
 
 BACKENDS = ["torch", "tensorflow"]
+# each training's own diagnostics cut down (parity draws its own 40 test traces x 100 draws)
+SMALL_DIAGNOSTICS = ["diagnostics.n_test=20", "diagnostics.validity_traces=50", "diagnostics.n_ppc=1"]
 HAVE_BOTH = set(BACKENDS) <= set(parity.installed_backends())
 needs_both = pytest.mark.skipif(not HAVE_BOTH, reason="needs both the torch and the tensorflow Keras backends")
 
@@ -32,7 +34,7 @@ def _rows(checks) -> str:
 def ci_run(tmp_path_factory):
     if not HAVE_BOTH:
         pytest.skip("needs both the torch and the tensorflow Keras backends")
-    run = parity.run_parity("ci", [], tmp_path_factory.mktemp("parity"), backends=BACKENDS, say=lambda *a: None)
+    run = parity.run_parity("ci", SMALL_DIAGNOSTICS, tmp_path_factory.mktemp("parity"), backends=BACKENDS, say=lambda *a: None)
     parity.write_report(run)
     return run
 

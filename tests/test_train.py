@@ -34,7 +34,9 @@ def _history(run_dir):
     "backend",
     [
         pytest.param("torch", marks=pytest.mark.torch),
-        pytest.param("tensorflow", marks=[pytest.mark.tensorflow, pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")]),
+        # slow: 90 s; the parity tests' fixture trains ci under TensorFlow end to end twice
+        pytest.param("tensorflow", marks=[pytest.mark.tensorflow, pytest.mark.slow,
+                                          pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow not installed")]),
         pytest.param("jax", marks=[pytest.mark.jax, pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")]),
     ],
 )

@@ -171,7 +171,7 @@ def task_perturb(args: dict) -> dict:
 def evaluate_everywhere(run_dir: Path, backends: list[str], variants: dict, models: dict[str, Path], seed: int,
                         n_draws: int, th: Thresholds, info: dict, say) -> tuple[dict[tuple[str, str], Path], list[Check]]:
     """Every model under every backend (`variants`: label → (its backend, overrides)); each model
-    under its own backend also gets the own-save checks and draws its posterior for level 2.
+    under its own backend also gets the own-save checks (level 2 draws its posteriors itself).
     Returns the evaluations' .npz files by (model, evaluating backend) and the own-save checks."""
     evals, checks = {}, []
     for b in backends:
@@ -179,7 +179,7 @@ def evaluate_everywhere(run_dir: Path, backends: list[str], variants: dict, mode
             out = run_dir / f"eval_{m}_model_under_{b}.npz"
             args = {"model": str(models[m]), "batch": str(run_dir / "level1_batch.npz"), "out": str(out), "seed": seed}
             if mb == b:
-                args |= {"sanity": True, "test": str(run_dir / "level2_test.npz"), "n_draws": n_draws}
+                args |= {"sanity": True}
             t0 = time.perf_counter()
             say(f"level 1: {m} model under {b} ...")
             ans = run_worker(b, "evaluate", args)
