@@ -157,9 +157,13 @@ def test_report_cells_escape_bars():
 def test_thresholds_are_the_promised_ones():
     full = parity.THRESHOLDS["full"]
     assert (full.summary_rel, full.log_prob_rel, full.draws_rel) == (1e-5, 1e-4, 1e-3)
-    assert (full.r_abs_diff, full.c2st_accuracy, full.c2st_min_traces) == (0.02, 0.60, 20)
     smoke = parity.THRESHOLDS["smoke"]
     assert (smoke.summary_rel, smoke.log_prob_rel, smoke.draws_rel) == (full.summary_rel, full.log_prob_rel, full.draws_rel)
+    # level 2: margins on (cross − within), the same at every size; K = 5 at full size
+    lv = parity.LEVEL2["full"]
+    assert lv.margins() == {"c2st": 0.03, "mean_shift": 0.1, "ks": 0.04, "r": 0.02, "sd_ratio": 0.1, "sbc": 0.05}
+    assert lv.seeds == 5 and lv.alpha == 0.05 and 0.25 in lv.power_shifts
+    assert parity.LEVEL2["smoke"].margins() == lv.margins() and parity.LEVEL2["smoke"].seeds == 2
     from lif_sbi.config import load_config
 
     assert parity.size_of(load_config("ci")) == "smoke"
