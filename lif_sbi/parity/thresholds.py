@@ -26,11 +26,10 @@ class Thresholds:
     # variable: |Δ∂L/∂w| / |∂L/∂w|. The backward pass of the whole flow and summary network adds
     # up many more roundoffs than the forward values above; a wrong backward rule (a kernel
     # layout, a missing term) gives errors of order one. Measured on the 2-core CPU over the 32
-    # fixed traces: `default`'s trained torch and TensorFlow models under every other backend
-    # (2026-11-26, results/parity/default-with-jax/parity.md), worst variable 1.8e-4 to 1.0e-3,
-    # median 4e-5 to 1.1e-4; torch vs TensorFlow alone (2026-11-27, results/parity/default/parity.md),
-    # worst 1.1e-4 and 2.6e-4; `ci`, all six directions of torch, TensorFlow and JAX (2026-11-26),
-    # worst 7e-7 to 1.5e-4.
+    # fixed traces: `default`'s trained torch, TensorFlow and JAX models under every other backend
+    # (2026-11-26), worst variable 1.8e-4 to 1.0e-3, median 4e-5 to 1.1e-4; torch vs TensorFlow
+    # alone (2026-11-27), worst 1.1e-4 and 2.6e-4; `ci`, all six directions of torch, TensorFlow
+    # and JAX (2026-12-04, results/parity/ci-with-jax/parity.md), worst 1.9e-6 to 6.9e-5.
     gradient_rel: float = 1e-2
     # --- level 3 (simulator CPU vs CUDA): float64 spike trains must be identical; float32 may
     # differ where V lands within a roundoff of V_th (a spike one sample earlier or later changes
