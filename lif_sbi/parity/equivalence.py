@@ -82,33 +82,39 @@ class Pairs:
 
 
 def pair_table(draws: dict[str, np.ndarray], groups: dict[str, str], theta: np.ndarray, *, n_c2st: int, seed: int = 0,
-               c2st_cache: dict | None = None) -> Pairs:
+               cache: dict | None = None) -> Pairs:
     """The per-trace figures of every pair of models. draws: label → (T, S, 6) SI on the same test
-    traces theta (T, 6) SI; groups: label → backend. The C2ST runs on the first `n_c2st` traces
-    (`c2st_cache`: (label, label) → its values, reused where given)."""
+    traces theta (T, 6) SI; groups: label → backend. The C2ST runs on the first `n_c2st` traces.
+    `cache`: (label, label) → that pair's (c2st, shift, ks, log_sd), filled here and reused
+    where it holds the pair (the power check passes the within-backend pairs, which a shift of a
+    whole backend's draws does not change)."""
     labels = list(draws)
     d = {k: np.asarray(v, np.float64) * DISPLAY_SCALE for k, v in draws.items()}
     pairs = np.array(list(itertools.combinations(range(len(labels)), 2)))
-    c2st, shift, ks, log_sd = [], [], [], []
-    for i, j in pairs:
-        a, b = d[labels[i]], d[labels[j]]
+    figures = []
+    for n, (i, j) in enumerate(pairs):
         key = (labels[i], labels[j])
-        if c2st_cache is not None and key in c2st_cache:
-            c2st.append(c2st_cache[key])
-        else:
-            c2st.append(c2st_qda(a[:n_c2st], b[:n_c2st], seed + len(c2st)))
-            if c2st_cache is not None:
-                c2st_cache[key] = c2st[-1]
-        sd_a, sd_b = a.std(axis=1), b.std(axis=1)
-        shift.append((a.mean(axis=1) - b.mean(axis=1)) / np.sqrt(0.5 * (sd_a**2 + sd_b**2) + 1e-300))
-        t, s, p = a.shape
-        ks.append(ks_rows(a.transpose(0, 2, 1).reshape(t * p, s), b.transpose(0, 2, 1).reshape(t * p, -1)).reshape(t, p))
-        log_sd.append(np.log((sd_a + 1e-300) / (sd_b + 1e-300)))
+        if cache is not None and key in cache:
+            figures.append(cache[key])
+            continue
+        figures.append(_pair_figures(d[labels[i]], d[labels[j]], n_c2st, seed + n))
+        if cache is not None:
+            cache[key] = figures[-1]
+    c2st, shift, ks, log_sd = (list(x) for x in zip(*figures))
     truth = np.asarray(theta, np.float64) * DISPLAY_SCALE
     means = np.stack([d[k].mean(axis=1) for k in labels])
     ranks = np.stack([(d[k] < truth[:, None, :]).mean(axis=1) for k in labels])
     return Pairs(labels, [groups[k] for k in labels], pairs, np.array(c2st), np.array(shift), np.array(ks), np.array(log_sd),
                  means, ranks, truth)
+
+
+def _pair_figures(a: np.ndarray, b: np.ndarray, n_c2st: int, seed: int) -> tuple:
+    """One pair's per-trace (c2st (T',), shift, ks, log_sd (T, 6)) for draws a, b (T, S, 6)."""
+    sd_a, sd_b = a.std(axis=1), b.std(axis=1)
+    shift = (a.mean(axis=1) - b.mean(axis=1)) / np.sqrt(0.5 * (sd_a**2 + sd_b**2) + 1e-300)
+    t, s, p = a.shape
+    ks = ks_rows(a.transpose(0, 2, 1).reshape(t * p, s), b.transpose(0, 2, 1).reshape(t * p, -1)).reshape(t, p)
+    return c2st_qda(a[:n_c2st], b[:n_c2st], seed), shift, ks, np.log((sd_a + 1e-300) / (sd_b + 1e-300))
 
 
 def pair_values(t: Pairs, traces: np.ndarray) -> dict[str, np.ndarray]:

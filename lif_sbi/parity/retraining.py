@@ -56,7 +56,7 @@ def level2(run_dir: Path, draws: dict[str, np.ndarray], groups: dict[str, str], 
     t0 = time.perf_counter()
     say(f"level 2: every pair of {len(draws)} models, equivalence test ...")
     cache: dict = {}
-    table = equivalence.pair_table(draws, groups, theta, n_c2st=lv.n_c2st, c2st_cache=cache)
+    table = equivalence.pair_table(draws, groups, theta, n_c2st=lv.n_c2st, cache=cache)
     found = equivalence.verdicts(table, lv.margins(), n_boot=lv.n_boot, alpha=lv.alpha, seed=1)
     comparison = " vs ".join(backends)
     checks = [_check(comparison, v) for v in found]
@@ -104,7 +104,7 @@ def _power(draws, groups, theta, lv: Level2, within_cache: dict) -> dict:
         out[p] = {}
         for s in lv.power_shifts:
             moved = {m: (equivalence.shifted(d, j, s, sd) if groups[m] == second else d) for m, d in draws.items()}
-            table = equivalence.pair_table(moved, groups, theta, n_c2st=lv.n_c2st, c2st_cache=dict(within_cache))
+            table = equivalence.pair_table(moved, groups, theta, n_c2st=lv.n_c2st, cache=dict(within_cache))
             found = equivalence.verdicts(table, lv.margins(), n_boot=lv.power_boot, alpha=lv.alpha, seed=3)
             out[p][str(s)] = {"not_equivalent": sum(v.verdict != "equivalent" for v in found),
                               "different": sum(v.verdict == "different" for v in found),
