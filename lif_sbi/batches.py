@@ -19,11 +19,11 @@ def derived_seed(seed: int, *key: int) -> int:
 
 class Batches(bf.datasets.OfflineDataset):
     """BayesFlow's offline dataset whose epoch `e` visits the traces in the order
-    `default_rng(derived_seed(seed, ORDER, e)).permutation(N)`, and whose augmentations draw
-    `noise` (a `noise.FreshNoise`, applied first) draws from a generator keyed by (epoch, batch),
-    whatever order Keras fetches the batches in; `augmentations` follow it. BayesFlow's own dataset shuffles with NumPy's global
-    generator once per epoch end, so a run resumed at epoch 4 would replay epoch 1's order;
-    written by hand for that reason. `set_epoch` is called by `EpochSeeds` before each epoch."""
+    `default_rng(derived_seed(seed, ORDER, e)).permutation(N)`. `noise` (a `noise.FreshNoise`,
+    applied first) draws from a generator keyed by (epoch, batch), whatever order Keras fetches
+    the batches in; `augmentations` follow it. BayesFlow's own dataset shuffles with NumPy's
+    global generator once per epoch end, so a run resumed at epoch 4 would replay epoch 1's
+    order; written by hand for that reason. `EpochSeeds` calls `set_epoch` before each epoch."""
 
     def __init__(self, data, batch_size: int, adapter, *, seed: int, noise=None, augmentations=()):
         augmentations = ([noise.on_batch] if noise is not None else []) + list(augmentations)

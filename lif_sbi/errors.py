@@ -11,7 +11,8 @@ from pathlib import Path
 EXIT_INPUT = 2  # bad input: an argument, a configuration, a file or run folder the user named
 EXIT_ENVIRONMENT = 4  # the machine: a file that cannot be written or read (no space, read-only, permission), no Keras backend
 
-KERAS_BACKENDS = ("torch", "tensorflow", "jax")  # the Keras backends lif_sbi runs under
+# the Keras backends lif_sbi runs under: backends/__init__.py's modules, named here without importing Keras
+KERAS_BACKENDS = ("torch", "tensorflow", "jax")
 INSTALL = {"torch": "bash setup.sh", "tensorflow": "bash setup.sh test (or pip install -e '.[tensorflow]')",
            "jax": "pip install -e '.[jax]'"}
 

@@ -88,7 +88,10 @@ def remove_leftovers(folder) -> list[Path]:
     returns what was removed."""
     found = [p for p in Path(folder).rglob("*") if p.name.endswith((".tmp", ".tmp.keras"))]
     for p in found:
-        remove_tree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            remove_tree(p)
+        else:
+            p.unlink(missing_ok=True)
     return found
 
 

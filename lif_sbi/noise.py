@@ -18,9 +18,9 @@ class FreshNoise:
     """A BayesFlow augmentation for a batch's "observables" (N, T, 1) V: new Gaussian noise of sd
     `sd_v` every time a trace is drawn into a batch, from a generator seeded by `seed` and, after
     `reseed(*key)`, by (seed, *key): `batches.Batches` keys it by (epoch, batch), so the same
-    batch of the same run gets the same noise, resumed or not. BayesFlow applies augmentations to training batches before its
-    adapter (`bf.datasets.OfflineDataset(augmentations=...)`); written by hand because BayesFlow
-    has no noise transform."""
+    batch of the same run gets the same noise, resumed or not. BayesFlow applies augmentations
+    to training batches before its adapter (`bf.datasets.OfflineDataset(augmentations=...)`);
+    written by hand because BayesFlow has no noise transform."""
 
     def __init__(self, sd_v: float, seed: int):
         self.sd_v = float(sd_v)

@@ -67,12 +67,9 @@ def main(argv=None) -> int:
     try:
         config, run_dir = resolve(args)
         keras_backend()  # before Keras is imported: a bad or missing backend is one line, not 50
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, EnvironmentFault) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except EnvironmentFault as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return EXIT_ENVIRONMENT if isinstance(exc, EnvironmentFault) else EXIT_INPUT
     with quiet.startup_lines():
         from . import runner  # heavy imports (Keras, BayesFlow) only after the input is known good
 
@@ -81,12 +78,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the last finished epoch is checkpointed; continue with --resume", file=sys.stderr)
         return 130
-    except (runner.ResumeError, ConfigError) as exc:  # ConfigError: e.g. data.device = "cuda" without a GPU
+    except (runner.ResumeError, ConfigError, EnvironmentFault) as exc:  # ConfigError: e.g. data.device = "cuda" without a GPU
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except EnvironmentFault as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return EXIT_ENVIRONMENT if isinstance(exc, EnvironmentFault) else EXIT_INPUT
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -198,14 +199,10 @@ def permutation_p(t: Pairs, values: dict[str, np.ndarray], observed: dict[str, f
     splits = _labellings(len(labels), names, sizes, max_splits, seed)
     counts = dict.fromkeys(values, 0)
     for split in splits:
-        c = contrast(Pairs(t.labels, split, *_rest(t)), values)
+        c = contrast(dataclasses.replace(t, groups=split), values)
         for k in values:
             counts[k] += c[k] >= observed[k] - 1e-12
     return {k: counts[k] / len(splits) for k in values}
-
-
-def _rest(t: Pairs):
-    return t.pairs, t.c2st, t.shift, t.ks, t.log_sd, t.means, t.ranks, t.theta
 
 
 def _labellings(n: int, names: list[str], sizes: list[int], max_splits: int, seed: int) -> list[list[str]]:

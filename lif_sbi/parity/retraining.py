@@ -60,7 +60,7 @@ def level2(run_dir: Path, draws: dict[str, np.ndarray], groups: dict[str, str], 
     found = equivalence.verdicts(table, lv.margins(), n_boot=lv.n_boot, alpha=lv.alpha, seed=1)
     comparison = " vs ".join(backends)
     checks = [_check(comparison, v) for v in found]
-    info["level2"] = {"verdicts": [dataclasses.asdict(v) for v in found], "models": {m: g for m, g in groups.items()},
+    info["level2"] = {"verdicts": [dataclasses.asdict(v) for v in found], "models": dict(groups),
                       "test_traces": len(theta), "c2st_traces": min(lv.n_c2st, len(theta))}
     info["timings_s"]["level 2 test"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()

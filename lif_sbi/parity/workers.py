@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-KNOWN_BACKENDS = ("torch", "tensorflow", "jax")
+from ..errors import KERAS_BACKENDS as KNOWN_BACKENDS, installed_backends  # noqa: F401  (re-exported)
 
 
 class ParityError(Exception):
@@ -18,10 +17,6 @@ class ParityError(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # Parent side (no Keras)
-
-
-def installed_backends() -> list[str]:
-    return [b for b in KNOWN_BACKENDS if importlib.util.find_spec(b) is not None]
 
 
 def worker_env(backend: str, extra: dict | None = None) -> dict:
