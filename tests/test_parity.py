@@ -285,13 +285,13 @@ def test_cli_results_dir_that_is_a_file(tmp_path):
 @pytest.mark.tensorflow
 @needs_both
 def test_the_negative_control_is_not_reported_equivalent_at_ci_size(tmp_path):
-    """--negative-control: torch's models against models trained on a simulator with 10 % larger
-    stimulus amplitudes; level 2 must not report them equivalent."""
+    """--negative-control: torch's models against models trained with C_m's prior moved up by
+    10 pF; level 2 must not report them equivalent."""
     run = parity.run_parity("ci", [], tmp_path, backends=BACKENDS, say=lambda *a: None, negative_control=True)
     (check,) = [c for c in run.checks if c.quantity.startswith("negative control (a)")]
     assert check.passed and check.figure > 0, check.row()
     ctrl = run.info["level2"]["negative_control"]
     assert set(ctrl["posterior_moved_sd"]) == {"C_m", "g_L", "E_L", "V_th", "V_res", "t_ref"}
-    shifted = parity.load_config(str(run.models["torch_shifted_seed42"].parent / "config.toml")).stimulus
-    assert shifted.amplitude_high_a == pytest.approx(1.1 * parity.load_config("ci").stimulus.amplitude_high_a)
+    shifted = parity.load_config(str(run.models["torch_shifted_seed42"].parent / "config.toml")).prior
+    assert shifted.C_m == pytest.approx((110.0, 210.0)) and ctrl["prior_moved"] == {"C_m": 10.0}
     assert "Negative control (a)" in parity.write_report(run).read_text()

@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=None, metavar="K",
                    help="models trained per backend for level 2, differing only in training.seed (default: 5; 2 at ci size)")
     p.add_argument("--negative-control", action="store_true",
-                   help="also train K models under the first backend on a simulator with scaled stimulus amplitudes, "
+                   help="also train K models under the first backend on a simulator with C_m's prior moved up by 10 pF, "
                         "which level 2 must not report equivalent")
 
     def error(message):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..files import atomic_write_text
+from ..priors import INDEX, PARAMETERS
 from .checks import _fmt
 from .retraining import POWER_PARAMETER
 from .run import ParityRun
@@ -105,8 +106,10 @@ def _power_lines(run: ParityRun) -> list[str]:
     ctrl = l2.get("negative_control")
     if ctrl:
         counts = {v: sum(x["verdict"] == v for x in ctrl["verdicts"]) for v in ("equivalent", "inconclusive", "different")}
-        lines += [f"Negative control (a): {run.backends[0]}'s models against {run.info['seeds']} trained on a simulator whose stimulus",
-                  f"amplitudes are scaled by {ctrl['amplitude_factor']}: posterior means moved by "
+        ((name, by),) = ctrl["prior_moved"].items()
+        unit = PARAMETERS[INDEX[name]].display_unit
+        lines += [f"Negative control (a): {run.backends[0]}'s models against {run.info['seeds']} trained on a simulator whose {name}",
+                  f"prior is moved up by {by:g} {unit} (the test traces stay the reference's): posterior means moved by "
                   + ", ".join(f"{p} {_fmt(x)}" for p, x in ctrl["posterior_moved_sd"].items()) + " posterior sds; verdicts: "
                   + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
                   "Different by: " + (", ".join(f"{x['discrepancy']} ({_fmt(x['cross_minus_within'])})" for x in ctrl["verdicts"]

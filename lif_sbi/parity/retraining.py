@@ -78,7 +78,7 @@ def level2(run_dir: Path, draws: dict[str, np.ndarray], groups: dict[str, str], 
         ctrl_found = equivalence.verdicts(ctrl_table, lv.margins(), n_boot=lv.n_boot, alpha=lv.alpha, seed=2)
         moved = _moved(first, shifted)
         info["level2"]["negative_control"] = {"verdicts": [dataclasses.asdict(v) for v in ctrl_found], "posterior_moved_sd": moved,
-                                              "amplitude_factor": lv.amplitude_factor}
+                                              "prior_moved": {lv.control_parameter: lv.control_prior_shift}}
         n_eq = sum(v.verdict == "equivalent" for v in ctrl_found)
         checks.append(Check(2, f"{backends[0]} vs {backends[0]} on a shifted simulator", "negative control (a): reported NOT equivalent",
                             float(len(ctrl_found) - n_eq), 0.0, ">", n_eq < len(ctrl_found),

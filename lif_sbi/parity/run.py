@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import calibration
 from ..config import RESULTS_DIR, Config, DiagnosticsConfig, load_config
-from ..priors import N_PARAMS, PARAM_NAMES
+from ..priors import DISPLAY_SCALE, INDEX, N_PARAMS, PARAM_NAMES, REFERENCE_HIGH, REFERENCE_LOW
 from .checks import Check
 from .retraining import draw_all, level2
 from .same_weights import compare_everywhere, evaluate_everywhere
@@ -60,8 +60,8 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
     `seeds` models per backend (LEVEL2[size].seeds by default) that differ only in training.seed,
     each from its own initial weights, and tests whether changing the backend changes the
     posterior more than retraining does (`equivalence`). negative_control: also K models under the
-    first backend on a simulator whose stimulus amplitudes are scaled by `Level2.amplitude_factor`,
-    which the test must not report equivalent."""
+    first backend with `Level2.control_parameter`'s prior moved up by `Level2.control_prior_shift`
+    (`control_bounds`), which the test must not report equivalent."""
     config = load_config(config_name, list(overrides))
     size = size_of(config)
     th, lv = THRESHOLDS[size], LEVEL2[size]
@@ -94,19 +94,25 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
 def _variants(config: Config, overrides: list[str], backends: list[str], lv: Level2, negative_control: bool) -> Variants:
     """The models to train: label → (backend, overrides). Each backend's first model is labelled by
     the backend's name (level 1 uses it), the others `<backend>_seed<s>`; the negative control's
-    `<backend>_shifted_seed<s>` (first backend, stimulus amplitudes scaled)."""
+    `<backend>_shifted_seed<s>` (first backend, one prior moved: `control_bounds`)."""
     s0 = config.training.seed
     out: Variants = {}
     for b in backends:
         for k in range(lv.seeds):
             out[b if k == 0 else f"{b}_seed{s0 + k}"] = (b, overrides + [f"training.seed={s0 + k}"])
     if negative_control:
-        st = config.stimulus
-        scale = [f"stimulus.amplitude_low_a={st.amplitude_low_a * lv.amplitude_factor!r}",
-                 f"stimulus.amplitude_high_a={st.amplitude_high_a * lv.amplitude_factor!r}"]
+        moved = [f"prior.{lv.control_parameter}={list(control_bounds(config, lv))!r}"]
         for k in range(lv.seeds):
-            out[f"{backends[0]}_shifted_seed{s0 + k}"] = (backends[0], overrides + [f"training.seed={s0 + k}"] + scale)
+            out[f"{backends[0]}_shifted_seed{s0 + k}"] = (backends[0], overrides + [f"training.seed={s0 + k}"] + moved)
     return out
+
+
+def control_bounds(config: Config, lv: Level2) -> tuple[float, float]:
+    """Negative control (a)'s prior bounds of `lv.control_parameter`, display units: the
+    configuration's (or the reference's) moved up by `lv.control_prior_shift`."""
+    i = INDEX[lv.control_parameter]
+    lo, hi = config.prior.bounds().get(lv.control_parameter) or (REFERENCE_LOW[i] * DISPLAY_SCALE[i], REFERENCE_HIGH[i] * DISPLAY_SCALE[i])
+    return (round(float(lo) + lv.control_prior_shift, 9), round(float(hi) + lv.control_prior_shift, 9))
 
 
 def _write_fixed_inputs(run_dir: Path, diag: DiagnosticsConfig, lv: Level2) -> int:
