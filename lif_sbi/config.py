@@ -29,6 +29,7 @@ FLOW_SUBNETS: tuple[str, ...] = ("mlp", "fused")
 # Where the training traces are simulated (lif_sbi.simulator.resolve_device): "auto" = CUDA where
 # torch sees a GPU, else the CPU.
 DATA_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DATA_MODES: tuple[str, ...] = ("offline", "online")
 
 
 #: the file, beside model.keras, holding the weights a run started from (`training.initial_weights`)
@@ -54,6 +55,10 @@ class DataConfig:
     # "cuda". Parameters and stimuli are drawn on the CPU either way, so only float32 rounding of
     # the traces depends on it. A run saves the resolved choice ("cpu" or "cuda") in its config.toml.
     device: str = "auto"
+    # "offline": every epoch visits the same n_traces * (1 - validation_fraction) training traces;
+    # "online": every training step draws a freshly simulated batch (lif_sbi.online), an epoch being
+    # as many traces; the validation traces are the same fixed set in both modes.
+    mode: str = "offline"
 
     def __post_init__(self):
         _require(isinstance(self.n_traces, int) and self.n_traces >= 10, "data.n_traces", "an integer >= 10", self.n_traces)
@@ -72,6 +77,7 @@ class DataConfig:
         )
         _require(isinstance(self.seed, int) and self.seed >= 0, "data.seed", "a non-negative integer", self.seed)
         _require(self.device in DATA_DEVICES, "data.device", f"one of {', '.join(DATA_DEVICES)}", self.device)
+        _require(self.mode in DATA_MODES, "data.mode", f"one of {', '.join(DATA_MODES)}", self.mode)
 
 
 # The stimulus protocols (lif_sbi.stimulus.PROTOCOLS; declared here so that validating a

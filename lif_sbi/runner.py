@@ -17,7 +17,7 @@ import torch  # noqa: F401  (the simulator's; import torch before TensorFlow whe
 import keras
 import numpy as np
 
-from . import __version__, backends, batches, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, priors, report, simulator, validity
+from . import __version__, backends, batches, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, online, priors, report, simulator, validity
 from .checkpoints import CHECKPOINTS, ResumeError
 from .config import INITIAL_WEIGHTS, Config, ConfigError
 from .errors import EnvironmentFault, os_error_line
@@ -156,9 +156,18 @@ def build(r: Run, train: dict, val: dict):
     keys = ("parameters", "observables", "current") if mc.observe_current else ("parameters", "observables")
     # per training batch: fresh recording noise, then the leak features of the noisy traces
     fresh = noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET) if r.config.noise.sd_v else None
-    # the batch order is the data's (data.seed): two runs that differ only in training.seed see the same batches
-    train_ds = batches.Batches({k: train[k] for k in keys}, tc.batch_size, approximator.adapter, seed=r.config.data.seed, noise=fresh,
-                               augmentations=[features.WithFeatures(dt_s)] if mc.leak_features else ())
+    # the batches are the data's (data.seed): two runs that differ only in training.seed see the same batches
+    augment = [features.WithFeatures(dt_s)] if mc.leak_features else []
+    dc = r.config.data
+    if dc.mode == "online":
+        train_ds = online.OnlineBatches(len(train["parameters"]), tc.batch_size, approximator.adapter, seed=dc.seed, keys=keys,
+                                        stimulus=r.config.stimulus, prior=r.config.prior.kind, device=dc.device, noise=fresh,
+                                        augmentations=augment)
+        r.say(f"data: online, a freshly simulated batch of {tc.batch_size} per step ({len(train_ds)} steps an epoch); "
+              f"the {len(val['parameters'])} validation traces stay fixed")
+    else:
+        train_ds = batches.Batches({k: train[k] for k in keys}, tc.batch_size, approximator.adapter, seed=dc.seed, noise=fresh,
+                                   augmentations=augment)
     val_data = {k: val[k] for k in keys}
     if mc.leak_features:
         val_data["features"] = features.leak_features(val["observables"], val["current"], dt_s)

@@ -82,6 +82,7 @@ def test_step_recording_options_default_on_and_round_trip(key):
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
         (["data.device=gpu"], "data.device .* auto, cpu, cuda"),
+        (["data.mode=streaming"], "data.mode = 'streaming' is not allowed: expected one of offline, online"),
         (["training.initial_weights=results/run/model.keras"], "training.initial_weights .*weights.npz"),
         (["training.initial_weights=3"], "training.initial_weights"),
         (["epochs"], "malformed"),
