@@ -12,7 +12,11 @@ What each implementation is (all float32 except the reference, all on the same i
   fused multiply-add per step, integer refractory countdown, chunks of traces.
 - ``compiled``: `simulate(..., compile=True)`: blocks of 20 steps fused by torch.compile
   (warm-up call at the same N excluded from the timing).
-- ``cuda`` / ``cuda_compiled``: `simulate` on the GPU (skipped without one).
+- ``cuda`` / ``cuda_compiled`` / ``cuda_triton``: `simulate` on the GPU with the eager,
+  torch.compile and fused Triton kernels (skipped without one).
+- ``floor_write`` / ``floor_copy``: the memory floor of the same bytes: filling an (N, 501)
+  float32 tensor (`fill_`, the output alone) and copying one into another (`copy_`, what a kernel
+  that reads the current and writes the voltage moves); on the CPU and on CUDA.
 
 `benchmark.extra_info` holds n (traces per call) so bench/report.py can compute traces/s.
 LIF_SBI_BENCH_MAX_N caps N (e.g. 10000 for a quick run).
@@ -157,24 +161,50 @@ def test_compiled(benchmark, n):
     assert out.shape == (n, N_SAMPLES)
 
 
-def _cuda_run(theta, current, compile):
-    def run():
-        v = simulate(theta, current, compile=compile)
-        torch.cuda.synchronize()
-        return v
+@pytest.mark.parametrize("what", ["write", "copy"])
+@pytest.mark.parametrize("n", CPU_NS)
+def test_floor(benchmark, n, what):
+    """The CPU's memory floor for N traces: the simulator cannot beat moving its own bytes."""
+    info(benchmark, f"floor_{what}", n)
+    out, src = torch.empty((n, N_SAMPLES)), inputs(n)[1].contiguous()
+    run = (lambda: out.fill_(1.0)) if what == "write" else (lambda: out.copy_(src))  # noqa: E731
+    benchmark.pedantic(run, rounds=rounds_for(n), warmup_rounds=1)
 
-    return run
+
+CUDA_KERNELS = {"cuda": "eager", "cuda_compiled": "compiled", "cuda_triton": "triton"}
 
 
 @needs_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("impl", list(CUDA_KERNELS))
 @pytest.mark.parametrize("n", CUDA_NS)
-def test_cuda(benchmark, n, compile):
+def test_cuda(benchmark, n, impl):
     theta, current = inputs(n)
     current = current.cuda()  # inputs already on the device: the figure is the simulation
-    info(benchmark, "cuda_compiled" if compile else "cuda", n, device="cuda")
-    run = _cuda_run(theta, current, compile)
+    out = torch.empty((n, N_SAMPLES), device="cuda")
+    info(benchmark, impl, n, device="cuda")
+
+    def run():
+        v = simulate(theta, current, kernel=CUDA_KERNELS[impl], out=out)
+        torch.cuda.synchronize()
+        return v
+
     run()
-    out = benchmark.pedantic(run, rounds=max(3, rounds_for(n)), iterations=1, warmup_rounds=1)
-    assert out.shape == (n, N_SAMPLES)
+    v = benchmark.pedantic(run, rounds=max(3, rounds_for(n)), iterations=1, warmup_rounds=1)
+    assert v.shape == (n, N_SAMPLES)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("what", ["write", "copy"])
+@pytest.mark.parametrize("n", CUDA_NS)
+def test_cuda_floor(benchmark, n, what):
+    """The GPU's memory floor for N traces (see test_floor)."""
+    info(benchmark, f"cuda_floor_{what}", n, device="cuda")
+    out, src = torch.empty((n, N_SAMPLES), device="cuda"), inputs(n)[1].cuda()
+
+    def run():
+        out.fill_(1.0) if what == "write" else out.copy_(src)
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=max(3, rounds_for(n)), warmup_rounds=1)

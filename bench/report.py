@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-IMPL_ORDER = ["reference", "naive_eager", "eager", "compiled", "numba_alloc", "numba", "cuda", "cuda_compiled"]
+IMPL_ORDER = ["reference", "naive_eager", "eager", "compiled", "numba_alloc", "numba", "floor_copy", "floor_write",
+              "cuda", "cuda_compiled", "cuda_triton", "cuda_floor_copy", "cuda_floor_write"]
 IMPL_LABEL = {
     "reference": "reference NumPy loop (float64)",
     "naive_eager": "naive eager torch loop, (N, 501) layout",
@@ -25,6 +26,11 @@ IMPL_LABEL = {
     "numba_alloc": "`simulate`, Numba per-trace kernel, allocating the output each call",
     "cuda": "`simulate` on CUDA, eager",
     "cuda_compiled": "`simulate` on CUDA, torch.compile",
+    "cuda_triton": "`simulate` on CUDA, fused Triton kernel (default on CUDA)",
+    "floor_copy": "memory floor: copy an (N, 501) float32 array (read + write)",
+    "floor_write": "memory floor: fill an (N, 501) float32 array (write only)",
+    "cuda_floor_copy": "memory floor on CUDA: copy (read + write)",
+    "cuda_floor_write": "memory floor on CUDA: fill (write only)",
 }
 
 
@@ -72,9 +78,12 @@ def simulator_table(doc: dict) -> str | None:
     ref_rate = ref["extra_info"]["n"] / ref["stats"]["median"] if ref else None
     order = {k: i for i, k in enumerate(IMPL_ORDER)}
     rows.sort(key=lambda b: (order.get(b["extra_info"]["impl"], 99), b["extra_info"]["n"]))
+    # the copy floor of the same N on the same device, measured in the same run
+    floors = {(b["extra_info"].get("device"), b["extra_info"]["n"]): b["stats"]["median"]
+              for b in rows if b["extra_info"]["impl"] in ("floor_copy", "cuda_floor_copy")}
     lines = [
-        "| implementation | device | dtype | N | median time | traces/s (median) | traces/s (best) | × reference | rounds |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| implementation | device | dtype | N | median time | traces/s (median) | traces/s (best) | × reference | × copy floor's time | rounds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for b in rows:
         e, s = b["extra_info"], b["stats"]
@@ -82,11 +91,14 @@ def simulator_table(doc: dict) -> str | None:
         ratio = f"{rate / ref_rate:,.0f}×" if ref_rate and e["impl"] != "reference" else ("1×" if ref_rate else "–")
         if ref_rate and e["impl"] != "reference" and rate / ref_rate < 10:
             ratio = f"{rate / ref_rate:.1f}×"
+        floor = floors.get((e.get("device"), e["n"]))
+        to_floor = f"{s['median'] / floor:.2f}" if floor else "–"
         lines.append(
             f"| {IMPL_LABEL.get(e['impl'], e['impl'])} | {e.get('device', '?')} | {e.get('dtype', '?')} | {e['n']:,} | "
-            f"{fmt_time(s['median'])} | {fmt_rate(rate)} | {fmt_rate(best)} | {ratio} | {s['rounds']} |"
+            f"{fmt_time(s['median'])} | {fmt_rate(rate)} | {fmt_rate(best)} | {ratio} | {to_floor} | {s['rounds']} |"
         )
-    note = "traces/s = N / time per call; × reference = median traces/s over the reference's median traces/s in the same run."
+    note = ("traces/s = N / time per call; × reference = median traces/s over the reference's median traces/s in the same run; "
+            "× copy floor's time = median time over that of copying the same bytes (read + write) on the same device in the same run.")
     return "\n".join(lines) + "\n\n" + note
 
 

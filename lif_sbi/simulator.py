@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import warnings
 
 import numpy as np
@@ -70,7 +72,7 @@ def _check_inputs(theta, current, dt):
     return theta_np
 
 
-KERNELS = ("auto", "numba", "compiled", "eager")
+KERNELS = ("auto", "numba", "triton", "compiled", "eager")
 
 
 def simulate(
@@ -98,12 +100,16 @@ def simulate(
     `refractory_steps(t_ref)` samples. Kernels (results agree to rounding):
 
     - "numba" (CPU): a compiled per-trace loop over both cores, in the (N, 501) layout;
+    - "triton" (CUDA): the same loop as one fused Triton kernel, one thread per trace, bit for bit
+      the Numba kernel's numbers (`triton_kernel`; on the CPU only under Triton's interpreter,
+      TRITON_INTERPRET=1, which the tests use);
     - "compiled": blocks of `STEPS_PER_BLOCK` vectorised steps fused by torch.compile, in
       time-major layout (Triton on CUDA, C++ on the CPU; the first call in a process compiles
       for 5-20 s; if compilation fails the eager path is used with a warning);
     - "eager": the same vectorised steps op by op in eager torch;
-    - "auto": numba on the CPU (eager if Numba is missing), on CUDA "compiled" from
-      `COMPILE_MIN_TRACES` traces on, eager below.
+    - "auto": numba on the CPU (eager if Numba is missing); on CUDA triton, or where Triton is
+      missing or fails to compile (a warning says so) "compiled" from `COMPILE_MIN_TRACES` traces
+      on, eager below.
     compile=True / False is shorthand for kernel="compiled" / "eager".
     """
     if kernel not in KERNELS:
@@ -115,15 +121,26 @@ def simulate(
         device = current.device if torch.is_tensor(current) else torch.device("cpu")
     device = torch.device(device)
     n, n_samples = theta_np.shape[0], current.shape[1]
-    if kernel == "auto":
+    auto = kernel == "auto"
+    if auto:
         if device.type == "cpu":
             kernel = "numba" if cpu_kernel.AVAILABLE else "eager"
         else:
-            kernel = "compiled" if n >= COMPILE_MIN_TRACES else "eager"
+            kernel = "triton" if _triton_usable() else "compiled" if n >= COMPILE_MIN_TRACES else "eager"
     if kernel == "numba" and (device.type != "cpu" or not cpu_kernel.AVAILABLE):
         raise ValueError("kernel='numba' needs device='cpu' and the numba package")
+    if kernel == "triton" and not (TRITON_INSTALLED and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))):
+        raise ValueError("kernel='triton' needs a CUDA device and the triton package (on the CPU: TRITON_INTERPRET=1, for tests)")
     if out is not None and (tuple(out.shape) != (n, n_samples) or out.dtype != dtype or out.device != device or not out.is_contiguous()):
         raise ValueError(f"out must be a contiguous ({n}, {n_samples}) {dtype} tensor on {device}; got {tuple(out.shape)} {out.dtype} on {out.device}")
+    if kernel == "triton":
+        try:
+            return _simulate_triton(theta_np, current, dt, device, dtype, out)
+        except Exception as exc:  # noqa: BLE001 - a Triton that cannot compile here: stay correct with torch.compile
+            if not auto:
+                raise
+            _triton_failed(exc)
+            kernel = "compiled" if n >= COMPILE_MIN_TRACES else "eager"
     if kernel == "numba":
         if out is None:
             out = torch.empty((n, n_samples), dtype=dtype, device=device)
@@ -143,6 +160,32 @@ def simulate(
     if out is None:
         return out_tm.T  # a transposed view: no copy
     out.copy_(out_tm.T)
+    return out
+
+
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # lif_sbi.triton_kernel imports it (0.4 s) where used
+_TRITON_BROKEN: list[str] = []  # why the Triton kernel failed in this process, once it has
+
+
+def _triton_usable() -> bool:
+    return TRITON_INSTALLED and not _TRITON_BROKEN
+
+
+def _triton_failed(exc: Exception) -> None:
+    _TRITON_BROKEN.append(f"{type(exc).__name__}: {exc}")
+    warnings.warn(f"the Triton LIF kernel failed ({type(exc).__name__}); simulating with torch.compile instead")
+
+
+def _simulate_triton(theta_np: np.ndarray, current, dt: float, device: torch.device, dtype: torch.dtype, out) -> torch.Tensor:
+    """`simulate` with `triton_kernel`: coefficients in float64 on the CPU, as the Numba path."""
+    from . import triton_kernel
+
+    n, n_samples = theta_np.shape[0], current.shape[1]
+    if out is None:
+        out = torch.empty((n, n_samples), dtype=dtype, device=device)
+    coeffs = _coefficients(torch.as_tensor(theta_np, dtype=torch.float64, device=device), dt, dtype)
+    cur = torch.as_tensor(current).to(device=device, dtype=dtype).contiguous()
+    triton_kernel.integrate(*coeffs, cur, out)
     return out
 
 

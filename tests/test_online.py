@@ -15,6 +15,8 @@ from lif_sbi.config import StimulusConfig
 from lif_sbi.noise import FreshNoise
 from lif_sbi.online import OnlineBatches
 
+from backend_scripts import BACKENDS
+
 KEYS = ("parameters", "observables", "current")
 
 
@@ -51,21 +53,32 @@ def test_batches_follow_the_configured_prior_stimulus_and_noise():
     np.testing.assert_array_equal(ds[1]["observables"], batch["observables"])  # the same noise for the same step
 
 
+def _online_run(tmp_path, backend: str, name: str) -> tuple[str, list[str]]:
+    """A ci-size online run under `backend`: (its stdout, its history rows)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "LIF_SBI_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "lif_sbi.train", "--config", "ci", "--results-dir", str(tmp_path / name), "--set", "data.mode=online",
+           "--set", "data.n_traces=320", "--set", "diagnostics.n_test=24", "--set", "diagnostics.n_draws=60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / name).iterdir()
+    assert 'mode = "online"' in (run_dir / "config.toml").read_text()
+    assert len(json.loads((run_dir / "metrics.json").read_text())["parameters"]) == 6
+    return proc.stdout, (run_dir / "history.csv").read_text().splitlines()[1:]
+
+
 @pytest.mark.torch
 def test_online_ci_run_trains_end_to_end(tmp_path):
     """`data.mode = "online"` under torch: the whole pipeline, its record saying so, and a second
     run with the same seed giving the same losses (the batches are a function of the seed)."""
-    env = {**os.environ, "KERAS_BACKEND": "torch", "LIF_SBI_CACHE": str(tmp_path / "cache")}
-    losses = []
-    for name in ("a", "b"):
-        cmd = [sys.executable, "-m", "lif_sbi.train", "--config", "ci", "--results-dir", str(tmp_path / name), "--set", "data.mode=online",
-               "--set", "data.n_traces=320", "--set", "diagnostics.n_test=24", "--set", "diagnostics.n_draws=60"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert "data: online, a freshly simulated batch of 64 per step (4 steps an epoch); the 80 validation traces stay fixed" in proc.stdout
-        (run_dir,) = (tmp_path / name).iterdir()
-        assert 'mode = "online"' in (run_dir / "config.toml").read_text()
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert len(metrics["parameters"]) == 6
-        losses.append((run_dir / "history.csv").read_text().splitlines()[1:])
-    assert [row.split(",")[:3] for row in losses[0]] == [row.split(",")[:3] for row in losses[1]]
+    out, rows_a = _online_run(tmp_path, "torch", "a")
+    assert "data: online, a freshly simulated batch of 64 per step (4 steps an epoch); the 80 validation traces stay fixed" in out
+    _, rows_b = _online_run(tmp_path, "torch", "b")
+    assert [row.split(",")[:3] for row in rows_a] == [row.split(",")[:3] for row in rows_b]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.values[0] != "torch"])
+def test_online_ci_run_trains_under_every_backend(tmp_path, backend):
+    """The same online run under TensorFlow and JAX: BayesFlow's online dataset is a Keras PyDataset."""
+    _, rows = _online_run(tmp_path, backend, "a")
+    assert len(rows) == 3

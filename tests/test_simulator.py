@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -87,7 +89,7 @@ def test_default_cpu_kernel_is_numba_and_writes_into_out(random_cases):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"kernel": "fast"}, "kernel must be one of auto, numba, compiled, eager"),
+        ({"kernel": "fast"}, "kernel must be one of auto, numba, triton, compiled, eager"),
         ({"out": torch.empty(3, 501)}, r"out must be a contiguous \(50, 501\)"),
         ({"out": torch.empty(50, 501, dtype=torch.float64)}, "out must be"),
     ],
@@ -129,13 +131,15 @@ class _no_fallback_warning:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_cuda_matches_reference_and_cpu(random_cases, dtype, compiled):
+@pytest.mark.parametrize("kernel", ["eager", "compiled", "triton"])
+def test_cuda_matches_reference_and_cpu(random_cases, dtype, kernel):
     theta, current = random_cases["theta"], random_cases["current"]
     cur = torch.from_numpy(current).to(dtype)
-    check_against_reference(random_cases, dtype, device="cuda", compile=compiled)
-    v_gpu = simulate(theta, cur.cuda(), dtype=dtype, compile=compiled)
+    check_against_reference(random_cases, dtype, device="cuda", kernel=kernel)
+    v_gpu = simulate(theta, cur.cuda(), dtype=dtype, kernel=kernel)
     assert v_gpu.device.type == "cuda"
+    if kernel == "triton":  # the Numba kernel's arithmetic, without FMA contraction: the same bits
+        assert torch.equal(v_gpu.cpu(), simulate(theta, cur, dtype=dtype, kernel="numba"))
     v_cpu = simulate(theta, cur, dtype=dtype, compile=False)
     # the CPU run is the reference here, in the same dtype as the CUDA run
     same_count, same_train, dv = compare(theta, v_cpu.numpy(), v_gpu, dtype, ref_dtype=v_cpu.numpy().dtype)
@@ -143,6 +147,24 @@ def test_cuda_matches_reference_and_cpu(random_cases, dtype, compiled):
         assert same_train.all() and dv.max() <= FLOAT64_DV
     else:
         assert same_train.mean() >= FLOAT32_AGREE and dv[same_train].max() <= FLOAT32_DV
+
+
+@pytest.mark.gpu
+def test_cuda_picks_the_triton_kernel(random_cases):
+    theta, cur = random_cases["theta"][:100], torch.from_numpy(random_cases["current"][:100]).float().cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the Triton kernel compiled and ran
+        v = simulate(theta, cur)
+    assert torch.equal(v, simulate(theta, cur, kernel="triton"))
+
+
+def test_the_triton_kernel_needs_cuda_or_the_interpreter(random_cases):
+    """Without TRITON_INTERPRET the Triton kernel refuses the CPU (tests/test_triton_kernel.py runs it interpreted)."""
+    theta, current = random_cases["theta"][:5], random_cases["current"][:5]
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("this process runs Triton's interpreter")
+    with pytest.raises(ValueError, match="kernel='triton' needs a CUDA device and the triton package"):
+        simulate(theta, current, kernel="triton")
 
 
 # --------------------------------------------------------------------------------------------
