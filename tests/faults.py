@@ -69,6 +69,15 @@ def _before(module, name: str):
     setattr(module, name, patched)
 
 
+def _killing_getitem(original, epoch: int, batch: int):
+    def getitem(self, item):
+        if self.epoch == epoch and item == batch:
+            _kill()
+        return original(self, item)
+
+    return getitem
+
+
 def install_kill(point: str, sig: int = signal.SIGKILL) -> None:
     _signal[0] = sig
     from lif_sbi import batches, calibration, checkpoints, diagnostics, report, simulator, validity
@@ -77,14 +86,10 @@ def install_kill(point: str, sig: int = signal.SIGKILL) -> None:
         _after(simulator, "simulate_batch")
     elif point.startswith("epoch="):
         epoch, batch = (int(part.split("=")[1]) for part in point.split(","))
-        original = batches.Batches.__getitem__
+        from lif_sbi import online
 
-        def getitem(self, item):
-            if self.epoch == epoch and item == batch:
-                _kill()
-            return original(self, item)
-
-        batches.Batches.__getitem__ = getitem
+        for cls in (batches.Batches, online.OnlineBatches):  # offline and online training data
+            cls.__getitem__ = _killing_getitem(cls.__getitem__, epoch, batch)
     elif point.startswith("checkpoint="):
         folder = f"epoch_{int(point.split('=')[1]):04d}.tmp"
         _after(checkpoints, "save_weights", when=lambda model, path: Path(path).parent.name == folder)

@@ -70,6 +70,20 @@ def test_a_run_killed_and_failing_anywhere_resumes_into_the_uninterrupted_run(tm
     assert f"{len(chain) + 1}: new at" in (run_dir / "report.md").read_text()
 
 
+def test_an_online_run_killed_mid_epoch_resumes_into_the_uninterrupted_run(tmp_path):
+    """data.mode = "online": batch b of epoch e is simulated from (data.seed, e, b), so a run killed
+    in its second epoch and resumed trains on the batches the uninterrupted run trained on."""
+    env, online = _env(tmp_path), [*SMALL, "--set", "data.mode=online"]
+    reference = faults.train("none", [*online, "--results-dir", str(tmp_path / "reference")], env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = faults.train("kill:epoch=1,batch=2", [*online, "--results-dir", str(tmp_path / "killed")], env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run_dir = _one_run(tmp_path / "killed")
+    resumed = faults.train("none", ["--resume", str(run_dir)], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_identical(finished_record(_one_run(tmp_path / "reference")), finished_record(run_dir))
+
+
 def test_no_space_for_the_first_files_leaves_no_run_folder(tmp_path):
     """A new run whose config.toml cannot be written: one line naming it, exit 4, no folder left."""
     proc = faults.train("fail:config.toml:ENOSPC", [*SMALL, "--results-dir", str(tmp_path / "results")], _env(tmp_path))
