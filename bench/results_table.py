@@ -37,12 +37,14 @@ END = "<!-- results table: end -->"
 
 
 def setup(config: dict) -> str:
-    """The data a run trained on, in a few words: protocols, current seen or not, noise, prior."""
+    """The data a run trained on, in a few words: protocols, current seen or not, noise, prior, and
+    "online" where every step drew new traces."""
     st, model = config.get("stimulus", {}), config.get("model", {})
     noise = config.get("noise", {}).get("sd_v", 0.0)
     return (f"{'+'.join(st.get('protocols', ['coloured']))}, I {'seen' if model.get('observe_current') else 'unseen'}, "
             f"{'no noise' if not noise else f'{noise * 1e3:g} mV noise'}, {config.get('prior', {}).get('kind', 'reference')} prior"
-            + (" (widened)" if any(v for k, v in config.get("prior", {}).items() if k != "kind") else ""))
+            + (" (widened)" if any(v for k, v in config.get("prior", {}).items() if k != "kind") else "")
+            + (", online" if config.get("data", {}).get("mode") == "online" else ""))
 
 
 def c2st_by_run() -> dict:
