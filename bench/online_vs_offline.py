@@ -26,6 +26,7 @@ import time
 import tomllib
 from pathlib import Path
 
+from lif_sbi import quiet
 from lif_sbi.priors import PARAM_NAMES
 
 
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("online", type=Path, help="the finished online run's folder")
     p.add_argument("-o", "--output", type=Path, help="also write the markdown here")
     args = p.parse_args(argv)
+    quiet.libraries()
     off, on = _record(args.offline), _record(args.online)
     if (off["mode"], on["mode"]) != ("offline", "online"):
         print(f"error: expected an offline then an online run; got {off['mode']} and {on['mode']}", file=sys.stderr)
