@@ -25,6 +25,9 @@
 # SAMPLING_ONLY=1: JAX's compiled vs eager sampling (backends.compile_inference) in fresh processes,
 #   on a `reference` model trained for 4 epochs.
 # SAMPLER=1: torch's recorded sampler's GPU test and benchmark.
+# SIMULATOR=1: the simulator's CUDA tests (the fused Triton kernel bit for bit the Numba kernel's
+#   numbers), then its benchmark: eager, torch.compile and Triton kernels against the card's memory
+#   floor (fill and copy of the same bytes), N = 1e3 to 1e6; then `default` online end to end.
 set -u
 OUT=${OUT:-/tmp/gpu_session_out}
 WORK=${WORK:-/tmp/gpu_session}
@@ -109,7 +112,15 @@ if [ -n "${SAMPLER:-}" ]; then
     -k "test_recorded_sampling and cuda" --benchmark-json="$WORK/bench_torch_sampler.json"
 fi
 
-if [ -z "${REF_ONLY:-}${SAMPLING_ONLY:-}${GRAPHS:-}${SAMPLER:-}" ]; then
+# --- SIMULATOR=1: the CUDA simulator's tests and benchmark, then `default` with online data
+if [ -n "${SIMULATOR:-}" ]; then
+  step simulator_test 150 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_simulator.py
+  step bench_simulator 200 env KERAS_BACKEND=torch python3 -m pytest -q -p no:cacheprovider bench/bench_simulator.py \
+    -k "test_cuda" --benchmark-json="$WORK/bench_simulator_cuda.json"
+  step train_default_online 300 env KERAS_BACKEND=torch python3 -m lif_sbi.train --set data.mode=online --results-dir "$WORK/results"
+fi
+
+if [ -z "${REF_ONLY:-}${SAMPLING_ONLY:-}${GRAPHS:-}${SAMPLER:-}${SIMULATOR:-}" ]; then
 # Steps in order of what is least known; each one's figures are packed as soon as it ends.
 # --- 1. the backend interface on the GPU under torch and JAX: the native-kernel GRU (cuDNN, and as
 # torch.compile's opaque op) vs keras.layers.GRU, gru_many, Conv1D, two training steps ----------------
