@@ -8,6 +8,7 @@ equivalence test on all four posteriors); the tests read its checks. Every backe
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -278,6 +279,32 @@ def test_cli_results_dir_that_is_a_file(tmp_path):
     f.write_text("x")
     proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", "--results-dir", str(f)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_cli_a_results_dir_that_cannot_be_made_is_one_line_exit_4(tmp_path):
+    """The run folder cannot be created (a file stands where a folder would): exit 4, one line naming it."""
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" / "results"
+    proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", "--results-dir", str(target)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: cannot") and str(tmp_path / "file") in line and "ENOTDIR" in line, line
+
+
+def test_a_worker_that_cannot_write_is_one_line_exit_4(ci_run, tmp_path):
+    """A worker whose output cannot be written stops with one line and exit 4, which the parent
+    passes on as one line naming the task and backend."""
+    (tmp_path / "file").write_text("x")
+    args = {"model": str(ci_run.models["torch"]), "batch": str(ci_run.run_dir / "level1_batch.npz"), "out": str(tmp_path / "file" / "out.npz")}
+    proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", "_worker", "evaluate", json.dumps(args)], capture_output=True, text=True,
+                          env=parity.worker_env("torch"), timeout=300)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write or read {tmp_path / 'file'}"), proc.stderr[-2000:]
+    fake = subprocess.CompletedProcess([], 4, "", "some library noise\nerror: cannot write /x/draws.npz: No space left on device (ENOSPC)\n")
+    exc = parity.workers._failed("draws", "torch", fake)
+    assert isinstance(exc, parity.workers.EnvironmentFault)
+    assert str(exc) == "draws under torch: cannot write /x/draws.npz: No space left on device (ENOSPC)"
+    assert isinstance(parity.workers._failed("draws", "torch", subprocess.CompletedProcess([], 1, "", "Traceback ...")), parity.ParityError)
 
 
 @pytest.mark.slow  # 6 trainings at ci size

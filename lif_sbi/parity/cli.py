@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..config import RESULTS_DIR, ConfigError, available_configs, load_config
+from ..errors import EXIT_ENVIRONMENT, EnvironmentFault, os_error_line
 from .report import write_report
 from .run import run_parity
 from .workers import ParityError, installed_backends, worker_main
@@ -37,8 +38,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    """Exit code 0 when every check passes, 1 when any fails or a step cannot be carried out, 2 for bad arguments."""
+    """Exit code 0 when every check passes, 1 when any fails or a step cannot be carried out, 2 for
+    bad arguments, 4 for the environment (a file that cannot be written or read: one line naming it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except EnvironmentFault as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as exc:  # the parity run's own files, or a worker's
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["_worker"]:
         print(json.dumps(worker_main(argv[1], json.loads(argv[2]))), flush=True)
         return 0

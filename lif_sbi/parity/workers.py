@@ -8,11 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import KERAS_BACKENDS as KNOWN_BACKENDS, installed_backends  # noqa: F401  (re-exported)
+from ..errors import EXIT_ENVIRONMENT, KERAS_BACKENDS as KNOWN_BACKENDS, EnvironmentFault, installed_backends  # noqa: F401  (re-exported)
 
 
 class ParityError(Exception):
     """A step of the parity run that could not be carried out (not a parity failure)."""
+
+
+def _failed(what: str, backend: str, proc: subprocess.CompletedProcess) -> Exception:
+    """A worker's failure: its own one line where it stopped for the environment (exit 4: a file
+    that cannot be written, no space), else ParityError with the end of its stderr."""
+    lines = proc.stderr.strip().splitlines()
+    if proc.returncode == EXIT_ENVIRONMENT and lines and lines[-1].startswith("error: "):
+        return EnvironmentFault(f"{what} under {backend}: {lines[-1][len('error: '):]}")
+    return ParityError(f"{what} under {backend} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -30,7 +39,7 @@ def run_worker(backend: str, task: str, args: dict, *, timeout: float = 1800) ->
     proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(backend), timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise ParityError(f"{task} under {backend} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise _failed(task, backend, proc)
     return json.loads(lines[-1])
 
 
@@ -43,7 +52,7 @@ def train(backend: str, config_name: str, overrides: list[str], out_dir: Path, *
     proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(backend), timeout=timeout)
     runs = sorted(p for p in out_dir.iterdir() if p.is_dir() and (p / "model.keras").exists())
     if proc.returncode != 0 or not runs:
-        raise ParityError(f"training under {backend} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise _failed("training", backend, proc)
     return runs[-1]
 
 
