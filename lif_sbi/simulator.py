@@ -122,15 +122,7 @@ def simulate(
     device = torch.device(device)
     n, n_samples = theta_np.shape[0], current.shape[1]
     auto = kernel == "auto"
-    if auto:
-        if device.type == "cpu":
-            kernel = "numba" if cpu_kernel.AVAILABLE else "eager"
-        else:
-            kernel = "triton" if _triton_usable() else "compiled" if n >= COMPILE_MIN_TRACES else "eager"
-    if kernel == "numba" and (device.type != "cpu" or not cpu_kernel.AVAILABLE):
-        raise ValueError("kernel='numba' needs device='cpu' and the numba package")
-    if kernel == "triton" and not (TRITON_INSTALLED and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))):
-        raise ValueError("kernel='triton' needs a CUDA device and the triton package (on the CPU: TRITON_INTERPRET=1, for tests)")
+    kernel = _pick_kernel(kernel, device, n)
     if out is not None and (tuple(out.shape) != (n, n_samples) or out.dtype != dtype or out.device != device or not out.is_contiguous()):
         raise ValueError(f"out must be a contiguous ({n}, {n_samples}) {dtype} tensor on {device}; got {tuple(out.shape)} {out.dtype} on {out.device}")
     if kernel == "triton":
@@ -174,6 +166,20 @@ def _triton_usable() -> bool:
 def _triton_failed(exc: Exception) -> None:
     _TRITON_BROKEN.append(f"{type(exc).__name__}: {exc}")
     warnings.warn(f"the Triton LIF kernel failed ({type(exc).__name__}); simulating with torch.compile instead")
+
+
+def _pick_kernel(kernel: str, device: torch.device, n: int) -> str:
+    """The kernel `simulate` runs for `kernel` on `device` with n traces ("auto" resolved), or
+    ValueError where the one asked for cannot run there."""
+    if kernel == "auto":
+        if device.type == "cpu":
+            return "numba" if cpu_kernel.AVAILABLE else "eager"
+        return "triton" if _triton_usable() else "compiled" if n >= COMPILE_MIN_TRACES else "eager"
+    if kernel == "numba" and (device.type != "cpu" or not cpu_kernel.AVAILABLE):
+        raise ValueError("kernel='numba' needs device='cpu' and the numba package")
+    if kernel == "triton" and not (TRITON_INSTALLED and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))):
+        raise ValueError("kernel='triton' needs a CUDA device and the triton package (on the CPU: TRITON_INTERPRET=1, for tests)")
+    return kernel
 
 
 def _simulate_triton(theta_np: np.ndarray, current, dt: float, device: torch.device, dtype: torch.dtype, out) -> torch.Tensor:
