@@ -12,7 +12,14 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # unpinned torch would pull a multi-GB CUDA build. Anything >= 2.13 works (CUDA builds too).
 .venv/bin/python -c 'import torch' 2>/dev/null || "${PIP[@]}" install "torch==2.13.0"
 case "${1:-}" in
-  test) "${PIP[@]}" install -e ".[tensorflow,test]" ;;
+  test) "${PIP[@]}" install -e ".[tensorflow,test]"
+        # Triton for tests/test_triton_kernel.py, which runs the CUDA simulator kernel under
+        # Triton's CPU interpreter in a subprocess. Kept out of .venv's site-packages: Triton's
+        # LLVM and TensorFlow's abort a process that loads both ("Option ... registered more than
+        # once"), and torch.compile imports Triton wherever it is installed.
+        if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && [ ! -d .venv/triton/triton ]; then
+          "${PIP[@]}" install --no-deps --target .venv/triton "triton==3.9.0"
+        fi ;;
   "")   "${PIP[@]}" install -e . ;;
   *)    echo "error: unknown argument '$1': expected nothing or 'test'" >&2; exit 2 ;;
 esac
