@@ -5,6 +5,9 @@
     KERAS_BACKEND=torch .venv/bin/python bench/online_vs_offline.py /tmp/oo/default_torch_A /tmp/oo/default_torch_B \
         -o results/online/cpu-default.md
 
+The committed pair is results/showcase/cpu-default and results/showcase/cpu-default-online, compared
+in results/online/cpu-default.md.
+
 The two runs should differ only in `data.mode` and run back to back on one machine. The table
 holds, for each: training wall time and steps, best validation loss (the same fixed validation
 traces in both modes), recovery r per parameter, the range of 90 % coverage and SBC passes on the
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 import sys
 import time
@@ -38,10 +42,12 @@ def _record(run_dir: Path) -> dict:
     n_train = config["data"]["n_traces"] - round(config["data"]["n_traces"] * config["data"]["validation_fraction"])
     steps = len(rows) * -(-n_train // config["training"]["batch_size"])
     cov = [metrics["parameters"][p]["coverage_90"] for p in PARAM_NAMES]
-    return {"run": run_dir.name, "mode": config["data"].get("mode", "offline"), "config": config, "steps": steps,
+    # The run id from report.md: a committed copy's folder is renamed (results/showcase/<what>).
+    run_id = re.search(r"^\| run id \| (\S+) \|", (run_dir / "report.md").read_text(), re.M).group(1)
+    return {"run": run_id, "mode": config["data"].get("mode", "offline"), "config": config, "steps": steps,
             "training_s": sum(float(r["wall_s"]) for r in rows), "best_val_loss": min(float(r["val_loss"]) for r in rows),
             "r": {p: metrics["parameters"][p]["r"] for p in PARAM_NAMES}, "coverage_90": (min(cov), max(cov)),
-            "sbc": metrics["aggregate"]["sbc_n_pass"]}
+            "sbc": metrics["aggregate"]["sbc_n_pass"], "environment": json.loads((run_dir / "environment.json").read_text())}
 
 
 def batch_cost_s(run_dir: Path, n: int = 50) -> float:
@@ -66,8 +72,14 @@ def batch_cost_s(run_dir: Path, n: int = 50) -> float:
 
 
 def table(off: dict, on: dict, batch_s: float) -> str:
+    env = off["environment"]
+    config_name, backend, stamp = off["run"].rsplit("_", 2)
+    lines = [f"# `{config_name}`: offline against online training data", "",
+             f"Two {backend} runs back to back on {env['device']} ({env['cpu_count']} CPU cores, {env['platform']}; "
+             f"Keras {env['keras']}, BayesFlow {env['bayesflow']}), {stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}, differing only in "
+             "`data.mode`; made by `bench/online_vs_offline.py` (its docstring gives the commands).", ""]
     head = "| data | run | training | steps | best validation loss | " + " | ".join(f"r {p}" for p in PARAM_NAMES) + " | 90 % coverage | SBC pass |"
-    lines = [head, "|---|---|---:|---:|---:|" + "---:|" * len(PARAM_NAMES) + "---:|---:|"]
+    lines += [head, "|---|---|---:|---:|---:|" + "---:|" * len(PARAM_NAMES) + "---:|---:|"]
     for rec in (off, on):
         lines.append(f"| {rec['mode']} | {rec['run']} | {rec['training_s']:.0f} s | {rec['steps']} | {rec['best_val_loss']:.3f} | "
                      + " | ".join(f"{rec['r'][p]:.3f}" for p in PARAM_NAMES)
