@@ -18,6 +18,11 @@ What each implementation is (all float32 except the reference, all on the same i
   float32 tensor (`fill_`, the output alone) and copying one into another (`copy_`, what a kernel
   that reads the current and writes the voltage moves); on the CPU and on CUDA.
 
+- ``stimulus`` / ``cuda_stimulus``: drawing the N coloured stimuli the simulator integrates
+  (`sample_current`: white noise and the FFT convolution, in float64, cast to float32), on the
+  CPU (``stimulus_one_block``: without `stimulus.CPU_ROWS`'s row blocks) and on CUDA: whether fusing the stimulus into the simulator's pass could pay, measured
+  before fusing (its time next to the simulator's in the same run).
+
 `benchmark.extra_info` holds n (traces per call) so bench/report.py can compute traces/s.
 LIF_SBI_BENCH_MAX_N caps N (e.g. 10000 for a quick run).
 """
@@ -30,6 +35,7 @@ import numpy as np
 import pytest
 import torch
 
+from lif_sbi import stimulus
 from lif_sbi.priors import INDEX, sample_prior
 from lif_sbi.simulator import simulate, simulate_reference
 from lif_sbi.stimulus import DT_S, N_SAMPLES, sample_current
@@ -171,6 +177,20 @@ def test_floor(benchmark, n, what):
     benchmark.pedantic(run, rounds=rounds_for(n), warmup_rounds=1)
 
 
+@pytest.mark.parametrize("blocks", ["rows", "one"])
+@pytest.mark.parametrize("n", CPU_NS)
+def test_stimulus(benchmark, n, blocks, monkeypatch):
+    """N coloured stimuli on the CPU, float32 out, as training draws them: in blocks of
+    `stimulus.CPU_ROWS` rows (the default) or in one block of all N (the same numbers)."""
+    info(benchmark, "stimulus" if blocks == "rows" else "stimulus_one_block", n)
+    if blocks == "one":
+        monkeypatch.setattr(stimulus, "CPU_ROWS", n)
+    gen = torch.Generator().manual_seed(7)
+    run = lambda: sample_current(n, gen, dtype=torch.float32)[0]  # noqa: E731
+    out = benchmark.pedantic(run, rounds=rounds_for(n), warmup_rounds=1)
+    assert out.shape == (n, N_SAMPLES)
+
+
 CUDA_KERNELS = {"cuda": "eager", "cuda_compiled": "compiled", "cuda_triton": "triton"}
 
 
@@ -208,3 +228,20 @@ def test_cuda_floor(benchmark, n, what):
         torch.cuda.synchronize()
 
     benchmark.pedantic(run, rounds=max(3, rounds_for(n)), warmup_rounds=1)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", CUDA_NS)
+def test_cuda_stimulus(benchmark, n):
+    """N coloured stimuli drawn on the GPU (see test_stimulus)."""
+    info(benchmark, "cuda_stimulus", n, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(7)
+
+    def run():
+        current = sample_current(n, gen, device="cuda", dtype=torch.float32)[0]
+        torch.cuda.synchronize()
+        return current
+
+    out = benchmark.pedantic(run, rounds=max(3, rounds_for(n)), warmup_rounds=1)
+    assert out.shape == (n, N_SAMPLES)

@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-IMPL_ORDER = ["reference", "naive_eager", "eager", "compiled", "numba_alloc", "numba", "floor_copy", "floor_write",
-              "cuda", "cuda_compiled", "cuda_triton", "cuda_floor_copy", "cuda_floor_write"]
+IMPL_ORDER = ["reference", "naive_eager", "eager", "compiled", "numba_alloc", "numba", "floor_copy", "floor_write", "stimulus", "stimulus_one_block",
+              "cuda", "cuda_compiled", "cuda_triton", "cuda_floor_copy", "cuda_floor_write", "cuda_stimulus"]
 IMPL_LABEL = {
     "reference": "reference NumPy loop (float64)",
     "naive_eager": "naive eager torch loop, (N, 501) layout",
@@ -31,6 +31,9 @@ IMPL_LABEL = {
     "floor_write": "memory floor: fill an (N, 501) float32 array (write only)",
     "cuda_floor_copy": "memory floor on CUDA: copy (read + write)",
     "cuda_floor_write": "memory floor on CUDA: fill (write only)",
+    "stimulus": "drawing the coloured stimuli (`sample_current`, float64 FFT, float32 out), in row blocks",
+    "stimulus_one_block": "the same in one block of all rows",
+    "cuda_stimulus": "drawing the coloured stimuli on CUDA",
 }
 
 

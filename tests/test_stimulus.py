@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lif_sbi import stimulus
 from lif_sbi.config import ConfigError, StimulusConfig
 from lif_sbi.stimulus import (
     AMPLITUDE_HIGH_A,
@@ -95,6 +96,18 @@ def test_sample_current_is_reproducible_and_consistent():
     assert max_rel_err(cur.numpy(), ref) <= 1e-12
     c32, _, _ = sample_current(200, torch.Generator().manual_seed(8), dtype=torch.float32)
     assert c32.dtype == torch.float32 and torch.equal(c32, cur.to(torch.float32))
+
+
+def test_row_blocks_do_not_change_the_numbers(monkeypatch):
+    """`current` works in blocks of CPU_ROWS rows on the CPU (speed); 300 rows (two whole blocks and
+    a ragged one) give, bit for bit, what one block of all rows and one row at a time give."""
+    white = torch.from_numpy(np.random.default_rng(21).standard_normal((300, N_SAMPLES)))
+    amp = torch.from_numpy(np.random.default_rng(22).uniform(AMPLITUDE_LOW_A, AMPLITUDE_HIGH_A, 300))
+    blocked = current(white, amp)
+    monkeypatch.setattr(stimulus, "CPU_ROWS", 10**9)
+    assert torch.equal(blocked, current(white, amp))
+    monkeypatch.setattr(stimulus, "CPU_ROWS", 1)
+    assert torch.equal(blocked, current(white, amp))
 
 
 def test_bad_shapes():
