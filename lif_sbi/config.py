@@ -454,6 +454,13 @@ def available_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
+def resolved(config: Config) -> Config:
+    """The configuration as a run saves it in config.toml: data.device "auto" replaced by the device used."""
+    from .simulator import resolve_device
+
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, device=resolve_device(config.data.device)))
+
+
 def load_config(name_or_path: str = "default", overrides: list[str] = ()) -> Config:
     """Load configs/<name>.toml (or a path to a .toml file) and apply `section.key=value` overrides."""
     path = Path(name_or_path)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__, backends, batches, calibration, checkpoints, dataset, diagnostics, estimator, features, noise, online, priors, report, simulator, validity
 from .checkpoints import CHECKPOINTS, ResumeError
-from .config import INITIAL_WEIGHTS, Config, ConfigError
+from .config import INITIAL_WEIGHTS, Config, ConfigError, resolved
 from .errors import EnvironmentFault, os_error_line
 from .files import atomic_save_keras, atomic_write_json, atomic_write_text, remove_leftovers, remove_tree
 
@@ -81,8 +81,7 @@ def start(config: Config, *, run_dir: Path | None, results_dir: Path, quiet: boo
     recorded in timings.json at once."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     started = time.perf_counter()
-    # before anything is written: "auto" becomes the device used, saved as such in config.toml
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, device=simulator.resolve_device(config.data.device)))
+    config = resolved(config)  # before anything is written
     backends.set_seed(config.training.seed)
     priors.set_box(config.prior.bounds())
     if config.training.initial_weights and run_dir is None and not Path(config.training.initial_weights).is_file():

@@ -223,6 +223,36 @@ def test_level2_models_differ_only_in_their_training_seed(ci_run):
     assert a.shape == b.shape and not np.array_equal(a, b)
 
 
+@needs_both
+def test_reuse_takes_a_model_only_for_its_own_backend_and_configuration(ci_run):
+    """`reusable` finds each of the fixture's models for the backend and overrides it was trained
+    with, and none for another backend, another seed or another configuration value."""
+    from lif_sbi.parity.run import _variants, reusable
+
+    variants = _variants(ci_run.config, SMALL_DIAGNOSTICS, BACKENDS, parity.LEVEL2["smoke"], False)
+    assert set(variants) == set(ci_run.models)
+    for label, (backend, overrides) in variants.items():
+        assert reusable(ci_run.run_dir, label, backend, "ci", overrides) == ci_run.models[label].parent
+        other = next(b for b in BACKENDS if b != backend)
+        assert reusable(ci_run.run_dir, label, other, "ci", overrides) is None
+        assert reusable(ci_run.run_dir, label, backend, "ci", overrides + ["training.seed=7"]) is None
+        assert reusable(ci_run.run_dir, label, backend, "ci", overrides[1:]) is None  # diagnostics.n_test differs
+
+
+@needs_both
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_a_run_reusing_every_model_trains_nothing_and_gives_the_same_checks(ci_run, tmp_path):
+    """--reuse with the fixture's folder: every model copied (no training), the same checks."""
+    run = parity.run_parity("ci", SMALL_DIAGNOSTICS, tmp_path, backends=BACKENDS, say=lambda *a: None, reuse=ci_run.run_dir)
+    assert set(run.info["reused"]) == set(ci_run.models)
+    assert not any(k.startswith("train ") for k in run.info["timings_s"])
+    assert [(c.comparison, c.quantity, c.figure) for c in run.checks if c.level == 2] == \
+        [(c.comparison, c.quantity, c.figure) for c in ci_run.checks if c.level == 2]
+    assert "Reused, not trained here" in parity.write_report(run).read_text()
+
+
 def test_cli_exit_code_1_and_numbers_on_failure(tmp_path, monkeypatch, capsys):
     """A parity failure is reported with its numbers and exit code 1, never swallowed."""
     from lif_sbi.config import load_config
@@ -260,12 +290,15 @@ def test_cli_backends_picks_a_subset(tmp_path, monkeypatch):
     assert parity.main(["--config", "ci", "--results-dir", str(tmp_path), "--backends", *pick]) == 0
     assert seen["backends"] == [installed[1], installed[0]] and seen["seeds"] is None and seen["negative_control"] is False
     assert parity.main(["--config", "ci", "--results-dir", str(tmp_path), "--seeds", "3", "--negative-control"]) == 0
-    assert seen["seeds"] == 3 and seen["negative_control"] is True
+    assert seen["seeds"] == 3 and seen["negative_control"] is True and seen["reuse"] is None
+    (tmp_path / "earlier" / "models").mkdir(parents=True)
+    assert parity.main(["--config", "ci", "--results-dir", str(tmp_path), "--reuse", str(tmp_path / "earlier")]) == 0
+    assert seen["reuse"] == tmp_path / "earlier"
 
 
 @pytest.mark.parametrize("args", [["--config", "no_such_config"], ["--bogus"], ["--set", "training.epochs=0"], ["--set", "nonsense"],
                                   ["--seeds", "1"], ["--backends", "torch", "theano"], ["--backends", "torch"],
-                                  ["--backends", "torch", "torch"]])
+                                  ["--backends", "torch", "torch"], ["--reuse", "no_such_parity_run"]])
 def test_cli_bad_arguments_one_line_exit_2(args, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lif_sbi.parity", *args, "--results-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)

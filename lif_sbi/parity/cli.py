@@ -29,6 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also train K models under the first backend on a simulator with C_m's prior moved up by 10 pF, "
                         "which level 2 must not report equivalent")
 
+    p.add_argument("--reuse", metavar="PARITY_DIR", default=None,
+                   help="an earlier parity run's folder: its models are taken as they are wherever one was trained under the "
+                        "same backend with exactly the configuration this run would train (raise --seeds without retraining)")
+
     def error(message):
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
@@ -63,7 +67,8 @@ def _main(argv: list[str]) -> int:
         return 2
     try:
         run = run_parity(args.config, args.overrides, Path(args.results_dir), seeds=args.seeds, negative_control=args.negative_control,
-                         backends=None if args.backends is None else list(dict.fromkeys(args.backends)))
+                         backends=None if args.backends is None else list(dict.fromkeys(args.backends)),
+                         reuse=None if args.reuse is None else Path(args.reuse))
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -98,6 +103,8 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
         return f"--results-dir {args.results_dir!r} is not a folder"
     if not installed_backends():
         return "no Keras backend (torch, tensorflow, jax) is installed"
+    if args.reuse is not None and not (Path(args.reuse) / "models").is_dir():
+        return f"--reuse {args.reuse!r}: not a parity run folder (it has no models/ folder)"
     if args.seeds is not None and args.seeds < 2:
         return f"--seeds {args.seeds}: expected at least 2 models per backend (within-backend pairs are the yardstick)"
     if args.backends is not None:

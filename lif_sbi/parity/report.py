@@ -56,6 +56,7 @@ def _report_lines(run: ParityRun) -> list[str]:
         "",
         "Timings (s): " + ", ".join(f"{k} {v}" for k, v in run.info["timings_s"].items()),
         "",
+        *[f"Reused, not trained here (`--reuse`): {m} from {src}" for m, src in run.info.get("reused", {}).items()],
         *[f"Width factors of the {m} model (its calibration.json): " + ", ".join(f"{k} {v}" for k, v in f.items())
           for m, f in run.info.get("width_factors", {}).items()],
         "",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import calibration
-from ..config import RESULTS_DIR, Config, DiagnosticsConfig, load_config
+from ..config import RESULTS_DIR, Config, ConfigError, DiagnosticsConfig, load_config, resolved
 from ..priors import DISPLAY_SCALE, INDEX, N_PARAMS, PARAM_NAMES, REFERENCE_HIGH, REFERENCE_LOW
 from .checks import Check
 from .retraining import draw_all, level2
@@ -55,13 +57,16 @@ def new_run_dir(results_dir: Path, config: Config) -> Path:
 
 def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: Path = RESULTS_DIR, *,
                backends: list[str] | None = None, say=print, seeds: int | None = None,
-               negative_control: bool = False) -> ParityRun:
+               negative_control: bool = False, reuse: Path | None = None) -> ParityRun:
     """Levels 1-3 for every backend. Level 1 uses each backend's first model; level 2 trains
     `seeds` models per backend (LEVEL2[size].seeds by default) that differ only in training.seed,
     each from its own initial weights, and tests whether changing the backend changes the
     posterior more than retraining does (`equivalence`). negative_control: also K models under the
     first backend with `Level2.control_parameter`'s prior moved up by `Level2.control_prior_shift`
-    (`control_bounds`), which the test must not report equivalent."""
+    (`control_bounds`), which the test must not report equivalent. reuse: an earlier parity run's
+    folder whose models are taken as they are where one was trained under the same backend with
+    exactly the configuration this run would train (`reusable`), so that K can be raised without
+    retraining the models already made."""
     config = load_config(config_name, list(overrides))
     size = size_of(config)
     th, lv = THRESHOLDS[size], LEVEL2[size]
@@ -76,7 +81,7 @@ def run_parity(config_name: str = "ci", overrides: list[str] = (), results_dir: 
     diag = config.diagnostics
     _write_fixed_inputs(run_dir, diag, lv)
     t_all = time.perf_counter()
-    models = _train_models(config_name, config, variants, run_dir, info, say)
+    models = _train_models(config_name, config, variants, run_dir, info, say, reuse)
     info["timings_s"]["all trainings"] = round(time.perf_counter() - t_all, 1)
     firsts = {b: variants[b] for b in backends}
     evals, checks = evaluate_everywhere(run_dir, backends, firsts, models, diag.seed, diag.n_draws, th, info, say)
@@ -129,15 +134,41 @@ def _write_fixed_inputs(run_dir: Path, diag: DiagnosticsConfig, lv: Level2) -> i
     return n_test
 
 
-def _train_models(config_name: str, config: Config, variants: Variants, run_dir: Path, info: dict, say) -> dict[str, Path]:
-    """Train every model, each from its own initial weights; returns each model.keras."""
+def _train_models(config_name: str, config: Config, variants: Variants, run_dir: Path, info: dict, say,
+                  reuse: Path | None) -> dict[str, Path]:
+    """Train every model, each from its own initial weights, or copy it from `reuse` where that
+    holds it (`reusable`); returns each model.keras."""
     models = {}
     for m, (b, ov) in variants.items():
         t0 = time.perf_counter()
-        say(f"training '{config.name}' under {b}{'' if m == b else f' ({m})'} ...")
-        models[m] = train(b, config_name, ov, run_dir / "models" / m) / "model.keras"
-        info["timings_s"][f"train {m}"] = round(time.perf_counter() - t0, 1)
+        earlier = reusable(reuse, m, b, config_name, ov) if reuse is not None else None
+        if earlier is not None:
+            say(f"reusing {m} from {earlier}")
+            copy = run_dir / "models" / m / earlier.name
+            shutil.copytree(earlier, copy, ignore=shutil.ignore_patterns("checkpoints"))
+            models[m] = copy / "model.keras"
+            info.setdefault("reused", {})[m] = str(earlier)
+        else:
+            say(f"training '{config.name}' under {b}{'' if m == b else f' ({m})'} ...")
+            models[m] = train(b, config_name, ov, run_dir / "models" / m) / "model.keras"
+            info["timings_s"][f"train {m}"] = round(time.perf_counter() - t0, 1)
         factors = calibration.load_for(models[m])
         if factors is not None:
             info.setdefault("width_factors", {})[m] = dict(zip(PARAM_NAMES, calibration.describe_each(factors)))
     return models
+
+
+def reusable(parity_dir: Path, label: str, backend: str, config_name: str, overrides: list[str]) -> Path | None:
+    """An earlier parity run's model `label` (its run folder under models/<label>/) when it was
+    trained under `backend` with exactly the configuration this run would train (its config.toml
+    read back equals `config_name` with `overrides`, resolved as a run resolves it); else None."""
+    want = resolved(load_config(config_name, list(overrides)))
+    for saved in sorted((Path(parity_dir) / "models" / label).glob("*/model.keras")):
+        folder = saved.parent
+        try:
+            backend_of = json.loads((folder / "environment.json").read_text()).get("keras_backend")
+            if backend_of == backend and load_config(str(folder / "config.toml")) == want:
+                return folder
+        except (OSError, ValueError, ConfigError):  # an unfinished or foreign folder: not reused
+            continue
+    return None
