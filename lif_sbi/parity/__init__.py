@@ -20,7 +20,8 @@ backend (torch, tensorflow, jax), and writes `results/<run_id>/parity.md`:
 - Level 3, simulator CPU vs CUDA, where CUDA exists (`simulator`).
 
 Every threshold lives in `THRESHOLDS` and `LEVEL2` (`thresholds`). Exit code 0 when every check passes, 1 when
-any fails (each failure is listed with its numbers), 2 for bad arguments (one line).
+any fails (each failure is listed with its numbers), 2 for bad arguments, 4 for a file that cannot be
+written or read (one line each).
 
 Internals: the parent process never imports Keras; all Keras work happens in worker subprocesses
 (`python -m lif_sbi.parity _worker TASK JSON`, `workers`), each printing one JSON line last.
