@@ -20,8 +20,8 @@ What each implementation is (all float32 except the reference, all on the same i
 
 - ``stimulus`` / ``cuda_stimulus``: drawing the N coloured stimuli the simulator integrates
   (`sample_current`: white noise and the FFT convolution, in float64, cast to float32), on the
-  CPU (``stimulus_one_block``: without `stimulus.CPU_ROWS`'s row blocks) and on CUDA: whether fusing the stimulus into the simulator's pass could pay, measured
-  before fusing (its time next to the simulator's in the same run).
+  CPU (``stimulus_one_block``: without `stimulus.CPU_ROWS`'s row blocks) and on CUDA. Its time
+  next to the simulator's in the same run says whether fusing the two could pay.
 
 `benchmark.extra_info` holds n (traces per call) so bench/report.py can compute traces/s.
 LIF_SBI_BENCH_MAX_N caps N (e.g. 10000 for a quick run).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from lif_sbi import quiet
 from lif_sbi.priors import PARAM_NAMES
+from results_table import run_id_of  # bench/, this script's folder
 
 
 def _record(run_dir: Path) -> dict:
@@ -42,9 +42,7 @@ def _record(run_dir: Path) -> dict:
     n_train = config["data"]["n_traces"] - round(config["data"]["n_traces"] * config["data"]["validation_fraction"])
     steps = len(rows) * -(-n_train // config["training"]["batch_size"])
     cov = [metrics["parameters"][p]["coverage_90"] for p in PARAM_NAMES]
-    # The run id from report.md: a committed copy's folder is renamed (results/showcase/<what>).
-    run_id = re.search(r"^\| run id \| (\S+) \|", (run_dir / "report.md").read_text(), re.M).group(1)
-    return {"run": run_id, "mode": config["data"].get("mode", "offline"), "config": config, "steps": steps,
+    return {"run": run_id_of(run_dir), "mode": config["data"].get("mode", "offline"), "config": config, "steps": steps,
             "training_s": sum(float(r["wall_s"]) for r in rows), "best_val_loss": min(float(r["val_loss"]) for r in rows),
             "r": {p: metrics["parameters"][p]["r"] for p in PARAM_NAMES}, "coverage_90": (min(cov), max(cov)),
             "sbc": metrics["aggregate"]["sbc_n_pass"], "environment": json.loads((run_dir / "environment.json").read_text())}

@@ -57,12 +57,17 @@ def c2st_by_run() -> dict:
     return out
 
 
+def run_id_of(folder: Path) -> str:
+    """A run folder's run id, read from its report.md (a committed copy's folder is renamed)."""
+    return re.search(r"^\| run id \| (\S+) \|", (folder / "report.md").read_text(), re.M).group(1)
+
+
 def row(folder: Path, c2st: dict) -> str:
     """One table row for a showcase run folder."""
     metrics = json.loads((folder / "metrics.json").read_text())
     env = json.loads((folder / "environment.json").read_text())
     config = tomllib.loads((folder / "config.toml").read_text())
-    run_id = re.search(r"^\| run id \| (\S+) \|", (folder / "report.md").read_text(), re.M).group(1)
+    run_id = run_id_of(folder)
     stamp = re.search(r"_(\d{4})(\d\d)(\d\d)T\d{6}Z", run_id)
     with open(folder / "history.csv", newline="") as f:
         epochs = list(csv.DictReader(f))

@@ -18,7 +18,7 @@ NOISE_DEPTH = 0.15
 NOISE_TAU_S = 10e-3
 NORM_EPS = 1e-9
 # Rows per block of `current` on the CPU: the FFT's complex (rows, 1024) temporaries stay in cache.
-# One block of all rows is about 3x slower at N = 1e5 (`bench/bench_simulator.py -k stimulus`).
+# One block of all rows is about 2.3x slower at N = 1e5 (`bench/bench_simulator.py -k stimulus`).
 CPU_ROWS = 128
 
 
