@@ -141,6 +141,16 @@ class Posterior:
         out[inside] = np.asarray(self.approximator.log_prob(data=data), dtype=np.float64).reshape(-1)
         return out
 
+    def refine(self, trace, current, n: int = 1000, seed: int = 0, **options):
+        """The posterior of one trace (T,) V driven by current (T,) A, refined by importance sampling
+        with the exact likelihood (lif_sbi.refine: a Refined with draws (n, 6) SI, the effective sample
+        size and the residual check). Only for a set-up with an exact likelihood: the current observed,
+        Gaussian noise and the "ordered" prior."""
+        from .refine import refine
+
+        return refine(self, trace, current, n=n, seed=seed, **options)
+
+
 def load(run_dir) -> Posterior:
     """The posterior estimator of the finished run in `run_dir` (results/<run_id>)."""
     return Posterior(run_dir)

@@ -72,6 +72,38 @@ def test_recordings_with_their_current_get_verdicts_and_every_output(noisy_steps
 
 
 @pytest.mark.torch
+def test_refine_replaces_valid_posteriors_by_importance_sampled_ones_and_records_how(noisy_steps_run, tmp_path):
+    """--refine: every valid trace's draws come from lif_sbi.refine (narrower than the smoke run's
+    flow), verdicts.json records its effective sample size and residual ratio per trace."""
+    np.savez(tmp_path / "cell.npz", **_simulated(noisy_steps_run, 2, seed=21))
+    common = ["--units", "mV", "--current-units", "pA", "--draws", "300"]
+    plain = _run(noisy_steps_run, tmp_path / "cell.npz", *common, "--out", tmp_path / "plain")
+    proc = _run(noisy_steps_run, tmp_path / "cell.npz", *common, "--refine", "--out", tmp_path / "refined")
+    assert proc.returncode == plain.returncode, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr == "", proc.stderr
+    meta = json.loads((tmp_path / "refined" / "verdicts.json").read_text())["meta"]
+    valid = json.loads((tmp_path / "refined" / "verdicts.json").read_text())["traces"]
+    assert len(meta["refined"]) == sum(v["valid"] for v in valid) >= 1
+    assert "refined " in proc.stdout and "residual rms / noise sd" in proc.stdout
+    for r in meta["refined"]:
+        assert r["converged"] and r["ess"] >= 2000 and 0.9 < r["residual_ratio"] < 1.1, r
+    with np.load(tmp_path / "plain" / "draws.npz") as f, np.load(tmp_path / "refined" / "draws.npz") as g:
+        k = np.flatnonzero(g["valid"])[0]
+        assert g["draws"].shape == f["draws"].shape
+        assert g["draws"][k, :, 0].std() < 0.5 * f["draws"][k, :, 0].std()  # C_m: the exact posterior is far narrower
+
+
+def test_refine_on_a_run_without_an_exact_likelihood_is_one_line_exit_2(trained_run, tmp_path, capsys):
+    np.save(tmp_path / "v.npy", simulate_batch(1, seed=5)["observables"][:, :, 0])
+    out = tmp_path / "o"
+    code = infer.main([str(trained_run), str(tmp_path / "v.npy"), "--refine", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "refining needs a run whose set-up has an exact likelihood" in err and "observe_current = false" in err
+    assert not out.exists()
+
+
+@pytest.mark.torch
 def test_traces_outside_the_training_distribution_get_no_numbers_and_exit_3(noisy_steps_run, tmp_path):
     """A cell 20 mV above the priors (E_L, V_th and V_res shifted), a flat noisy line: no valid posterior."""
     sim = _simulated(noisy_steps_run, 2, seed=12, shift_mv=20.0)
