@@ -49,9 +49,10 @@ def summary_lines(rows, args, summary, machine, date, run_id) -> list[str]:
         f"--n-proposal {args.n_proposal} --seed {args.seed}` with RUN_DIR a `{summary['config']}` run (run id {run_id}); machine: {machine}; {date}.",
         "",
         f"The {len(rows)} accepted reference posteriors of [summary.md](summary.md). Per observation: 1,000 draws of the run's "
-        "estimator as trained, and 1,000 refined draws (`lif_sbi.refine`: {refine.N_FLOW} of the estimator's draws weighted by the exact "
-        f"likelihood, then population Monte Carlo rounds of {args.n_proposal} Student-t draws until the effective sample size "
-        f"reaches {refine.MIN_ESS}), each against the 1,000 reference draws by C2ST (5-fold; 0.5: indistinguishable).",
+        "estimator as trained (drawn afresh: not summary.md's 1,000), and 1,000 refined draws (`lif_sbi.refine`: "
+        f"{refine.N_FLOW:,} of the estimator's draws weighted by the exact likelihood, then population Monte Carlo rounds of "
+        f"{args.n_proposal:,} Student-t draws until the effective sample size reaches {refine.MIN_ESS:,}), each against the "
+        "1,000 reference draws by C2ST (5-fold; 0.5: indistinguishable).",
         "",
         f"**C2ST accuracy against the references: estimator {np.mean(est):.3f} (min {min(est):.3f}, max {max(est):.3f}); "
         f"refined {np.mean(ref):.3f} (min {min(ref):.3f}, max {max(ref):.3f}).** "

@@ -8,7 +8,8 @@ DESIGN.md §2). Then one row per folder of results/showcase/ (sorted by name): t
 protocols, whether the estimator sees the current, recording noise, prior kind; config.toml),
 recovery r per parameter and the range of 90 % interval coverage over the six parameters
 (metrics.json), SBC passes, the C2ST accuracy against exact MCMC reference posteriors where
-results/reference-posteriors/*/summary.json holds one for that run id, training time
+results/reference-posteriors/*/summary.json holds one for that run id (and the refined
+posteriors' where refined.json does: bench/refined_posteriors.py), training time
 (the epochs' wall seconds in history.csv, which count every session of a resumed run), the whole
 command's wall time (timings.json; none for a resumed run), the device
 and backend (environment.json) and the date measured (the run id in report.md). Nothing here is
@@ -48,12 +49,16 @@ def setup(config: dict) -> str:
 
 
 def c2st_by_run() -> dict:
-    """Estimator-vs-MCMC C2ST accuracy (mean over accepted references) by training run id."""
+    """Estimator-vs-MCMC C2ST accuracy (mean over accepted references) by training run id, and the
+    refined posteriors' (bench/refined_posteriors.py's refined.json) where measured."""
     out = {}
     for path in sorted(REFERENCES.glob("*/summary.json")):
         s = json.loads(path.read_text())
         if s.get("c2st_estimator_mean") is not None:
             out[s["run_id"]] = f"{s['c2st_estimator_mean']:.2f} ({s['accepted']} obs.)"
+    for path in sorted(REFERENCES.glob("*/refined.json")):
+        s = json.loads(path.read_text())
+        out[s["run_id"]] = f"{s['c2st_estimator_mean']:.2f}; refined {s['c2st_refined_mean']:.2f} ({len(s['observations'])} obs.)"
     return out
 
 
