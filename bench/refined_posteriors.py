@@ -5,9 +5,9 @@
 
 RUN_DIR: a finished run of the configuration the references were made for (their summary.json
 names it). For every observation in REFS/observations.npz whose reference was accepted, draws
-1,000 from the run's estimator as trained and 1,000 refined ones (`lif_sbi.refine`), and compares
-each with the 1,000 reference draws in REFS/draws.npz by C2ST (BayesFlow's classifier two-sample
-test, 5-fold, as bench/reference_posteriors.py does). Writes REFS/refined.json and REFS/refined.md.
+from the run's estimator as trained, and refined (`lif_sbi.refine`), as many as REFS/draws.npz
+holds reference draws (1,000), and compares each with them by C2ST (BayesFlow's classifier
+two-sample test, 5-fold, as bench/reference_posteriors.py does). Writes REFS/refined.json and REFS/refined.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ with quiet.startup_lines():
 REFS = ROOT / "results" / "reference-posteriors" / "noisy-steps"
 
 
-def summary_lines(rows, args, summary, machine, date, run_id) -> list[str]:
+def summary_lines(rows, args, summary, machine, date, run_id, n_draws) -> list[str]:
     est = [r["c2st_estimator"] for r in rows]
     ref = [r["c2st_refined"] for r in rows]
     lines = [
@@ -48,11 +48,11 @@ def summary_lines(rows, args, summary, machine, date, run_id) -> list[str]:
         f"Command: `KERAS_BACKEND=torch .venv/bin/python bench/refined_posteriors.py RUN_DIR --refs {args.refs.relative_to(ROOT) if args.refs.is_relative_to(ROOT) else args.refs} "
         f"--n-proposal {args.n_proposal} --seed {args.seed}` with RUN_DIR a `{summary['config']}` run (run id {run_id}); machine: {machine}; {date}.",
         "",
-        f"The {len(rows)} accepted reference posteriors of [summary.md](summary.md). Per observation: 1,000 draws of the run's "
-        "estimator as trained (drawn afresh: not summary.md's 1,000), and 1,000 refined draws (`lif_sbi.refine`: "
+        f"The {len(rows)} accepted reference posteriors of [summary.md](summary.md). Per observation: {n_draws:,} draws of the run's "
+        f"estimator as trained (drawn afresh: not summary.md's), and {n_draws:,} refined draws (`lif_sbi.refine`: "
         f"{refine.N_FLOW:,} of the estimator's draws weighted by the exact likelihood, then population Monte Carlo rounds of "
         f"{args.n_proposal:,} Student-t draws until the effective sample size reaches {refine.MIN_ESS:,}), each against the "
-        "1,000 reference draws by C2ST (5-fold; 0.5: indistinguishable).",
+        f"{n_draws:,} reference draws by C2ST (5-fold; 0.5: indistinguishable).",
         "",
         f"**C2ST accuracy against the references: estimator {np.mean(est):.3f} (min {min(est):.3f}, max {max(est):.3f}); "
         f"refined {np.mean(ref):.3f} (min {min(ref):.3f}, max {max(ref):.3f}).** "
@@ -84,20 +84,23 @@ def main(argv=None) -> int:
             raise InputError(f"{args.run_dir}: a {post.config.name!r} run; the references are for {summary['config']!r}")
         if args.n_proposal < 100:
             raise InputError(f"--n-proposal must be at least 100; got {args.n_proposal}")
+        if not any(row["accepted"] for row in summary["observations"]):
+            raise InputError(f"{args.refs}: no reference was accepted (summary.md says why): nothing to compare with")
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     obs = np.load(args.refs / "observations.npz")
     refs = np.load(args.refs / "draws.npz")["reference"].astype(np.float64)
+    n_draws = refs.shape[1]  # as many estimator and refined draws as reference draws
     rows = []
     for row in summary["observations"]:
         if not row["accepted"]:
             continue
         i = row["obs"]
         trace, current = obs["trace"][i], obs["current"][i]
-        est = post.sample(trace, 1000, current=current[None], seed=args.seed + i)[0]
+        est = post.sample(trace, n_draws, current=current[None], seed=args.seed + i)[0]
         t0 = time.perf_counter()
-        res = refine.refine(post, trace, current, n=1000, n_proposal=args.n_proposal, seed=args.seed + i)
+        res = refine.refine(post, trace, current, n=n_draws, n_proposal=args.n_proposal, seed=args.seed + i)
         took = time.perf_counter() - t0
         out = {"obs": i, "c2st_estimator": c2st_accuracy(est, refs[i], seed=args.seed + i),
                "c2st_refined": c2st_accuracy(res.draws, refs[i], seed=args.seed + i), "ess_flow": res.ess_flow,
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
                                                    "c2st_estimator_mean": float(np.mean([r["c2st_estimator"] for r in rows])),
                                                    "c2st_refined_mean": float(np.mean([r["c2st_refined"] for r in rows])),
                                                    "observations": rows})
-    atomic_write_text(args.refs / "refined.md", "\n".join(summary_lines(rows, args, summary, machine, date, run_id)))
+    atomic_write_text(args.refs / "refined.md", "\n".join(summary_lines(rows, args, summary, machine, date, run_id, n_draws)))
     print(f"written to {args.refs}/refined.md")
     return 0
 

@@ -168,3 +168,34 @@ def test_bench_runs_end_to_end_on_a_noisy_steps_run(noisy_steps_run, tmp_path):
     assert 0.0 <= row["c2st_estimator"] <= 1.0 and 0.0 <= row["c2st_between_runs"] <= 1.0
     with np.load(out / "draws.npz") as f:
         assert f["reference"].shape == (1, 50, 6) and f["estimator"].shape == (1, 50, 6)
+
+
+@pytest.mark.torch
+def test_refined_bench_compares_refined_draws_with_the_references(noisy_steps_run, tmp_path):
+    """bench/refined_posteriors.py on toy references of a trained noisy_steps run: refused (one line,
+    exit 2) while no reference is accepted; with one accepted, refined.json and refined.md record
+    both C2STs and the refinement's figures."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ref"
+    assert _bench(noisy_steps_run, "--n-obs", "1", "--runs", "2", "--walkers", "16", "--steps", "200", "--draws", "50",
+                  "--out", out).returncode == 0
+
+    def refined(*args):
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "refined_posteriors.py"), str(noisy_steps_run), "--refs", str(out),
+                               *args], capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "torch"})
+
+    proc = refined()
+    assert proc.returncode == 2 and "no reference was accepted" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    summary["observations"][0]["accepted"] = True  # the toy chain is too short to pass; the comparison is what is tested
+    (out / "summary.json").write_text(json.dumps(summary))
+    proc = refined("--n-proposal", "4000")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (row,) = json.loads((out / "refined.json").read_text())["observations"]
+    assert 0.0 <= row["c2st_estimator"] <= 1.0 and 0.0 <= row["c2st_refined"] <= 1.0
+    assert row["n_flow"] == 4000 and row["n_proposal"] == 4000 and row["rounds"] >= 2 and 0.9 < row["residual_ratio"] < 1.1
+    assert "refined" in (out / "refined.md").read_text()
