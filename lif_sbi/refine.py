@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import InputError
-from .priors import log_prior
+from .priors import in_support
 from .reference_posterior import from_unit, log_likelihood, to_unit
 
 # Written by hand: neither BayesFlow nor SciPy has adaptive importance sampling. The method is
@@ -62,14 +62,16 @@ def effective_sample_size(log_w: np.ndarray) -> float:
 
 
 def _log_target(theta, trace_v, current_a, dt_s, sd_v) -> tuple[np.ndarray, np.ndarray]:
-    """log p(θ) + log p(x | θ, I) for each row of theta (n, 6) SI, and the log-likelihood alone
-    (-inf outside the "ordered" prior's support, where nothing is simulated)."""
-    lp = log_prior(theta, kind="ordered")
+    """log p(x | θ, I) + log p(θ) up to a constant for each row of theta (n, 6) SI, and the
+    log-likelihood alone; -inf outside the "ordered" prior's support, where nothing is simulated.
+    The prior is uniform on its support, so its density is a constant there, which self-normalised
+    weights cancel: this holds for a widened box too (`priors.log_prior` knows the constant for the
+    reference box only)."""
+    inside = in_support(theta, kind="ordered")
     ll = np.full(len(theta), -np.inf)
-    inside = np.isfinite(lp)
     if inside.any():
         ll[inside] = log_likelihood(theta[inside], trace_v, current_a, dt_s, sd_v)
-    return lp + ll, ll
+    return ll.copy(), ll
 
 
 def _fit_t(theta, log_w) -> stats._multivariate.multivariate_t_frozen:

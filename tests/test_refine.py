@@ -28,6 +28,24 @@ def test_a_set_up_without_an_exact_likelihood_is_refused_with_what_it_needs():
             rf.refine(post, np.zeros(501), np.zeros(501))
 
 
+def test_the_target_needs_no_prior_constant_so_a_widened_ordered_box_works():
+    """_log_target is the log-likelihood inside the ordered prior's support and -inf outside, for a
+    widened box too (whose support volume priors.log_prior does not know): self-normalised weights
+    cancel the prior's constant."""
+    from lif_sbi.priors import set_box, sample_prior
+    from lif_sbi.reference_posterior import log_likelihood
+
+    set_box({"E_L": (-80.0, -35.0), "V_th": (-60.0, -20.0), "V_res": (-80.0, -35.0)})
+    theta = sample_prior(5, 3, kind="ordered")
+    current = np.full(501, 0.5e-9)
+    trace = simulate(theta[:1], current[None], 1e-4, dtype=torch.float64).numpy()[0]
+    outside = theta[:1].copy()
+    outside[0, 4] = outside[0, 2] + 1e-3  # V_res above E_L - 2 mV: outside the ordered support
+    log_t, ll = rf._log_target(np.vstack([theta, outside]), trace, current, 1e-4, 5e-4)
+    np.testing.assert_array_equal(log_t[:5], log_likelihood(theta, trace, current, 1e-4, 5e-4))
+    assert np.isneginf(log_t[5]) and np.isneginf(ll[5])
+
+
 @pytest.fixture(scope="module")
 def posterior(noisy_steps_run):
     return lif_sbi.load(noisy_steps_run)
