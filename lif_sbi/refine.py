@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +16,9 @@ from .reference_posterior import from_unit, log_likelihood, to_unit
 # Written by hand: neither BayesFlow nor SciPy has adaptive importance sampling. The method is
 # population Monte Carlo (Cappé et al. 2004) started from the flow, as DINGO-IS (Dax et al. 2023)
 # corrects a neural posterior with the exact likelihood: round 0 draws from the trained flow and
-# weights by p(x | θ, I) p(θ) / q(θ | x); while the effective sample size is short of MIN_ESS, the
-# next round draws from a Student-t fitted to the weighted draws (on the unit box) and weights by
-# p(x | θ, I) p(θ) / t(θ). The draws returned are the last round's, resampled by their weights.
+# weights by p(x | θ, I) p(θ) / q(θ | x); then, and while the effective sample size is short of
+# MIN_ESS, the next round draws from a Student-t fitted to the weighted draws (on the unit box)
+# and weights by p(x | θ, I) p(θ) / t(θ). The answer: the last round's draws, resampled by weight.
 MIN_ESS = 2000  # effective draws the last round must reach: C2ST against 1,000 exact draws then sees no resampling noise
 N_PROPOSAL = 20_000  # Student-t draws per round (one float64 simulator call: ~0.1 s on the 2-core CPU)
 # The flow's draws in round 0: its density costs ~0.6 ms a draw on the CPU (the summary network runs
@@ -36,8 +37,9 @@ MIN_FIT = 50  # with fewer effective draws the Student-t is fitted to the MIN_FI
 @dataclass(frozen=True)
 class Refined:
     """draws: (n, 6) SI, resampled from the last round; ess: that round's effective sample size
-    out of n_proposal draws; rounds: rounds run (1 = the flow's own draws sufficed); converged: ess
-    >= MIN_ESS; ess_flow: the effective sample size of the flow's n_flow draws (round 0), a measure
+    out of n_proposal draws; rounds: rounds run, round 0 included (at least 2); converged: ess
+    >= MIN_ESS; ess_flow: the effective sample size of the flow's n_flow draws (round 0, which only
+    locates the posterior: the answer comes from later rounds), a measure
     of how close the amortised posterior is to the exact one; residual_ratio: rms of
     (trace - simulated V) at the most likely draw over the noise sd: ~1 where the model and the
     noise level explain the trace, well above 1 where they do not."""
@@ -110,12 +112,14 @@ def refine(posterior, trace_v, current_a, *, n: int = 1000, n_flow: int = N_FLOW
     dt_s, sd_v = posterior.dt_s, posterior.noise_sd_v
     rng = np.random.default_rng(seed)
 
-    theta = posterior.sample(trace_v, n_flow, current=current_a[None], seed=seed)[0]
+    with warnings.catch_warnings():  # draws outside the prior, filled by resampling: round 0 only locates the posterior
+        warnings.simplefilter("ignore")
+        theta = posterior.sample(trace_v, n_flow, current=current_a[None], seed=seed)[0]
     log_t, ll = _log_target(theta, trace_v, current_a, dt_s, sd_v)
     log_w = log_t - posterior.log_prob(theta, trace_v, current=current_a[None])
     ess_flow = ess = effective_sample_size(log_w)
     rounds = 1
-    while ess < min_ess and rounds < max_rounds:
+    while (rounds == 1 or ess < min_ess) and rounds < max_rounds:  # the answer always comes from a Student-t round
         proposal = _fit_t(theta, log_w)
         u = proposal.rvs(size=n_proposal, random_state=rng)
         theta = from_unit(u)
