@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
                    help="action potentials: flag a trace that has them (default), or map each onto the LIF's reset")
     p.add_argument("--refine", action="store_true",
                    help="refine each posterior by importance sampling with the exact likelihood (lif_sbi.refine; runs with a "
-                        "known current, Gaussian noise and the ordered prior; about a second per trace)")
+                        "known current, Gaussian noise and the ordered prior; seconds per trace)")
     p.add_argument("--draws", type=int, default=1000, help="posterior draws per trace (default 1000)")
     p.add_argument("--out", help="output folder (default RUN_DIR/inference/<first file's stem>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")

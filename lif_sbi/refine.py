@@ -63,9 +63,9 @@ def effective_sample_size(log_w: np.ndarray) -> float:
     return float(w.sum() ** 2 / np.sum(w * w))
 
 
-def _log_target(theta, trace_v, current_a, dt_s, sd_v) -> tuple[np.ndarray, np.ndarray]:
-    """log p(x | θ, I) + log p(θ) up to a constant for each row of theta (n, 6) SI, and the
-    log-likelihood alone; -inf outside the "ordered" prior's support, where nothing is simulated.
+def _log_target(theta, trace_v, current_a, dt_s, sd_v) -> np.ndarray:
+    """log p(x | θ, I) + log p(θ) up to a constant for each row of theta (n, 6) SI: the
+    log-likelihood inside the "ordered" prior's support, -inf outside, where nothing is simulated.
     The prior is uniform on its support, so its density is a constant there, which self-normalised
     weights cancel: this holds for a widened box too (`priors.log_prior` knows the constant for the
     reference box only)."""
@@ -73,7 +73,7 @@ def _log_target(theta, trace_v, current_a, dt_s, sd_v) -> tuple[np.ndarray, np.n
     ll = np.full(len(theta), -np.inf)
     if inside.any():
         ll[inside] = log_likelihood(theta[inside], trace_v, current_a, dt_s, sd_v)
-    return ll.copy(), ll
+    return ll
 
 
 def _fit_t(theta, log_w) -> stats._multivariate.multivariate_t_frozen:
@@ -115,16 +115,16 @@ def refine(posterior, trace_v, current_a, *, n: int = 1000, n_flow: int = N_FLOW
     with warnings.catch_warnings():  # draws outside the prior, filled by resampling: round 0 only locates the posterior
         warnings.simplefilter("ignore")
         theta = posterior.sample(trace_v, n_flow, current=current_a[None], seed=seed)[0]
-    log_t, ll = _log_target(theta, trace_v, current_a, dt_s, sd_v)
-    log_w = log_t - posterior.log_prob(theta, trace_v, current=current_a[None])
+    ll = _log_target(theta, trace_v, current_a, dt_s, sd_v)
+    log_w = ll - posterior.log_prob(theta, trace_v, current=current_a[None])
     ess_flow = ess = effective_sample_size(log_w)
     rounds = 1
     while (rounds == 1 or ess < min_ess) and rounds < max_rounds:  # the answer always comes from a Student-t round
         proposal = _fit_t(theta, log_w)
         u = proposal.rvs(size=n_proposal, random_state=rng)
         theta = from_unit(u)
-        log_t, ll = _log_target(theta, trace_v, current_a, dt_s, sd_v)
-        log_w = log_t - proposal.logpdf(u)  # the unit box's Jacobian is a constant: it cancels
+        ll = _log_target(theta, trace_v, current_a, dt_s, sd_v)
+        log_w = ll - proposal.logpdf(u)  # the unit box's Jacobian is a constant: it cancels
         ess = effective_sample_size(log_w)
         rounds += 1
     w = np.exp(log_w - log_w.max())

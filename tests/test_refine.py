@@ -41,7 +41,7 @@ def test_the_target_needs_no_prior_constant_so_a_widened_ordered_box_works():
     trace = simulate(theta[:1], current[None], 1e-4, dtype=torch.float64).numpy()[0]
     outside = theta[:1].copy()
     outside[0, 4] = outside[0, 2] + 1e-3  # V_res above E_L - 2 mV: outside the ordered support
-    log_t, ll = rf._log_target(np.vstack([theta, outside]), trace, current, 1e-4, 5e-4)
+    log_t = ll = rf._log_target(np.vstack([theta, outside]), trace, current, 1e-4, 5e-4)
     np.testing.assert_array_equal(log_t[:5], log_likelihood(theta, trace, current, 1e-4, 5e-4))
     assert np.isneginf(log_t[5]) and np.isneginf(ll[5])
 
