@@ -38,7 +38,7 @@ def make_adapter(logit_bounds: bool = True, observe_current: bool = False, leak_
     training). Draws come back inside the widened bounds by construction.
     logit_bounds=False skips the logit (the reference study's plain standardisation).
     observables (N, T, 1) V → mV → summary_variables; with observe_current, current (N, T) A →
-    nA as a second channel: summary_variables (N, T, 2). With leak_features, features (N, 4)
+    nA as a second channel: summary_variables (N, T, 2). With leak_features, features (N, 4 * scales)
     (lif_sbi.features) → inference_conditions, passed to the flow beside the summary.
     Standardisation (per channel and feature) is the approximator's.
     """
@@ -69,6 +69,25 @@ def observes_current(approximator) -> bool:
 def uses_leak_features(approximator) -> bool:
     """Whether the approximator's flow is conditioned on `lif_sbi.features` (`model.leak_features`)."""
     return any("'features'" in str(t.get_config()) for t in getattr(approximator.adapter, "transforms", []))
+
+
+def leak_scales(approximator) -> int:
+    """How many time scales of `lif_sbi.features` the flow is conditioned on (`model.leak_scales`),
+    read from the width of its standardisation of them; 0 without leak features."""
+    if not uses_leak_features(approximator):
+        return 0
+    weights = approximator.standardize_layers["inference_conditions"].weights
+    if not weights:
+        raise ValueError("the approximator is not built yet: its leak-feature scales are known once it has seen data")
+    return int(weights[0].shape[-1]) // features.N_FEATURES
+
+
+def with_features(approximator, data: dict, dt_s: float) -> dict:
+    """`data` ("observables", "current") plus the "features" the approximator is conditioned on, if any."""
+    scales = leak_scales(approximator) if "current" in data else 0
+    if not scales:
+        return data
+    return {**data, "features": features.leak_features(data["observables"], data["current"], dt_s, scales)}
 
 
 def subnet_arguments(kind: str, dropout: float) -> dict:
@@ -295,9 +314,7 @@ def sample_posterior(
     conditions = {"observables": obs}
     cur = _as_currents(current, obs, approximator)
     if cur is not None:
-        conditions["current"] = cur
-        if uses_leak_features(approximator):
-            conditions["features"] = features.leak_features(obs, cur, dt_s)
+        conditions = with_features(approximator, conditions | {"current": cur}, dt_s)
     if width_scale is not None and np.all(np.asarray(width_scale) == 1.0):
         width_scale = None  # nothing to rescale: skip the adapter round trip
     state = None  # per-trace medians (and sorted first draws) in unbounded coordinates, when rescaling

@@ -8,9 +8,12 @@ import numpy as np
 
 from .priors import HIGH, INDEX
 
-FEATURE_NAMES = ("dv_per_na", "dv_per_mv", "dv_offset", "fitted_share")  # see `leak_features`
-N_FEATURES = len(FEATURE_NAMES)
+FEATURE_NAMES = ("dv_per_na", "dv_per_mv", "dv_offset", "fitted_share")  # per time scale, see `leak_features`
+N_FEATURES = len(FEATURE_NAMES)  # features per time scale
+LAG_BASE = 4  # time scale s (0, 1, ...) fits the step over LAG_BASE**s samples: 1, 4, 16, 64
+MAX_SCALES = 4
 SPIKE_DROP_MV = 5.0  # a fall of more than this between two samples is a spike and reset
+TYPICAL_FIT = np.array([0.67, 0.0064, 0.45])  # the lag-1 fit's median magnitudes (b2 mV/nA, b1 /mV, b0 mV) on step traces
 RIDGE = 1e-6  # added to the normal equations' diagonal: a trace with a flat current still solves
 
 
@@ -19,50 +22,84 @@ def guard_samples(dt_s: float) -> int:
     return int(math.ceil(HIGH[INDEX["t_ref"]] / dt_s))
 
 
-def leak_features(observables_v, current_a, dt_s: float) -> np.ndarray:
-    """Per trace, the least-squares fit of V_i - V_{i-1} = b0 + b1 V_{i-1} + b2 I_{i-1} over the
-    steps away from spikes: (N, 4) float32 = (b2 in mV/nA, b1 per mV, b0 in mV, share of steps used).
+def lags(scales: int) -> tuple[int, ...]:
+    """The lags, in samples, of `scales` time scales: (1,), (1, 4), (1, 4, 16), ..."""
+    return tuple(LAG_BASE**s for s in range(scales))
+
+
+def feature_names(scales: int = 1) -> tuple[str, ...]:
+    """The names of `leak_features`' columns: FEATURE_NAMES, then each with "@<lag>" for the longer lags."""
+    return FEATURE_NAMES + tuple(f"{name}@{lag}" for lag in lags(scales)[1:] for name in FEATURE_NAMES)
+
+
+def leak_features(observables_v, current_a, dt_s: float, scales: int = 1) -> np.ndarray:
+    """Per trace and time scale, the least-squares fit of V_{i+k} - V_i = b0 + b1 V_i + b2 I_i over
+    the windows away from spikes: (N, 4 * scales) float32 = (b2 in mV/nA, b1 per mV, b0 in mV,
+    share of windows used) for lag k = 1, then the same for k = 4, 16, ... (`lags`), whose three
+    coefficients are given as arcsinh(b / (k * TYPICAL_FIT)).
 
     observables_v (N, T) or (N, T, 1) V; current_a (N, T) A; dt_s the sampling step.
     Written by hand (a domain feature, no library has it): the Euler step of the LIF is exactly this
-    linear relation, b2 = dt / C_m, b1 = -dt g_L / C_m, b0 = dt g_L E_L / C_m, wherever the neuron is
-    neither spiking nor refractory. On noise-free traces the fit recovers C_m, g_L and E_L to
-    rounding; with recording noise it is biased (the regressor is noisy) but still carries the
+    linear relation at k = 1, b2 = dt / C_m, b1 = -dt g_L / C_m, b0 = dt g_L E_L / C_m, wherever the
+    neuron is neither spiking nor refractory. On noise-free traces the fit recovers C_m, g_L and
+    E_L to rounding; with recording noise it is biased (the regressor is noisy) but still carries the
     leak that a summary network, which must learn such a regression from examples, misses: with
     the current observed but without these features the estimator's g_L posterior stays at the
-    prior (contraction 0.00, configs/noisy_steps.toml) while the exact posterior is narrow.
-    Steps within `guard_samples(dt_s)` after a fall of more than SPIKE_DROP_MV are left out."""
+    prior (contraction 0.01: `noisy_steps` with model.leak_features = false) while the exact
+    posterior is narrow.
+    Over k steps the leak moves V k times as far while the noise of V_{i+k} - V_i stays the same,
+    so the longer lags carry g_L through noise that drowns the one-step fit. There I_i is the
+    mean current over the window, and the relation holds exactly where it is constant
+    (b1 = d^k - 1, d = 1 - dt g_L / C_m) and to first order in k dt / tau elsewhere.
+    A window is left out when a fall of more than SPIKE_DROP_MV lies within `guard_samples(dt_s)`
+    before it or inside it."""
     v = np.asarray(observables_v, dtype=np.float64)
     v = (v[..., 0] if v.ndim == 3 else v) * 1e3  # mV
     i_na = np.asarray(current_a, dtype=np.float64) * 1e9
-    dv = np.diff(v, axis=1)  # (N, T-1): step k goes from sample k to k+1
-    spike = dv < -SPIKE_DROP_MV
-    # step k is used unless a spike happened at one of the steps k - guard .. k
+    spike = np.diff(v, axis=1) < -SPIKE_DROP_MV  # (N, T-1): step j goes from sample j to j+1
+    c = np.concatenate([np.zeros((len(v), 1)), np.cumsum(spike, axis=1)], axis=1)  # (N, T): spikes before sample j
     guard = guard_samples(dt_s)
-    c = np.concatenate([np.zeros((len(v), 1)), np.cumsum(spike, axis=1)], axis=1)  # (N, T)
-    k = np.arange(dv.shape[1])
-    recent = c[:, k + 1] - c[:, np.maximum(k - guard, 0)]
-    use = (recent == 0).astype(np.float64)[:, 1:]  # steps 1 .. T-2: each has a sample before it
-    # Instrumental variables: the regressor V_{i-1} carries the same recording noise as the target's
-    # -V_{i-1}, which biases least squares towards -1 (errors in variables); V_{i-2}, whose noise
+    return np.concatenate([_fit(v, i_na, c, guard, k) for k in lags(scales)], axis=1).astype(np.float32)
+
+
+def _fit(v: np.ndarray, i_na: np.ndarray, c: np.ndarray, guard: int, k: int) -> np.ndarray:
+    """`leak_features` at lag k: (N, 4) float64."""
+    i = np.arange(1, v.shape[1] - k)  # windows i .. i+k, each with a sample before it
+    if len(i) < 4:
+        raise ValueError(f"a trace of {v.shape[1]} samples is too short for a lag of {k} samples")
+    # window i is used unless a spike happened at one of the steps i - guard .. i+k-1
+    use = (c[:, i + k] - c[:, np.maximum(i - guard, 0)] == 0).astype(np.float64)
+    if k == 1:
+        current = i_na[:, i]
+    else:  # mean over the window's k samples
+        s = np.concatenate([np.zeros((len(v), 1)), np.cumsum(i_na, axis=1)], axis=1)
+        current = (s[:, i + k] - s[:, i]) / k
+    # Instrumental variables: the regressor V_i carries the same recording noise as the target's
+    # -V_i, which biases least squares towards -1 (errors in variables); V_{i-1}, whose noise
     # is independent of both, instruments it (Z'X b = Z'y), consistent for any noise level.
-    ones = np.ones_like(dv[:, 1:])
-    x = np.stack([ones, v[:, 1:-1], i_na[:, 1:-1]], axis=-1)  # (N, T-2, 3)
-    z = np.stack([ones, v[:, :-2], i_na[:, 1:-1]], axis=-1)
+    ones = np.ones_like(current)
+    x = np.stack([ones, v[:, i], current], axis=-1)  # (N, W, 3)
+    z = np.stack([ones, v[:, i - 1], current], axis=-1)
     zw = z * use[..., None]
     a = np.einsum("nti,ntj->nij", zw, x) + RIDGE * np.eye(3)
-    b = np.einsum("nti,nt->ni", zw, dv[:, 1:])
+    b = np.einsum("nti,nt->ni", zw, v[:, i + k] - v[:, i])
     coef = np.linalg.solve(a, b[..., None])[..., 0]  # (N, 3): b0, b1, b2
-    share = use.mean(axis=1)
-    return np.stack([coef[:, 2], coef[:, 1], coef[:, 0], share], axis=1).astype(np.float32)
+    fit = np.stack([coef[:, 2], coef[:, 1], coef[:, 0]], axis=1)
+    if k > 1:
+        # An instrumented estimate is a ratio with heavy tails (weak instruments: 0.1 % of noisy step
+        # traces give |b0| > 1,000 mV at lag 16), which a standardised network input cannot take;
+        # arcsinh in units of k times the fit's typical size is linear near it and logarithmic beyond.
+        # Lag 1 stays raw: the models trained on it read it so.
+        fit = np.arcsinh(fit / (k * TYPICAL_FIT))
+    return np.concatenate([fit, use.mean(axis=1, keepdims=True)], axis=1)
 
 
 class WithFeatures:
-    """A BayesFlow augmentation of a whole batch: adds "features" (N, 4) computed from its
+    """A BayesFlow augmentation of a whole batch: adds "features" (N, 4 * scales) computed from its
     "observables" and "current" (after any noise augmentation before it)."""
 
-    def __init__(self, dt_s: float):
-        self.dt_s = float(dt_s)
+    def __init__(self, dt_s: float, scales: int = 1):
+        self.dt_s, self.scales = float(dt_s), int(scales)
 
     def __call__(self, batch: dict) -> dict:
-        return {**batch, "features": leak_features(batch["observables"], batch["current"], self.dt_s)}
+        return {**batch, "features": leak_features(batch["observables"], batch["current"], self.dt_s, self.scales)}

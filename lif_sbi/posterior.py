@@ -117,27 +117,24 @@ class Posterior:
         trace (T,). The flow's density as trained, per unit of SI parameter volume; -inf outside the
         prior's support (`sample` draws from it restricted there). Not available for a run whose
         width calibration rescales draws per trace (it has no density)."""
-        from . import estimator, features, priors
+        from . import estimator, priors
 
         if self.width_scale is not None and not np.all(np.asarray(self.width_scale) == 1.0):
             raise NotImplementedError("this run rescales posterior widths per trace (calibration.json), which has no density; use sample()")
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
         v, cur = self._inputs(traces, current)
-        if len(v) == 1 and len(theta) > 1:
-            v = np.repeat(v, len(theta), axis=0)
-            cur = None if cur is None else np.repeat(cur, len(theta), axis=0)
-        if theta.shape != (len(v), 6):
+        one_trace = len(v) == 1 and len(theta) > 1  # every θ with the one trace
+        if theta.shape != (len(theta) if one_trace else len(v), 6):
             raise ValueError(f"theta must be (N, 6) in SI units, one row per trace, or (S, 6) with one trace; got {theta.shape}")
         inside = priors.in_support(theta, kind=self.prior)  # the flow's bijection is undefined beyond its bounds
         out = np.full(len(theta), -np.inf)
         if not inside.any():
             return out
-        obs = estimator.as_observables(v[inside])
-        data = {"parameters": theta[inside], "observables": obs}
-        if cur is not None:
-            data["current"] = cur[inside].astype(np.float32)
-            if estimator.uses_leak_features(self.approximator):
-                data["features"] = features.leak_features(obs, data["current"], self.dt_s)
+        conditions = {"observables": estimator.as_observables(v)}
+        if cur is not None:  # the trace's leak features, if any, once per trace
+            conditions = estimator.with_features(self.approximator, conditions | {"current": cur.astype(np.float32)}, self.dt_s)
+        rows = np.zeros(int(inside.sum()), dtype=int) if one_trace else np.flatnonzero(inside)
+        data = {k: value[rows] for k, value in conditions.items()} | {"parameters": theta[inside]}
         out[inside] = np.asarray(self.approximator.log_prob(data=data), dtype=np.float64).reshape(-1)
         return out
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import features
 from .calibration import describe
 from .files import atomic_write_text
 from .priors import PARAMETERS
@@ -258,8 +259,13 @@ def _data_line(config) -> str:
     st = config.stimulus
     return (f"{' + '.join(st.protocols)} current, {st.duration_s * 1e3:g} ms at {st.dt_s * 1e3:g} ms ({st.n_samples} samples), "
             f"current {'observed' if config.model.observe_current else 'not observed'} by the estimator"
-            f"{' (and a least-squares fit of the membrane equation, model.leak_features)' if config.model.leak_features else ''}, "
+            f"{_leak_words(config.model) if config.model.leak_features else ''}, "
             f"recording noise {config.noise.sd_v * 1e3:g} mV, prior '{config.prior.kind}'")
+
+
+def _leak_words(model) -> str:
+    lags = "" if model.leak_scales == 1 else f" at lags of {', '.join(str(k) for k in features.lags(model.leak_scales))} samples"
+    return f" (and a least-squares fit of the membrane equation{lags}, model.leak_features)"
 
 
 def _widths_line(record: Mapping | None) -> str:

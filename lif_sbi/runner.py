@@ -156,7 +156,7 @@ def build(r: Run, train: dict, val: dict):
     # per training batch: fresh recording noise, then the leak features of the noisy traces
     fresh = noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET) if r.config.noise.sd_v else None
     # the batches are the data's (data.seed): two runs that differ only in training.seed see the same batches
-    augment = [features.WithFeatures(dt_s)] if mc.leak_features else []
+    augment = [features.WithFeatures(dt_s, mc.leak_scales)] if mc.leak_features else []
     dc = r.config.data
     if dc.mode == "online":
         train_ds = online.OnlineBatches(len(train["parameters"]), tc.batch_size, approximator.adapter, seed=dc.seed, keys=keys,
@@ -169,7 +169,7 @@ def build(r: Run, train: dict, val: dict):
                                    augmentations=augment)
     val_data = {k: val[k] for k in keys}
     if mc.leak_features:
-        val_data["features"] = features.leak_features(val["observables"], val["current"], dt_s)
+        val_data["features"] = features.leak_features(val["observables"], val["current"], dt_s, mc.leak_scales)
     val_ds = bf.datasets.OfflineDataset(val_data, batch_size=validation_batch_size(len(val["parameters"]), tc.batch_size),
                                         adapter=approximator.adapter, shuffle=False)
     approximator.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, len(train_ds))), jit_compile=tc.jit_compile)

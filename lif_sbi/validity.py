@@ -52,15 +52,15 @@ def bound_shares(draws: np.ndarray) -> np.ndarray:
 def summaries(approximator, voltage_v: np.ndarray, current_a: np.ndarray | None, dt_s: float) -> np.ndarray:
     """What the flow is conditioned on, per trace: the summary network's output and, for a model
     with leak features, those features: (N, D) float64."""
-    from . import estimator, features
+    from . import estimator
 
-    obs = estimator.as_observables(voltage_v)
-    conditions = {"observables": obs}
+    conditions = {"observables": estimator.as_observables(voltage_v)}
     if estimator.observes_current(approximator):
         conditions["current"] = np.asarray(current_a, dtype=np.float32)
+    conditions = estimator.with_features(approximator, conditions, dt_s)
     out = [np.asarray(approximator.summarize(conditions), dtype=np.float64)]
-    if estimator.uses_leak_features(approximator):
-        out.append(np.asarray(features.leak_features(obs, conditions["current"], dt_s), dtype=np.float64))
+    if "features" in conditions:
+        out.append(np.asarray(conditions["features"], dtype=np.float64))
     return np.concatenate(out, axis=1)
 
 

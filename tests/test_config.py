@@ -268,7 +268,8 @@ def test_config_with_a_protocol_list_round_trips_through_the_saved_toml(tmp_path
     np.save(wave, np.zeros(1000))
     cfg = load_config("noisy_steps", ['stimulus.protocols=["step", "ramp", "file", "coloured"]', f"stimulus.file={str(wave)!r}",
                                       "stimulus.file_scale_high=2.5", "stimulus.duration_s=0.02", "stimulus.dt_s=5e-5",
-                                      "noise.sd_v=1.5e-3", "prior.kind=ordered", "model.observe_current=false"])
+                                      "noise.sd_v=1.5e-3", "prior.kind=ordered", "model.observe_current=false",
+                                      "model.leak_features=false", "model.leak_scales=1"])
     assert cfg.stimulus.protocols == ("step", "ramp", "file", "coloured") and cfg.stimulus.file == str(wave)
     text = cfg.to_toml()
     assert 'protocols = ["step", "ramp", "file", "coloured"]' in text

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lif_sbi import estimator
+from lif_sbi import estimator, features
 from lif_sbi.config import ModelConfig
 from lif_sbi.priors import ATOMS, DISPLAY_SCALE, HIGH, LOW, in_support
 from lif_sbi.simulator import simulate_batch
@@ -153,3 +153,26 @@ def test_student_t_base_is_built_trains_its_log_density_and_survives_save_and_lo
     # A normal base gives a different density for the same weights' layout: the option is not ignored.
     normal = estimator.build_approximator(ModelConfig(summary_network="conv_pool", flow_depth=2))
     assert isinstance(normal.inference_network.base_distribution, bf.distributions.DiagonalNormal)
+
+
+@pytest.mark.torch
+def test_the_leak_scales_a_model_was_built_with_are_read_back_from_it_after_saving(tmp_path):
+    """A flow conditioned on two time scales of leak features says so after a save and load, and the
+    conditions it is given have 8 feature columns; a model without features gets none."""
+    from lif_sbi.config import StimulusConfig
+
+    model = ModelConfig(summary_network="conv_pool", flow_depth=2, observe_current=True, leak_features=True, leak_scales=2)
+    approximator = estimator.build_approximator(model)
+    data = simulate_batch(16, seed=8, stimulus=StimulusConfig(protocols=("step",)))
+    data = {k: data[k] for k in ("parameters", "observables", "current")}
+    with pytest.raises(ValueError, match="not built yet"):
+        estimator.leak_scales(approximator)
+    approximator.build_from_data(approximator.adapter(data | {"features": features.leak_features(data["observables"], data["current"], 1e-4, 2)}))
+    assert estimator.leak_scales(approximator) == 2
+    assert estimator.with_features(approximator, data, 1e-4)["features"].shape == (16, 8)
+    approximator.save(tmp_path / "m.keras")
+    loaded = estimator.load_approximator(tmp_path / "m.keras")
+    assert estimator.leak_scales(loaded) == 2
+    plain = estimator.build_approximator(ModelConfig(summary_network="conv_pool", flow_depth=2, observe_current=True))
+    bare = {k: data[k] for k in ("observables", "current")}
+    assert estimator.leak_scales(plain) == 0 and "features" not in estimator.with_features(plain, bare, 1e-4)

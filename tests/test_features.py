@@ -1,4 +1,4 @@
-"""Leak-regression features: exact on noise-free traces, unbiased under noise, spikes left out."""
+"""Leak-regression features: exact on noise-free traces, unbiased under noise, spikes left out, longer lags through noise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 
 from lif_sbi import noise
 from lif_sbi.config import ConfigError, StimulusConfig, load_config
-from lif_sbi.features import N_FEATURES, WithFeatures, guard_samples, leak_features
+from scipy.stats import spearmanr
+
+from lif_sbi.features import N_FEATURES, TYPICAL_FIT, WithFeatures, feature_names, guard_samples, lags, leak_features
 from lif_sbi.simulator import simulate_batch
 
 DT = 1e-4
@@ -66,3 +68,50 @@ def test_with_features_adds_them_to_a_batch_and_config_requires_the_current():
     assert batch["features"].shape == (5, N_FEATURES) and batch["observables"] is d["observables"]
     with pytest.raises(ConfigError, match="model.leak_features .*only with model.observe_current = true"):
         load_config("ci", ["model.leak_features=true"])
+    batch = WithFeatures(DT, scales=2)({"observables": d["observables"], "current": d["current"]})
+    assert batch["features"].shape == (5, 2 * N_FEATURES)
+
+
+def _leak_rate(f: np.ndarray, scale: int) -> np.ndarray:
+    """dt g_L / C_m per trace from the fit at time scale `scale`: b1 = d^k - 1 with d = 1 - dt g_L / C_m."""
+    k = lags(scale + 1)[-1]
+    b1 = np.sinh(f[:, N_FEATURES * scale + 1]) * k * TYPICAL_FIT[1]  # the longer lags' coefficients come as arcsinh
+    return 1 - (1 + b1) ** (1 / k)
+
+
+def test_longer_lags_add_columns_and_keep_the_one_sample_fit():
+    """scales=3: (N, 12) named columns, the first four those of scales=1 bit for bit; lags 1, 4, 16."""
+    d = simulate_batch(50, seed=6, stimulus=STEPS, prior="ordered")
+    noisy = noise.add_noise(d["observables"], 0.5e-3, seed=7)
+    one, three = leak_features(noisy, d["current"], DT), leak_features(noisy, d["current"], DT, scales=3)
+    assert three.shape == (50, 3 * N_FEATURES) and np.isfinite(three).all()
+    np.testing.assert_array_equal(three[:, :N_FEATURES], one)
+    assert lags(3) == (1, 4, 16) and len(feature_names(3)) == 12 and feature_names(3)[4] == "dv_per_na@4"
+
+
+def test_longer_lags_give_the_leak_rate_on_noise_free_steps():
+    """On noise-free step traces the lag-4 and lag-16 fits give dt g_L / C_m within 0.5 % and 2 % (median);
+    measured 0.17 % and 0.9 % (the window's mean current stands in for the current across a step's edge)."""
+    d = simulate_batch(300, seed=1, stimulus=STEPS, prior="ordered", dtype=__import__("torch").float64)
+    f = leak_features(d["observables"], d["current"], DT, scales=3).astype(np.float64)
+    rate = DT * d["parameters"][:, 1] / d["parameters"][:, 0]
+    for scale, tolerance in ((1, 5e-3), (2, 2e-2)):
+        assert np.median(np.abs(_leak_rate(f, scale) / rate - 1)) < tolerance
+
+
+def test_longer_lags_carry_the_leak_through_recording_noise():
+    """With 0.5 mV noise on 2,000 step traces the fitted b1 ranks g_L / C_m far better at lag 16 than
+    at lag 1 (Spearman 0.69 against 0.30 measured; required: at least 0.25 more)."""
+    d = simulate_batch(2000, seed=2, stimulus=STEPS, prior="ordered")
+    noisy = noise.add_noise(d["observables"], 0.5e-3, seed=3)
+    f = leak_features(noisy, d["current"], DT, scales=3).astype(np.float64)
+    rate = d["parameters"][:, 1] / d["parameters"][:, 0]
+    rho = [spearmanr(f[:, N_FEATURES * s + 1], -rate).correlation for s in range(3)]
+    assert rho[2] > rho[0] + 0.25 and rho[1] > rho[0]
+
+
+@pytest.mark.parametrize("setting", ["model.leak_scales=2", "model.leak_scales=5", "model.leak_scales=true"])
+def test_leak_scales_needs_leak_features_and_a_count_in_range(setting):
+    extra = [] if setting == "model.leak_scales=2" else ["model.observe_current=true", "model.leak_features=true"]
+    with pytest.raises(ConfigError, match="model.leak_scales (.*an integer in 1..4|.*wrong type: expected int)"):
+        load_config("ci", extra + [setting])

@@ -73,7 +73,8 @@ def test_importing_the_package_loads_no_keras():
 
 @pytest.mark.torch
 def test_the_python_route_prints_no_library_noise(noisy_steps_run):
-    """lif_sbi.load + sample in a fresh process, KERAS_BACKEND unset: nothing on stdout or stderr but ours."""
+    """lif_sbi.load + sample in a fresh process, KERAS_BACKEND unset: nothing on stdout or stderr but
+    ours (the smoke run's flow may warn, in lif_sbi's own words, of draws outside the prior)."""
     import os
 
     code = ("import numpy as np, lif_sbi\n"
@@ -83,4 +84,6 @@ def test_the_python_route_prints_no_library_noise(noisy_steps_run):
             "print('draws', d.shape)\n")
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0 and proc.stdout == "draws (1, 20, 6)\n" and proc.stderr == "", proc.stdout + proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if "/lif_sbi/" in line and "UserWarning" in line]
+    others = [line for line in proc.stderr.splitlines() if line not in ours and not line.startswith("  warnings.warn(")]
+    assert proc.returncode == 0 and proc.stdout == "draws (1, 20, 6)\n" and not others, proc.stdout + proc.stderr
