@@ -103,14 +103,17 @@ class Posterior:
         cur = None if current is None or not self.observes_current else np.asarray(current, dtype=np.float64).reshape(v.shape)
         return v, cur
 
-    def sample(self, traces, n: int = 1000, current=None, seed: int | None = 0, max_rounds: int = 10) -> np.ndarray:
+    def sample(self, traces, n: int = 1000, current=None, seed: int | None = 0, max_rounds: int = 10,
+               return_acceptance: bool = False) -> np.ndarray:
         """Posterior draws (N, n, 6) in SI units for traces (N, T) or (T,) in V, confined to the prior's
-        support (draws outside it drawn again, up to `max_rounds` rounds: `estimator.sample_posterior`)."""
+        support (draws outside it drawn again, up to `max_rounds` rounds: `estimator.sample_posterior`).
+        return_acceptance=True also returns each trace's share of draws inside the support (N,)."""
         from . import estimator
 
         v, cur = self._inputs(traces, current)
         return estimator.sample_posterior(self.approximator, v, n, seed=seed, width_scale=self.width_scale, current=cur,
-                                          prior=self.prior, dt_s=self.dt_s, max_rounds=max_rounds)
+                                          prior=self.prior, dt_s=self.dt_s, max_rounds=max_rounds,
+                                          return_acceptance=return_acceptance)
 
     def log_prob(self, theta, traces, current=None) -> np.ndarray:
         """log q(θ | trace), θ in SI units: theta (N, 6) paired with traces (N, T), or (S, 6) with one

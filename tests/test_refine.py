@@ -78,11 +78,13 @@ def test_refining_a_smoke_run_reaches_the_effective_sample_size_and_covers_the_t
 @pytest.mark.torch
 def test_noise_four_times_the_configured_shows_in_the_residual_ratio(posterior):
     """A trace the set-up does not explain (2 mV noise where the run assumes 0.5 mV): the residual
-    at the best draw is at least about four noise sds, and about four where the refinement finds
-    the posterior, so the refined posterior is not to be trusted. (The smoke run's flow, given
-    noise it never saw, may put every draw outside the prior: then no round finds the posterior,
-    the refinement does not converge and the residual is larger still.)"""
-    for seed in (5, 6):
+    at the best draw is about four noise sds, so the refined posterior is not to be trusted. The
+    smoke run's flow, given noise it never saw, puts almost none of its draws inside the prior for
+    two of these traces (seeds 5 and 7): those refinements start from the prior (ess_flow 0) and
+    still find the best fit."""
+    results = []
+    for seed in (5, 6, 7):
         _, trace, current = _observation(posterior, seed, 4 * posterior.noise_sd_v)
-        res = posterior.refine(trace, current, n=100, seed=2, n_proposal=2000, min_ess=200)
-        assert res.residual_ratio > 3.5 and (res.residual_ratio < 4.5 or not res.converged), (seed, res.residual_ratio, res.converged)
+        results.append(posterior.refine(trace, current, n=100, seed=2, n_proposal=2000, min_ess=200))
+    assert all(3.5 < res.residual_ratio < 4.5 for res in results), [res.residual_ratio for res in results]
+    assert any(res.ess_flow == 0.0 for res in results) and any(res.ess_flow > 0.0 for res in results)
