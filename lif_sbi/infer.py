@@ -227,7 +227,9 @@ def _main(argv) -> int:
         # draws pile on the bounds): two rounds of drawing again, not ten, keep the call fast
         draws = post.sample(prepared.voltage_v, args.draws, current=prepared.current_a, seed=args.seed, max_rounds=MAX_ROUNDS)
     elapsed = time.perf_counter() - t0
-    notes += [f"sampling: {w.message}" for w in caught]
+    # only lif_sbi's own words: a library's deprecation notes (NumPy 2's copy keyword) are not the user's business
+    package = Path(__file__).resolve().parent
+    notes += [f"sampling: {w.message}" for w in caught if Path(w.filename).resolve().is_relative_to(package)]
     valid, reasons = verdicts(post, prepared, draws, args.spikes, args.seed)  # on the flow's draws, as the check was fitted
     n = len(draws)
     print(f"{n} trace(s) x {args.draws} draws in {elapsed * 1e3:.0f} ms ({elapsed * 1e3 / n:.1f} ms per trace); validity check: "

@@ -131,6 +131,9 @@ def test_an_abf_file_is_one_batched_call_with_its_command_current(noisy_steps_ru
     verdicts = json.loads((out / "verdicts.json").read_text())["traces"]
     assert all(any("V_th" in r or "E_L" in r for r in v["reasons"]) for v in verdicts)
     assert (out / "plots" / "posterior_predictive.png").is_file()
+    # the sampler's notes are lif_sbi's own (draws outside the prior), no library's deprecation notes
+    notes = json.loads((out / "verdicts.json").read_text())["meta"]["notes"]
+    assert all("trace(s)" in n for n in notes if n.startswith("sampling:")), notes
 
 
 @pytest.mark.torch
