@@ -9,6 +9,9 @@ so display-unit conversions are exercised and calibration is unchanged (affine m
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import math
 
 import numpy as np
@@ -320,3 +323,22 @@ def test_recovery_plot_accepts_a_mean_outside_the_central_interval(tmp_path):
     draws[:, 0, :] += 0.5 * theta
     path = d.plot_recovery(theta, draws, tmp_path / "recovery.png")
     assert path.stat().st_size > 1000
+
+
+@pytest.mark.torch
+def test_c2st_tells_two_posteriors_apart_and_prints_nothing_under_torch():
+    """In a fresh torch process: one distribution against itself gives about 0.5, a shift of two sds
+    nearly 1; TensorFlow, which Keras seeds and probes wherever it is installed, prints no start-up lines
+    (they came twice per process in bench/reference_posteriors.py's workers)."""
+    script = ("import numpy as np\n"
+              "from lif_sbi import quiet\n"
+              "quiet.libraries()  # BayesFlow's import notes, as the bench scripts mute them\n"
+              "from lif_sbi.diagnostics.metrics import c2st_accuracy\n"
+              "rng = np.random.default_rng(0)\n"
+              "a, b = rng.normal(size=(2, 400, 6)) * 1e-3\n"
+              "print(round(c2st_accuracy(a, b, seed=1), 2), round(c2st_accuracy(a, b + 2e-3, seed=1), 2))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "torch"})
+    same, shifted = map(float, proc.stdout.split())
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert abs(same - 0.5) < 0.1 and shifted > 0.9

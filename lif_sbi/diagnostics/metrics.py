@@ -160,8 +160,13 @@ def c2st_accuracy(draws_a, draws_b, seed: int, splits: int = 5) -> float:
     seeded: it shuffles and splits with NumPy's global generator and initialises with Keras'."""
     import keras
 
+    from ..quiet import startup_lines
+
     scale = np.array([p.display_scale for p in PARAMETERS])
     np.random.seed(seed)
-    keras.utils.set_random_seed(seed)
-    return float(bf.diagnostics.metrics.classifier_two_sample_test(
-        np.asarray(draws_a) * scale, np.asarray(draws_b) * scale, cross_validation_splits=splits, patience=5, max_epochs=200))
+    # Keras seeds TensorFlow too where it is installed, and its fit probes TensorFlow's tensors:
+    # under another backend that first import prints TensorFlow's C++ start-up lines, filtered here
+    with startup_lines():
+        keras.utils.set_random_seed(seed)
+        return float(bf.diagnostics.metrics.classifier_two_sample_test(
+            np.asarray(draws_a) * scale, np.asarray(draws_b) * scale, cross_validation_splits=splits, patience=5, max_epochs=200))
