@@ -11,7 +11,6 @@ from .priors import HIGH, INDEX
 FEATURE_NAMES = ("dv_per_na", "dv_per_mv", "dv_offset", "fitted_share")  # per time scale, see `leak_features`
 N_FEATURES = len(FEATURE_NAMES)  # features per time scale
 LAG_BASE = 4  # time scale s (0, 1, ...) fits the step over LAG_BASE**s samples: 1, 4, 16, 64
-MAX_SCALES = 4
 SPIKE_DROP_MV = 5.0  # a fall of more than this between two samples is a spike and reset
 TYPICAL_FIT = np.array([0.67, 0.0064, 0.45])  # the lag-1 fit's median magnitudes (b2 mV/nA, b1 /mV, b0 mV) on step traces
 RIDGE = 1e-6  # added to the normal equations' diagonal: a trace with a flat current still solves
