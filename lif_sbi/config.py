@@ -221,6 +221,9 @@ class ModelConfig:
     # Time scales of that fit: 1 fits the one-sample step; 2, 3 or 4 also the steps over 4, 16 and
     # 64 samples (lif_sbi.features.lags), which carry the leak through recording noise.
     leak_scales: int = 1
+    # The flow is also conditioned on the trace's spike times and the mean current before each
+    # (lif_sbi.features.spike_features), which pin C_m and g_L. Needs observe_current.
+    spike_features: bool = False
 
     def __post_init__(self):
         _require(isinstance(self.observe_current, bool), "model.observe_current", "true or false", self.observe_current)
@@ -229,6 +232,8 @@ class ModelConfig:
         _require(isinstance(self.leak_scales, int) and not isinstance(self.leak_scales, bool) and 1 <= self.leak_scales <= 4
                  and (self.leak_features or self.leak_scales == 1), "model.leak_scales",
                  "an integer in 1..4, and above 1 only with model.leak_features = true", self.leak_scales)
+        _require(isinstance(self.spike_features, bool) and (self.observe_current or not self.spike_features), "model.spike_features",
+                 "true or false, and true only with model.observe_current = true", self.spike_features)
         _require(self.summary_network in SUMMARY_KINDS, "model.summary_network", f"one of {', '.join(SUMMARY_KINDS)}", self.summary_network)
         _require(isinstance(self.summary_dim, int) and 1 <= self.summary_dim <= 1024, "model.summary_dim", "an integer in 1..1024", self.summary_dim)
         _require(isinstance(self.flow_depth, int) and 1 <= self.flow_depth <= 64, "model.flow_depth", "an integer in 1..64", self.flow_depth)

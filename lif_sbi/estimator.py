@@ -27,7 +27,8 @@ AMPERE_TO_NA = 1e9
 BOUND_MARGIN = 0.01
 
 
-def make_adapter(logit_bounds: bool = True, observe_current: bool = False, leak_features: bool = False) -> bf.Adapter:
+def make_adapter(logit_bounds: bool = True, observe_current: bool = False, leak_features: bool = False,
+                 spike_features: bool = False) -> bf.Adapter:
     """Map simulator output (SI units) to the approximator's inputs, invertibly.
 
     parameters (N, 6) SI → display units (pF, nS, mV, mV, mV, ms) → logit of the position within
@@ -39,22 +40,26 @@ def make_adapter(logit_bounds: bool = True, observe_current: bool = False, leak_
     logit_bounds=False skips the logit (the reference study's plain standardisation).
     observables (N, T, 1) V → mV → summary_variables; with observe_current, current (N, T) A →
     nA as a second channel: summary_variables (N, T, 2). With leak_features, features (N, 4 * scales)
-    (lif_sbi.features) → inference_conditions, passed to the flow beside the summary.
+    (lif_sbi.features) → inference_conditions, passed to the flow beside the summary; with
+    spike_features, spike_features (N, 3 + 2 * SPIKE_TIMES) after them (or alone) likewise.
     Standardisation (per channel and feature) is the approximator's.
     """
     low, high = LOW * DISPLAY_SCALE, HIGH * DISPLAY_SCALE
+    conditions = (["features"] if leak_features else []) + (["spike_features"] if spike_features else [])
     margin = BOUND_MARGIN * (high - low)
     adapter = (
         bf.Adapter()
-        .keep(["parameters", "observables"] + (["current"] if observe_current else []) + (["features"] if leak_features else []))
+        .keep(["parameters", "observables"] + (["current"] if observe_current else []) + conditions)
         .convert_dtype("float64", "float32")
         .scale("parameters", by=DISPLAY_SCALE.astype("float32"))
     )
     if logit_bounds:
         adapter = adapter.constrain("parameters", lower=(low - margin).astype("float32"), upper=(high + margin).astype("float32"))
     adapter = adapter.scale("observables", by=VOLT_TO_MV).rename("parameters", "inference_variables")
-    if leak_features:
-        adapter = adapter.rename("features", "inference_conditions")
+    if len(conditions) == 1:
+        adapter = adapter.rename(conditions[0], "inference_conditions")
+    elif conditions:
+        adapter = adapter.concatenate(conditions, into="inference_conditions", axis=-1)
     if not observe_current:
         return adapter.rename("observables", "summary_variables")
     return (adapter.expand_dims("current", axis=-1).scale("current", by=AMPERE_TO_NA)
@@ -71,23 +76,29 @@ def uses_leak_features(approximator) -> bool:
     return any("'features'" in str(t.get_config()) for t in getattr(approximator.adapter, "transforms", []))
 
 
+def uses_spike_features(approximator) -> bool:
+    """Whether the approximator's flow is conditioned on `lif_sbi.features.spike_features` (`model.spike_features`)."""
+    return any("'spike_features'" in str(t.get_config()) for t in getattr(approximator.adapter, "transforms", []))
+
+
 def leak_scales(approximator) -> int:
     """How many time scales of `lif_sbi.features` the flow is conditioned on (`model.leak_scales`),
-    read from the width of its standardisation of them; 0 without leak features."""
+    read from the width of its standardisation of them (less the spike features' columns); 0
+    without leak features."""
     if not uses_leak_features(approximator):
         return 0
     weights = approximator.standardize_layers["inference_conditions"].weights
     if not weights:
         raise ValueError("the approximator is not built yet: its leak-feature scales are known once it has seen data")
-    return int(weights[0].shape[-1]) // features.N_FEATURES
+    spikes = len(features.spike_feature_names()) if uses_spike_features(approximator) else 0
+    return (int(weights[0].shape[-1]) - spikes) // features.N_FEATURES
 
 
 def with_features(approximator, data: dict, dt_s: float) -> dict:
-    """`data` ("observables", "current") plus the "features" the approximator is conditioned on, if any."""
-    scales = leak_scales(approximator) if "current" in data else 0
-    if not scales:
+    """`data` ("observables", "current") plus the features the approximator is conditioned on, if any."""
+    if "current" not in data:
         return data
-    return {**data, "features": features.leak_features(data["observables"], data["current"], dt_s, scales)}
+    return features.add_features(data, dt_s, leak_scales(approximator), uses_spike_features(approximator))
 
 
 def subnet_arguments(kind: str, dropout: float) -> dict:
@@ -113,10 +124,11 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
         **subnet_arguments(model.flow_subnet, model.flow_dropout),
     )
     approximator = bf.approximators.ContinuousApproximator(
-        adapter=make_adapter(model.logit_bounds, model.observe_current, model.leak_features),
+        adapter=make_adapter(model.logit_bounds, model.observe_current, model.leak_features, model.spike_features),
         inference_network=flow,
         summary_network=summary,
-        standardize=["inference_variables", "summary_variables"] + (["inference_conditions"] if model.leak_features else []),
+        standardize=["inference_variables", "summary_variables"]
+        + (["inference_conditions"] if model.leak_features or model.spike_features else []),
     )
     backends.compile_inference(approximator)
     return approximator
@@ -293,7 +305,7 @@ def sample_posterior(
     current (N, T) A: the injected currents, which a model trained with `model.observe_current`
     needs (and any other ignores). prior: the kind the model was trained on (`prior.kind`), whose
     support the draws are confined to. dt_s: the traces' sampling step, which a model with
-    `model.leak_features` needs (the step it was trained at).
+    `model.leak_features` or `model.spike_features` needs (the step it was trained at).
 
     within_prior=True confines the draws to the prior's support, where the true posterior
     lives: draws below V_res = -80 mV, the bound on which the prior's ordering repair puts a

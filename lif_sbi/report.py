@@ -259,13 +259,19 @@ def _data_line(config) -> str:
     st = config.stimulus
     return (f"{' + '.join(st.protocols)} current, {st.duration_s * 1e3:g} ms at {st.dt_s * 1e3:g} ms ({st.n_samples} samples), "
             f"current {'observed' if config.model.observe_current else 'not observed'} by the estimator"
-            f"{_leak_words(config.model) if config.model.leak_features else ''}, "
+            f"{_feature_words(config.model)}, "
             f"recording noise {config.noise.sd_v * 1e3:g} mV, prior '{config.prior.kind}'")
 
 
-def _leak_words(model) -> str:
-    lags = "" if model.leak_scales == 1 else f" at lags of {', '.join(str(k) for k in features.lags(model.leak_scales))} samples"
-    return f" (and a least-squares fit of the membrane equation{lags}, model.leak_features)"
+def _feature_words(model) -> str:
+    """What the flow sees beside the summary: the leak fits and the spike times, if any."""
+    words = []
+    if model.leak_features:
+        lags = "" if model.leak_scales == 1 else f" at lags of {', '.join(str(k) for k in features.lags(model.leak_scales))} samples"
+        words.append(f"a least-squares fit of the membrane equation{lags}, model.leak_features")
+    if model.spike_features:
+        words.append("the spike times and the mean current before each, model.spike_features")
+    return f" (and {'; '.join(words)})" if words else ""
 
 
 def _widths_line(record: Mapping | None) -> str:

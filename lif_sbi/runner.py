@@ -153,10 +153,11 @@ def build(r: Run, train: dict, val: dict):
     estimator.quiet_file_probe()  # before the first checkpoint save
     mc, dt_s = r.config.model, r.config.stimulus.dt_s
     keys = ("parameters", "observables", "current") if mc.observe_current else ("parameters", "observables")
-    # per training batch: fresh recording noise, then the leak features of the noisy traces
+    # per training batch: fresh recording noise, then the features of the noisy traces
     fresh = noise.FreshNoise(r.config.noise.sd_v, seed=tc.seed + NOISE_SEED_OFFSET) if r.config.noise.sd_v else None
     # the batches are the data's (data.seed): two runs that differ only in training.seed see the same batches
-    augment = [features.WithFeatures(dt_s, mc.leak_scales)] if mc.leak_features else []
+    scales = mc.leak_scales if mc.leak_features else 0
+    augment = [features.WithFeatures(dt_s, scales, mc.spike_features)] if scales or mc.spike_features else []
     dc = r.config.data
     if dc.mode == "online":
         train_ds = online.OnlineBatches(len(train["parameters"]), tc.batch_size, approximator.adapter, seed=dc.seed, keys=keys,
@@ -168,8 +169,8 @@ def build(r: Run, train: dict, val: dict):
         train_ds = batches.Batches({k: train[k] for k in keys}, tc.batch_size, approximator.adapter, seed=dc.seed, noise=fresh,
                                    augmentations=augment)
     val_data = {k: val[k] for k in keys}
-    if mc.leak_features:
-        val_data["features"] = features.leak_features(val["observables"], val["current"], dt_s, mc.leak_scales)
+    if scales or mc.spike_features:
+        val_data = features.add_features(val_data, dt_s, scales, mc.spike_features)
     val_ds = bf.datasets.OfflineDataset(val_data, batch_size=validation_batch_size(len(val["parameters"]), tc.batch_size),
                                         adapter=approximator.adapter, shuffle=False)
     approximator.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, len(train_ds))), jit_compile=tc.jit_compile)

@@ -51,7 +51,7 @@ def bound_shares(draws: np.ndarray) -> np.ndarray:
 
 def summaries(approximator, voltage_v: np.ndarray, current_a: np.ndarray | None, dt_s: float) -> np.ndarray:
     """What the flow is conditioned on, per trace: the summary network's output and, for a model
-    with leak features, those features: (N, D) float64."""
+    with leak or spike features, those features: (N, D) float64."""
     from . import estimator
 
     conditions = {"observables": estimator.as_observables(voltage_v)}
@@ -59,8 +59,7 @@ def summaries(approximator, voltage_v: np.ndarray, current_a: np.ndarray | None,
         conditions["current"] = np.asarray(current_a, dtype=np.float32)
     conditions = estimator.with_features(approximator, conditions, dt_s)
     out = [np.asarray(approximator.summarize(conditions), dtype=np.float64)]
-    if "features" in conditions:
-        out.append(np.asarray(conditions["features"], dtype=np.float64))
+    out += [np.asarray(conditions[k], dtype=np.float64) for k in ("features", "spike_features") if k in conditions]
     return np.concatenate(out, axis=1)
 
 

@@ -1,4 +1,4 @@
-"""Leak-regression features: exact on noise-free traces, unbiased under noise, spikes left out, longer lags through noise."""
+"""Hand-made features: leak fits exact on noise-free traces, unbiased under noise, spikes left out, longer lags through noise; spike times exact and robust to noise."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from lif_sbi import noise
 from lif_sbi.config import ConfigError, StimulusConfig, load_config
 from scipy.stats import spearmanr
 
-from lif_sbi.features import N_FEATURES, TYPICAL_FIT, WithFeatures, feature_names, guard_samples, lags, leak_features
+from lif_sbi.features import (N_FEATURES, SPIKE_TIMES, TYPICAL_FIT, WithFeatures, feature_names, guard_samples, lags, leak_features,
+                              spike_feature_names, spike_features)
+from lif_sbi.priors import INDEX
 from lif_sbi.simulator import simulate_batch
 
 DT = 1e-4
@@ -115,3 +117,53 @@ def test_leak_scales_needs_leak_features_and_a_count_in_range(setting):
     extra = [] if setting == "model.leak_scales=2" else ["model.observe_current=true", "model.leak_features=true"]
     with pytest.raises(ConfigError, match="model.leak_scales (.*an integer in 1..4|.*wrong type: expected int)"):
         load_config("ci", extra + [setting])
+
+
+def _spike_features_one_by_one(v: np.ndarray, v_res: float, current: np.ndarray, dt: float) -> np.ndarray:
+    """spike_features of one noise-free float64 trace, from the simulator's own rule rather than
+    a fall in V: a spike's first sample is the first of a run at V_res (to the float32 rounding of
+    the returned parameters)."""
+    at_reset = np.abs(v - v_res) < 1e-8
+    spikes = [j for j in range(1, len(v)) if at_reset[j] and not at_reset[j - 1]]
+    out = np.zeros(3 + 2 * SPIKE_TIMES)
+    out[0] = len(spikes)
+    if spikes:
+        out[1] = spikes[-1] * dt * 1e3
+    if len(spikes) > 1:
+        out[2] = np.mean(np.diff(spikes)) * dt * 1e3
+    start = 0
+    for k, j in enumerate(spikes[:SPIKE_TIMES]):
+        out[3 + k] = j * dt * 1e3
+        out[3 + SPIKE_TIMES + k] = current[start:j].mean() * 1e9
+        start = j
+    return out
+
+
+def test_spike_features_match_the_simulators_resets_trace_by_trace_and_survive_noise():
+    """On 300 noise-free float64 step traces the batched features equal a trace-by-trace count of the
+    simulator's resets (times exact, currents to float32 rounding); with 0.5 mV of recording
+    noise they are the same for at least 99 % of traces."""
+    import torch
+
+    d = simulate_batch(300, seed=11, stimulus=STEPS, prior="ordered", dtype=torch.float64)
+    v, cur, theta = np.asarray(d["observables"])[..., 0], np.asarray(d["current"]), d["parameters"]
+    f = spike_features(d["observables"], cur, DT)
+    assert f.shape == (300, len(spike_feature_names())) == (300, 3 + 2 * SPIKE_TIMES)
+    expected = np.stack([_spike_features_one_by_one(v[i], theta[i, INDEX["V_res"]], cur[i], DT) for i in range(300)])
+    assert expected[:, 0].max() > SPIKE_TIMES and (expected[:, 0] == 1).any()  # both ends exercised
+    np.testing.assert_allclose(f, expected, rtol=1e-6, atol=1e-6)
+    noisy = noise.add_noise(d["observables"], 0.5e-3, seed=3)
+    same = np.all(np.isclose(spike_features(noisy, cur, DT), f, rtol=1e-6, atol=1e-6), axis=1)
+    assert same.mean() >= 0.99
+    assert not spike_features(np.full((2, 501), -0.07), cur[:2], DT).any()  # no spike: all zero
+
+
+def test_spike_features_need_the_current_and_join_the_leak_fits_in_a_batch():
+    d = simulate_batch(5, seed=4, stimulus=STEPS)
+    batch = WithFeatures(DT, scales=0, spikes=True)({"observables": d["observables"], "current": d["current"]})
+    assert "features" not in batch and batch["spike_features"].shape == (5, 3 + 2 * SPIKE_TIMES)
+    both = WithFeatures(DT, scales=2, spikes=True)({"observables": d["observables"], "current": d["current"]})
+    assert both["features"].shape == (5, 2 * N_FEATURES)
+    np.testing.assert_array_equal(both["spike_features"], batch["spike_features"])
+    with pytest.raises(ConfigError, match="model.spike_features .*only with model.observe_current = true"):
+        load_config("ci", ["model.spike_features=true"])
