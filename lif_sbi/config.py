@@ -34,6 +34,7 @@ DATA_MODES: tuple[str, ...] = ("offline", "online")
 
 #: the file, beside model.keras, holding the weights a run started from (`training.initial_weights`)
 INITIAL_WEIGHTS = "initial.weights.npz"
+MIN_LOGIT_MARGIN = 1e-5  # model.logit_margin's least value (see there)
 
 
 class ConfigError(ValueError):
@@ -204,6 +205,10 @@ class ModelConfig:
     # Infer the logit of each parameter's position within its prior bounds (BayesFlow's
     # `constrain`) instead of the parameter itself; false is the study's plain standardisation.
     logit_bounds: bool = True
+    # How far beyond each prior bound that logit map reaches, as a share of the prior's width (the
+    # flow's draws beyond a bound are rejected; the reference prior's V_res atom on its bound maps
+    # to logit(margin)). At least MIN_LOGIT_MARGIN: float32 rounds values that near a bound onto it.
+    logit_margin: float = 0.01
     # The flow's base distribution: 0 = standard normal (BayesFlow's default); a number > 2 = a
     # diagonal Student-t with that many degrees of freedom (BayesFlow's DiagonalStudentT). Flows
     # with Lipschitz coupling layers keep the tails of their base, so a Gaussian base cannot make
@@ -242,6 +247,8 @@ class ModelConfig:
         _require(not self.trace_features or self.summary_network == "conv_pool", "model.trace_features",
                  "false unless model.summary_network = 'conv_pool'", self.trace_features)
         _require(isinstance(self.logit_bounds, bool), "model.logit_bounds", "true or false", self.logit_bounds)
+        _require(isinstance(self.logit_margin, float) and MIN_LOGIT_MARGIN <= self.logit_margin <= 0.5, "model.logit_margin",
+                 f"a number in [{MIN_LOGIT_MARGIN:g}, 0.5]", self.logit_margin)
         _require(isinstance(self.flow_dropout, float) and 0.0 <= self.flow_dropout < 1.0, "model.flow_dropout", "a number in [0, 1)", self.flow_dropout)
         _require(self.flow_subnet in FLOW_SUBNETS, "model.flow_subnet", f"one of {', '.join(FLOW_SUBNETS)}", self.flow_subnet)
         _require(isinstance(self.flow_base_df, float) and (self.flow_base_df == 0.0 or 2.0 < self.flow_base_df <= 1e6),

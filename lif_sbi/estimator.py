@@ -21,18 +21,20 @@ VOLT_TO_MV = 1e3
 AMPERE_TO_NA = 1e9
 
 
-#: the logit map of the adapter is stretched this share of each prior width beyond both bounds, so
-#: the V_res atom at its lower bound (priors.ATOMS) maps to a finite value (about -4.6 in logit
-#: units) rather than to -35; draws that land in the margins are handled by `sample_posterior`.
+#: the logit map of the adapter is stretched this share of each prior width beyond both bounds
+#: (`model.logit_margin`'s default), so the V_res atom at its lower bound (priors.ATOMS) maps to a
+#: finite value (about -4.6 in logit units) rather than to -35; draws that land in the margins are
+#: handled by `sample_posterior`.
 BOUND_MARGIN = 0.01
 
 
 def make_adapter(logit_bounds: bool = True, observe_current: bool = False, leak_features: bool = False,
-                 spike_features: bool = False) -> bf.Adapter:
+                 spike_features: bool = False, margin: float = BOUND_MARGIN) -> bf.Adapter:
     """Map simulator output (SI units) to the approximator's inputs, invertibly.
 
     parameters (N, 6) SI → display units (pF, nS, mV, mV, mV, ms) → logit of the position within
-    the prior's bounds (widened by BOUND_MARGIN; BayesFlow's `constrain`) → inference_variables.
+    the prior's bounds (widened by `margin` of their width each side; BayesFlow's `constrain`) →
+    inference_variables.
     The flow then models an unbounded variable: a uniform prior becomes a smooth logistic density
     instead of a box with hard edges, which Gaussian-based flows fit badly (measured: C_m and g_L
     90 % intervals covered 0.77 / 0.82 of true values without this, 0.86 / 0.92 with it, same
@@ -46,7 +48,7 @@ def make_adapter(logit_bounds: bool = True, observe_current: bool = False, leak_
     """
     low, high = LOW * DISPLAY_SCALE, HIGH * DISPLAY_SCALE
     conditions = (["features"] if leak_features else []) + (["spike_features"] if spike_features else [])
-    margin = BOUND_MARGIN * (high - low)
+    margin = margin * (high - low)
     adapter = (
         bf.Adapter()
         .keep(["parameters", "observables"] + (["current"] if observe_current else []) + conditions)
@@ -124,7 +126,7 @@ def build_approximator(model: ModelConfig) -> bf.approximators.ContinuousApproxi
         **subnet_arguments(model.flow_subnet, model.flow_dropout),
     )
     approximator = bf.approximators.ContinuousApproximator(
-        adapter=make_adapter(model.logit_bounds, model.observe_current, model.leak_features, model.spike_features),
+        adapter=make_adapter(model.logit_bounds, model.observe_current, model.leak_features, model.spike_features, model.logit_margin),
         inference_network=flow,
         summary_network=summary,
         standardize=["inference_variables", "summary_variables"]

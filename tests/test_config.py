@@ -79,6 +79,9 @@ def test_step_recording_options_default_on_and_round_trip(key):
         (["training.compile_steps=1"], "training.compile_steps .* wrong type: expected bool"),
         (["training.compile_steps=inductor"], "training.compile_steps"),
         (["model.logit_bounds=yes"], "model.logit_bounds"),
+        (["model.logit_margin=0.6"], r"model.logit_margin = 0.6 is not allowed: expected a number in \[1e-05, 0.5\]"),
+        (["model.logit_margin=0.0"], r"model.logit_margin .* \[1e-05, 0.5\]"),
+        (["model.logit_margin='small'"], "model.logit_margin = 'small' has the wrong type: expected float"),
         (["model.summary_network=reference", "model.trace_features=true"], "model.trace_features .*conv_pool"),
         (["training.lr_schedule=linear"], "training.lr_schedule .* 'plateau' or 'cosine'"),
         (["data.device=gpu"], "data.device .* auto, cpu, cuda"),
@@ -194,6 +197,7 @@ def test_noisy_steps_config():
     assert (s.onset_low_s, s.onset_high_s, s.width_low_s, s.width_high_s) == (0.005, 0.015, 0.02, 0.035)
     assert cfg.noise.sd_v == 0.5e-3 and cfg.prior.kind == "ordered"
     assert cfg.model.observe_current is True and cfg.training.calibrate_widths is False
+    assert cfg.model.leak_scales == 3 and cfg.model.spike_features is True
 
 
 @pytest.mark.parametrize("duration, dt, n", [(0.05, 1e-4, 501), (0.5, 1e-4, 5001), (0.05, 5e-5, 1001), (1.0, 1e-3, 1001), (0.003, 1e-4, 31)])
@@ -269,7 +273,7 @@ def test_config_with_a_protocol_list_round_trips_through_the_saved_toml(tmp_path
     cfg = load_config("noisy_steps", ['stimulus.protocols=["step", "ramp", "file", "coloured"]', f"stimulus.file={str(wave)!r}",
                                       "stimulus.file_scale_high=2.5", "stimulus.duration_s=0.02", "stimulus.dt_s=5e-5",
                                       "noise.sd_v=1.5e-3", "prior.kind=ordered", "model.observe_current=false",
-                                      "model.leak_features=false", "model.leak_scales=1"])
+                                      "model.leak_features=false", "model.leak_scales=1", "model.spike_features=false"])
     assert cfg.stimulus.protocols == ("step", "ramp", "file", "coloured") and cfg.stimulus.file == str(wave)
     text = cfg.to_toml()
     assert 'protocols = ["step", "ramp", "file", "coloured"]' in text

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,3 +343,43 @@ def test_c2st_tells_two_posteriors_apart_and_prints_nothing_under_torch():
     same, shifted = map(float, proc.stdout.split())
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert abs(same - 0.5) < 0.1 and shifted > 0.9
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sbc_extremes_finds_truths_beyond_every_draw_and_their_distance_to_a_bound():
+    """bench/sbc_extremes.py's count: a g_L truth 0.1 nS above its lower bound and below all draws, a
+    C_m truth above all draws, the rest inside their draws."""
+    from lif_sbi.priors import INDEX
+
+    mid = (LOW + HIGH) / 2
+    rng = np.random.default_rng(0)
+    draws = mid + rng.normal(0, 0.01, size=(3, 50, 6)) * (HIGH - LOW)
+    theta = np.tile(mid, (3, 1))
+    theta[0, INDEX["g_L"]] = LOW[INDEX["g_L"]] + 0.1e-9
+    theta[1, INDEX["C_m"]] = mid[INDEX["C_m"]] + 0.2 * (HIGH - LOW)[INDEX["C_m"]]
+    rows = {r["name"]: r for r in _bench_module("sbc_extremes").extremes(theta, draws)}
+    assert [i for i, _ in rows["g_L"]["below"]] == [0] and rows["g_L"]["below"][0][1] == pytest.approx(0.1)
+    assert rows["g_L"]["above"] == [] and [i for i, _ in rows["C_m"]["above"]] == [1]
+    assert rows["C_m"]["above"][0][1] == pytest.approx(0.3 * (HIGH - LOW)[INDEX["C_m"]] * 1e12)
+    assert all(not rows[n]["below"] and not rows[n]["above"] for n in ("E_L", "V_th", "V_res", "t_ref"))
+
+
+@pytest.mark.torch
+def test_sbc_extremes_runs_on_a_trained_run_and_refuses_a_missing_one(noisy_steps_run, tmp_path):
+    script = str(Path(__file__).resolve().parents[1] / "bench" / "sbc_extremes.py")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    proc = subprocess.run([sys.executable, script, str(noisy_steps_run)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("24 test traces x 60 draws") and len(lines) == 13
+    missing = subprocess.run([sys.executable, script, str(tmp_path / "none")], capture_output=True, text=True, timeout=600, env=env)
+    assert missing.returncode == 2 and missing.stdout == "" and len(missing.stderr.strip().splitlines()) == 1
+    assert "no such run folder" in missing.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from lif_sbi import estimator, features
 from lif_sbi.config import ModelConfig
-from lif_sbi.priors import ATOMS, DISPLAY_SCALE, HIGH, LOW, in_support
+from lif_sbi.priors import ATOMS, DISPLAY_SCALE, HIGH, LOW, in_support, sample_prior
 from lif_sbi.simulator import simulate_batch
 
 
@@ -47,6 +47,27 @@ def test_draws_of_an_untrained_flow_stay_within_the_widened_bounds_and_then_the_
     draws, acceptance = estimator.sample_posterior(approximator, data["observables"], 300, seed=0, return_acceptance=True)
     assert draws.shape == (8, 300, 6) and in_support(draws[acceptance > 0]).all()
     assert np.isfinite(draws * DISPLAY_SCALE).all()
+
+
+def test_a_small_logit_margin_sends_points_near_the_bounds_far_out():
+    """model.logit_margin = 1e-4: a draw 1e-4 of the width inside a bound sits 2e-4 of the widened
+    box from its edge, logit -8.5 (with the default margin of 0.01, about -4.6 for any point that
+    close), and the map inverts to the same parameters."""
+    theta = sample_prior(200, 3, kind="ordered")
+    theta[0] = LOW + 1e-4 * (HIGH - LOW)
+    theta[1] = HIGH - 1e-4 * (HIGH - LOW)
+    obs = np.zeros((200, 10, 1), dtype=np.float32)
+    tight = estimator.make_adapter(margin=1e-4)
+    z = np.asarray(tight({"parameters": theta, "observables": obs})["inference_variables"], dtype=np.float64)
+    assert np.isfinite(z).all()
+    edge = 2e-4 / 1.0002
+    np.testing.assert_allclose(z[0], np.log(edge / (1 - edge)), rtol=2e-2)
+    np.testing.assert_allclose(z[1], -np.log(edge / (1 - edge)), rtol=2e-2)
+    wide = np.asarray(estimator.make_adapter()({"parameters": theta, "observables": obs})["inference_variables"], dtype=np.float64)
+    np.testing.assert_allclose(wide[0], np.log(0.0101 / 1.0099), rtol=2e-2)
+    back = tight({"inference_variables": z.astype(np.float32)}, inverse=True)["parameters"]
+    np.testing.assert_allclose(back, theta, rtol=1e-4)
+    assert ModelConfig().logit_margin == estimator.BOUND_MARGIN
 
 
 @pytest.mark.torch
