@@ -117,8 +117,7 @@ def spike_features(observables_v, current_a, dt_s: float) -> np.ndarray:
     v = np.asarray(observables_v, dtype=np.float64)
     v = (v[..., 0] if v.ndim == 3 else v) * 1e3  # mV
     i_na = np.asarray(current_a, dtype=np.float64) * 1e9
-    n, t = v.shape
-    ms = dt_s * 1e3
+    n, ms = len(v), dt_s * 1e3
     charge = np.concatenate([np.zeros((n, 1)), np.cumsum(i_na, axis=1)], axis=1)  # charge[:, j]: sum of samples before j
     out = np.zeros((n, 3 + 2 * SPIKE_TIMES))
     rows, steps = np.nonzero(np.diff(v, axis=1) < -SPIKE_DROP_MV)  # row-major: each row's spikes in time order
