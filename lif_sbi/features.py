@@ -14,7 +14,7 @@ LAG_BASE = 4  # time scale s (0, 1, ...) fits the step over LAG_BASE**s samples:
 SPIKE_DROP_MV = 5.0  # a fall of more than this between two samples is a spike and reset
 TYPICAL_FIT = np.array([0.67, 0.0064, 0.45])  # the lag-1 fit's median magnitudes (b2 mV/nA, b1 /mV, b0 mV) on step traces
 RIDGE = 1e-6  # added to the normal equations' diagonal: a trace with a flat current still solves
-SPIKE_TIMES = 8  # spikes whose times `spike_features` gives one by one (99 % of noisy_steps' traces have at most 13)
+SPIKE_TIMES = 8  # spikes whose times `spike_features` gives one by one; later ones enter through the count, last time and mean interval
 
 
 def guard_samples(dt_s: float) -> int:
