@@ -26,10 +26,10 @@ from lif_sbi import quiet  # noqa: E402
 
 quiet.libraries()
 with quiet.startup_lines():
-    from lif_sbi import dataset, estimator, load, noise  # noqa: E402
+    from lif_sbi import estimator, load  # noqa: E402
     from lif_sbi.errors import InputError  # noqa: E402
     from lif_sbi.priors import DISPLAY_SCALE, HIGH, LOW, PARAMETERS  # noqa: E402
-    from lif_sbi.runner import NOISE_SEED_OFFSET  # noqa: E402
+    from lif_sbi.runner import fresh_test_set  # noqa: E402
 
 
 def extremes(theta: np.ndarray, draws: np.ndarray) -> list[dict]:
@@ -56,11 +56,9 @@ def main(argv=None) -> int:
         return 2
     cfg = post.config
     diag = cfg.diagnostics
-    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False, stimulus_spec=cfg.stimulus, prior=cfg.prior.kind)
-    observed = noise.add_noise(test["observables"], cfg.noise.sd_v, seed=diag.seed + NOISE_SEED_OFFSET)
-    current = test["current"] if cfg.model.observe_current else None
+    test, observed = fresh_test_set(cfg)  # the run's own test set, as its report drew it
     draws = estimator.sample_posterior(post.approximator, observed, diag.n_draws, seed=diag.seed, width_scale=post.width_scale,
-                                       current=current, prior=cfg.prior.kind, dt_s=cfg.stimulus.dt_s)
+                                       current=test["current"], prior=cfg.prior.kind, dt_s=cfg.stimulus.dt_s)
     expected = diag.n_test / (diag.n_draws + 1)
     print(f"{diag.n_test} test traces x {diag.n_draws} draws: a calibrated posterior puts {expected:.1f} truths below all draws "
           f"and {expected:.1f} above all, per parameter")

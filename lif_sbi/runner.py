@@ -261,6 +261,14 @@ def fit_validity(r: Run, approximator, width_scale) -> validity.Check:
     return check
 
 
+def fresh_test_set(cfg) -> tuple[dict, np.ndarray]:
+    """A configuration's fresh test set (diagnostics.n_test traces, its seed, stimulus and prior) and
+    the traces as observed, with its recording noise: (dataset dict, (N, T, 1) V)."""
+    diag = cfg.diagnostics
+    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False, stimulus_spec=cfg.stimulus, prior=cfg.prior.kind)
+    return test, noise.add_noise(test["observables"], cfg.noise.sd_v, seed=diag.seed + NOISE_SEED_OFFSET)
+
+
 def diagnose(r: Run, approximator, train: dict, rows: list[dict], width_scale):
     """Recovery, calibration and posterior-predictive checks on fresh test traces (with the
     configuration's stimulus, prior and recording noise); every figure written into plots/.
@@ -269,8 +277,7 @@ def diagnose(r: Run, approximator, train: dict, rows: list[dict], width_scale):
     t0 = time.perf_counter()
     diag, cfg = r.config.diagnostics, r.config
     r.say(f"diagnostics: {diag.n_test} fresh test traces x {diag.n_draws} posterior draws")
-    test = dataset.simulate_dataset(diag.n_test, diag.seed, progress=False, stimulus_spec=cfg.stimulus, prior=cfg.prior.kind)
-    observed = noise.add_noise(test["observables"], cfg.noise.sd_v, seed=diag.seed + NOISE_SEED_OFFSET)
+    test, observed = fresh_test_set(cfg)
     draws, acceptance = estimator.sample_posterior(
         approximator, observed, diag.n_draws, seed=diag.seed, return_acceptance=True, width_scale=width_scale,
         current=test["current"], prior=cfg.prior.kind, dt_s=cfg.stimulus.dt_s,
